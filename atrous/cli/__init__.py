@@ -1,0 +1,1 @@
+"""The ``atrous`` command: one thin module per subcommand."""

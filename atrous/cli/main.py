@@ -1,0 +1,52 @@
+"""Entry point of the ``atrous`` command.
+
+Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args)``.
+Errors a user can fix (bad arguments, missing files, bad data) print one line on stderr and
+exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from atrous import __version__
+
+# subcommand name -> module under atrous.cli
+SUBCOMMANDS = {"rf": "atrous.cli.rf"}
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs; printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + message
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="atrous", description="Dilated convolutions: analysis, models, training.")
+    parser.add_argument("--version", action="version", version=f"atrous {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, module_name in SUBCOMMANDS.items():
+        importlib.import_module(module_name).add_parser(subparsers, name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return int(args.run(args) or 0)
+    except (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, FileExistsError) as error:
+        message = str(error) if isinstance(error, UsageError) else f"atrous: error: {error}"
+        print(message, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("atrous: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,21 @@
+"""Exact dilated convolutions: functional ops, drop-in layers, space_to_batch and a NumPy reference."""
+
+from atrous.ops.functional import atrous_conv2d, dilated_conv
+from atrous.ops.layers import CausalConv1d, DilatedConv1d, DilatedConv2d, DilatedConv3d, DilatedStack
+from atrous.ops.padding import kernel_extent, resolve_padding, same_padding
+from atrous.ops.space_to_batch import batch_to_space, space_to_batch
+
+__all__ = [
+    "CausalConv1d",
+    "DilatedConv1d",
+    "DilatedConv2d",
+    "DilatedConv3d",
+    "DilatedStack",
+    "atrous_conv2d",
+    "batch_to_space",
+    "dilated_conv",
+    "kernel_extent",
+    "resolve_padding",
+    "same_padding",
+    "space_to_batch",
+]

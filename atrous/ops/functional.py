@@ -1,0 +1,131 @@
+"""Exact dilated convolution for 1D, 2D and 3D tensors.
+
+``y[i] = sum_k x[i * s + d * k] * w[k]`` over the padded input: the atrous convolution of
+Chen et al. (DeepLab, 2015) and the dilated convolution of Yu & Koltun (2016). One entry point
+serves every rank; the rank is read from the weight.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from atrous.ops.padding import PaddingSpec, conv_output_size, kernel_extent, resolve_padding, to_tuple
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+
+
+def _check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> int:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    ndim = weight.ndim - 2
+    if ndim not in _CONV:
+        raise ValueError(
+            f"weight must have 3, 4 or 5 dims (out_channels, in_channels/groups, *kernel) for 1D/2D/3D, "
+            f"got shape {tuple(weight.shape)}"
+        )
+    if x.ndim != ndim + 2:
+        raise ValueError(
+            f"x must have {ndim + 2} dims (batch, channels, *{ndim} spatial) to match a {ndim}D weight, "
+            f"got shape {tuple(x.shape)}"
+        )
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be an int >= 1, got {groups!r}")
+    if weight.shape[0] % groups:
+        raise ValueError(f"weight has {weight.shape[0]} output channels, not divisible by groups={groups}")
+    if x.shape[1] != weight.shape[1] * groups:
+        raise ValueError(
+            f"x has {x.shape[1]} channels but weight expects in_channels = {weight.shape[1]} x groups={groups} "
+            f"= {weight.shape[1] * groups}"
+        )
+    if x.dtype != weight.dtype:
+        raise TypeError(f"x has dtype {x.dtype} but weight has dtype {weight.dtype}; they must match")
+    if x.device != weight.device:
+        raise ValueError(f"x is on {x.device} but weight is on {weight.device}; they must be on one device")
+    if bias is not None:
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        if bias.dtype != weight.dtype or bias.device != weight.device:
+            raise TypeError(f"bias must match weight's dtype and device ({weight.dtype}, {weight.device})")
+    return ndim
+
+
+def dilated_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    dilation: int | tuple[int, ...] = 1,
+    stride: int | tuple[int, ...] = 1,
+    padding: PaddingSpec = "same",
+    groups: int = 1,
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """Dilated (atrous) convolution, 1D/2D/3D chosen by ``weight.ndim``.
+
+    Args:
+        x: input of shape ``(N, C_in, *spatial)``.
+        weight: ``(C_out, C_in / groups, *kernel)``.
+        bias: optional ``(C_out,)``.
+        dilation: spacing between kernel taps, an int or one per spatial axis.
+        stride: an int or one per spatial axis.
+        padding: ``"same"`` (output ``ceil(n / stride)``, the extra sample padded on the high
+            side), ``"valid"`` (none), ``"causal"`` (1D: ``(k - 1) * d`` on the left only, so
+            ``y[t]`` depends on ``x[<= t]``), or symmetric amounts as an int or one per axis.
+        groups: number of channel groups.
+        padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+
+    Returns:
+        ``(N, C_out, *out_spatial)``.
+    """
+    ndim = _check_inputs(x, weight, bias, groups)
+    dilation = to_tuple(dilation, ndim, "dilation")
+    stride = to_tuple(stride, ndim, "stride")
+    if padding_mode not in _PAD_MODES:
+        raise ValueError(f"padding_mode must be one of {tuple(_PAD_MODES)}, got {padding_mode!r}")
+    kernel = tuple(weight.shape[2:])
+    sizes = tuple(x.shape[2:])
+    pads = resolve_padding(padding, sizes, kernel, stride, dilation)
+    for axis, (n, k, s, d, (lo, hi)) in enumerate(zip(sizes, kernel, stride, dilation, pads)):
+        if conv_output_size(n, k, s, d, lo, hi) < 1:
+            raise ValueError(
+                f"input size {n} on spatial axis {axis} (padded to {n + lo + hi}) is smaller than the kernel's "
+                f"extent {kernel_extent(k, d)} (kernel {k}, dilation {d}) with padding={padding!r}"
+            )
+    conv = _CONV[ndim]
+    if padding_mode == "zeros" and all(lo == hi for lo, hi in pads):
+        return conv(x, weight, bias, stride, tuple(lo for lo, _ in pads), dilation, groups)
+    if any(lo or hi for lo, hi in pads):
+        # F.pad lists the last axis first.
+        flat = [amount for lo, hi in reversed(pads) for amount in (lo, hi)]
+        x = F.pad(x, flat, mode=_PAD_MODES[padding_mode])
+    return conv(x, weight, bias, stride, 0, dilation, groups)
+
+
+def atrous_conv2d(value: torch.Tensor, filters: torch.Tensor, rate: int, padding: str = "SAME") -> torch.Tensor:
+    """TensorFlow's ``tf.nn.atrous_conv2d``: NHWC input, HWIO filters, stride 1.
+
+    Args:
+        value: ``(N, H, W, C_in)``.
+        filters: ``(kH, kW, C_in, C_out)``.
+        rate: dilation on both spatial axes.
+        padding: ``"SAME"`` or ``"VALID"`` (TensorFlow spelling; lower case accepted).
+
+    Returns:
+        ``(N, H_out, W_out, C_out)``.
+    """
+    if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    if value.ndim != 4:
+        raise ValueError(f"value must be NHWC with 4 dims, got shape {tuple(value.shape)}")
+    if filters.ndim != 4:
+        raise ValueError(f"filters must be HWIO with 4 dims, got shape {tuple(filters.shape)}")
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+        raise ValueError(f"rate must be an int >= 1, got {rate!r}")
+    out = dilated_conv(
+        value.permute(0, 3, 1, 2), filters.permute(3, 2, 0, 1), dilation=rate, padding=padding.lower()
+    )
+    return out.permute(0, 2, 3, 1)

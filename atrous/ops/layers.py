@@ -1,0 +1,227 @@
+"""Drop-in PyTorch layers for dilated convolutions.
+
+``DilatedConv1d/2d/3d`` subclass ``nn.Conv1d/2d/3d``: same parameters, same ``state_dict``
+keys, so weights move freely between them and plain PyTorch layers. What they add is padding
+that is right for any dilation and stride ("same", "valid", "causal") and a
+``receptive_field`` property.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from atrous.ops.functional import dilated_conv
+from atrous.ops.padding import PADDING_MODES, PaddingSpec, kernel_extent, resolve_padding, to_tuple
+from atrous.ops.space_to_batch import same_rate_stack
+
+
+class _DilatedConvMixin:
+    """Shared forward and helpers; ``self.padding`` holds the user's spec ("same", 3, (1, 2), ...)."""
+
+    def _init_padding(self, padding: PaddingSpec, ndim: int) -> None:
+        if isinstance(padding, str):
+            if padding not in PADDING_MODES:
+                raise ValueError(f"padding must be one of {PADDING_MODES}, an int or a tuple of ints, got {padding!r}")
+            if padding == "causal" and ndim != 1:
+                raise ValueError(f"padding='causal' is only defined for 1D convolutions, got {ndim}D")
+            self.padding = padding
+        else:
+            self.padding = to_tuple(padding, ndim, "padding", minimum=0)
+
+    @property
+    def receptive_field(self) -> tuple[int, ...]:
+        """Input samples one output sees, per spatial axis: ``(k - 1) * d + 1``."""
+        return tuple(kernel_extent(k, d) for k, d in zip(self.kernel_size, self.dilation))
+
+    def explicit_padding(self, input_size: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        """(low, high) zero padding applied for an input of the given spatial size."""
+        return resolve_padding(self.padding, input_size, self.kernel_size, self.stride, self.dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dilated_conv(
+            x,
+            self.weight,
+            self.bias,
+            dilation=self.dilation,
+            stride=self.stride,
+            padding=self.padding,
+            groups=self.groups,
+            padding_mode=self.padding_mode,
+        )
+
+
+def _conv_class(base: type[nn.modules.conv._ConvNd], ndim: int, doc: str) -> type:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: PaddingSpec = "same",
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
+        kernel_size = to_tuple(kernel_size, ndim, "kernel_size")
+        stride = to_tuple(stride, ndim, "stride")
+        dilation = to_tuple(dilation, ndim, "dilation")
+        base.__init__(
+            self, in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias, padding_mode, device, dtype
+        )
+        self._init_padding(padding, ndim)
+
+    cls = type(f"DilatedConv{ndim}d", (_DilatedConvMixin, base), {"__init__": __init__, "__doc__": doc})
+    cls.__module__ = __name__
+    return cls
+
+
+_ARGS_DOC = """
+    Args:
+        in_channels, out_channels, kernel_size, stride, dilation, groups, bias, padding_mode,
+            device, dtype: as in ``nn.Conv{n}d``.
+        padding: ``"same"`` (default; output ``ceil(n / stride)``), ``"valid"``,{causal} or
+            symmetric amounts.
+
+    Shape:
+        ``(N, C_in, {shape})`` -> ``(N, C_out, {shape_out})``.
+"""
+
+DilatedConv1d = _conv_class(
+    nn.Conv1d,
+    1,
+    "1D dilated convolution, a drop-in ``nn.Conv1d``.\n"
+    + _ARGS_DOC.format(n=1, causal=' ``"causal"``,', shape="L", shape_out="L_out"),
+)
+DilatedConv2d = _conv_class(
+    nn.Conv2d, 2, "2D dilated convolution, a drop-in ``nn.Conv2d``.\n" + _ARGS_DOC.format(
+        n=2, causal="", shape="H, W", shape_out="H_out, W_out")
+)
+DilatedConv3d = _conv_class(
+    nn.Conv3d, 3, "3D dilated convolution, a drop-in ``nn.Conv3d``.\n" + _ARGS_DOC.format(
+        n=3, causal="", shape="D, H, W", shape_out="D_out, H_out, W_out")
+)
+
+
+class CausalConv1d(DilatedConv1d):
+    """Causal 1D dilated convolution: ``(k - 1) * d`` zeros on the left, so ``y[t]`` sees ``x[<= t]``.
+
+    Args:
+        in_channels, out_channels, kernel_size: as in ``nn.Conv1d``.
+        dilation, stride, groups, bias, device, dtype: as in ``nn.Conv1d``.
+
+    Shape:
+        ``(N, C_in, T)`` -> ``(N, C_out, ceil(T / stride))``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        dilation: int = 1,
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding="causal",
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            device=device,
+            dtype=dtype,
+        )
+
+    @property
+    def context(self) -> int:
+        """Past samples each output needs besides the current one: ``(k - 1) * d``."""
+        return (self.kernel_size[0] - 1) * self.dilation[0]
+
+
+_CONV_BY_DIMS = {1: DilatedConv1d, 2: DilatedConv2d, 3: DilatedConv3d}
+
+
+class DilatedStack(nn.Module):
+    """A stack of ``conv -> activation`` layers, one per rate, with "same" padding.
+
+    Runs of consecutive layers with the same rate > 1 (odd kernels) execute once in the
+    space_to_batch domain, which is exactly equal to running them one by one.
+
+    Args:
+        channels: channels of every layer.
+        rates: one dilation per layer, e.g. ``(1, 2, 4, 8)``.
+        kernel_size: kernel size of every layer.
+        activation: a factory for the elementwise activation after each conv
+            (``None`` for identity).
+        dims: 1, 2 or 3 spatial axes.
+        bias: whether the convolutions have a bias.
+        use_space_to_batch: run same-rate runs through space_to_batch.
+
+    Shape:
+        ``(N, channels, *S)`` -> ``(N, channels, *S)``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        rates: Sequence[int],
+        kernel_size: int = 3,
+        activation: Callable[[], nn.Module] | None = nn.ReLU,
+        *,
+        dims: int = 2,
+        bias: bool = True,
+        use_space_to_batch: bool = True,
+    ) -> None:
+        super().__init__()
+        if dims not in _CONV_BY_DIMS:
+            raise ValueError(f"dims must be 1, 2 or 3, got {dims!r}")
+        rates = tuple(rates)
+        if not rates:
+            raise ValueError("rates must name at least one dilation, got an empty sequence")
+        for rate in rates:
+            to_tuple(rate, 1, "rates")
+        self.rates = rates
+        self.use_space_to_batch = use_space_to_batch
+        conv_cls = _CONV_BY_DIMS[dims]
+        self.convs = nn.ModuleList(
+            conv_cls(channels, channels, kernel_size, padding="same", dilation=rate, bias=bias) for rate in rates
+        )
+        self.activations = nn.ModuleList(activation() if activation else nn.Identity() for _ in rates)
+
+    def groups_of_layers(self) -> list[tuple[int, int, bool]]:
+        """(start, stop, fused) runs of layer indices; fused runs go through space_to_batch."""
+        runs, start = [], 0
+        odd = self.convs[0].kernel_size[0] % 2 == 1
+        for i in range(1, len(self.rates) + 1):
+            if i == len(self.rates) or self.rates[i] != self.rates[start]:
+                fused = self.use_space_to_batch and odd and self.rates[start] > 1 and i - start >= 2
+                runs.append((start, i, fused))
+                start = i
+        return runs
+
+    @property
+    def receptive_field(self) -> int:
+        """Receptive field of the whole stack along each axis: ``1 + sum (k - 1) * rate``."""
+        return 1 + sum(kernel_extent(conv.kernel_size[0], rate) - 1 for conv, rate in zip(self.convs, self.rates))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for start, stop, fused in self.groups_of_layers():
+            if fused:
+                x = same_rate_stack(x, self.convs[start:stop], self.activations[start:stop], self.rates[start])
+            else:
+                for i in range(start, stop):
+                    x = self.activations[i](self.convs[i](x))
+        return x

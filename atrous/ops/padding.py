@@ -1,0 +1,101 @@
+"""Padding and size arithmetic for dilated convolutions, as pure integer functions.
+
+Shared by the ops (to pad tensors) and the analysis (to reason about receptive fields), so the
+two can never disagree. A kernel of size ``k`` at dilation ``d`` spans ``(k - 1) * d + 1`` input
+samples (Yu & Koltun 2016, "Multi-scale context aggregation by dilated convolutions").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+PADDING_MODES = ("same", "valid", "causal")
+
+PaddingSpec = str | int | Sequence[int]
+
+
+def to_tuple(value: int | Sequence[int], ndim: int, name: str, *, minimum: int = 1) -> tuple[int, ...]:
+    """Expand an int or per-axis sequence of ints into a tuple of ``ndim`` ints.
+
+    Args:
+        value: an int, or a sequence of ``ndim`` ints.
+        ndim: the number of spatial axes.
+        name: the argument's name, used in error messages.
+        minimum: the smallest allowed value.
+
+    Raises:
+        TypeError: ``value`` is not an int or a sequence of ints.
+        ValueError: wrong length, or an entry below ``minimum``.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
+    if isinstance(value, int):
+        values = (value,) * ndim
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        values = tuple(value)
+        if len(values) != ndim:
+            raise ValueError(f"{name} must have {ndim} entries (one per spatial axis), got {value!r}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise TypeError(f"{name} must contain only ints, got {value!r}")
+    else:
+        raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
+    if any(v < minimum for v in values):
+        raise ValueError(f"{name} must be >= {minimum} on every axis, got {value!r}")
+    return values
+
+
+def kernel_extent(kernel_size: int, dilation: int) -> int:
+    """Number of input samples one dilated kernel spans: ``(k - 1) * d + 1``."""
+    return (kernel_size - 1) * dilation + 1
+
+
+def same_padding(size: int, kernel_size: int, stride: int = 1, dilation: int = 1) -> tuple[int, int]:
+    """(low, high) padding that makes the output ``ceil(size / stride)`` long.
+
+    The total is split with the extra sample on the high side, the PyTorch and TensorFlow
+    convention, so odd and even kernels both work.
+    """
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel_extent(kernel_size, dilation) - size, 0)
+    return total // 2, total - total // 2
+
+
+def causal_padding(kernel_size: int, dilation: int = 1) -> tuple[int, int]:
+    """(low, high) padding for a causal 1D convolution: everything on the left."""
+    return (kernel_size - 1) * dilation, 0
+
+
+def resolve_padding(
+    padding: PaddingSpec,
+    sizes: Sequence[int],
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[tuple[int, int], ...]:
+    """Turn a padding spec into explicit (low, high) amounts for each spatial axis.
+
+    Args:
+        padding: ``"same"``, ``"valid"``, ``"causal"`` (1D only), an int, or one int per axis
+            (symmetric, as in ``nn.ConvNd``).
+        sizes: input size of each spatial axis.
+        kernel_size, stride, dilation: one int per spatial axis.
+    """
+    ndim = len(kernel_size)
+    if isinstance(padding, str):
+        if padding == "same":
+            return tuple(same_padding(n, k, s, d) for n, k, s, d in zip(sizes, kernel_size, stride, dilation))
+        if padding == "valid":
+            return ((0, 0),) * ndim
+        if padding == "causal":
+            if ndim != 1:
+                raise ValueError(f"padding='causal' is only defined for 1D convolutions, got {ndim}D")
+            return (causal_padding(kernel_size[0], dilation[0]),)
+        raise ValueError(f"padding must be one of {PADDING_MODES}, an int or a tuple of ints, got {padding!r}")
+    amounts = to_tuple(padding, ndim, "padding", minimum=0)
+    return tuple((p, p) for p in amounts)
+
+
+def conv_output_size(size: int, kernel_size: int, stride: int, dilation: int, pad_low: int, pad_high: int) -> int:
+    """Output length of a convolution over ``size`` samples with explicit padding."""
+    return (size + pad_low + pad_high - kernel_extent(kernel_size, dilation)) // stride + 1
