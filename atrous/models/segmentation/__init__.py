@@ -1,0 +1,1 @@
+"""Segmentation backbones, blocks, heads and presets."""

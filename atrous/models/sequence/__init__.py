@@ -1,0 +1,1 @@
+"""Causal dilated sequence models: WaveNet and TCN."""
