@@ -1,0 +1,180 @@
+"""Checkpoints that survive a crash: safetensors weights plus a JSON of everything else.
+
+A checkpoint is a directory holding ``model.safetensors``, optionally ``optimizer.safetensors``
+(the optimizer's tensors) and ``checkpoint.json`` (metadata, the optimizer's non-tensor state,
+RNG states). Every file is written to a temporary name and moved into place with
+``os.replace``; ``checkpoint.json`` goes last and names the weight files it belongs with, so a
+reader never pairs new weights with old metadata or the reverse.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+META_FILE = "checkpoint.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then move the result onto ``path`` in one step."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Separate an optimizer state_dict into flat tensors and a JSON-able remainder."""
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict[str, dict] = {}
+    for param_id, slots in state["state"].items():
+        rest[str(param_id)] = {}
+        for key, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{param_id}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                rest[str(param_id)][key] = value
+    return tensors, {"state": rest, "param_groups": state["param_groups"]}
+
+
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict] = {int(k): dict(v) for k, v in rest["state"].items()}
+    for name, value in tensors.items():
+        param_id, key = name.split(".", 1)
+        state.setdefault(int(param_id), {})[key] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as JSON-able values."""
+    np_state = np.random.get_state()
+    state = {
+        "python": base64.b64encode(repr(random.getstate()).encode()).decode(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    import ast
+
+    random.setstate(ast.literal_eval(base64.b64decode(state["python"]).decode()))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(
+            [torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8) for s in state["cuda"]]
+        )
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (and ``optimizer``) with ``meta`` into ``directory`` atomically.
+
+    Args:
+        directory: created if missing; files in it are replaced one by one, atomically.
+        model: its ``state_dict`` goes to ``model.safetensors``.
+        optimizer: its state goes to ``optimizer.safetensors`` and the JSON.
+        meta: JSON-serialisable metadata (model name and kwargs, epoch, config...).
+
+    Returns:
+        The path of ``checkpoint.json``.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(directory / MODEL_FILE, lambda tmp: save_file(weights, tmp))
+    record: dict[str, Any] = {"meta": meta or {}, "rng": rng_state(), "files": [MODEL_FILE]}
+    if optimizer is not None:
+        tensors, rest = _split_optimizer_state(optimizer.state_dict())
+        _atomic_write(directory / OPTIMIZER_FILE, lambda tmp: save_file(tensors, tmp))
+        record["optimizer"] = rest
+        record["files"].append(OPTIMIZER_FILE)
+    text = json.dumps(record, indent=1)
+    _atomic_write(directory / META_FILE, lambda tmp: Path(tmp).write_text(text))
+    return directory / META_FILE
+
+
+def _checkpoint_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.is_file() and path.name in (META_FILE, MODEL_FILE):
+        path = path.parent
+    if not (path / META_FILE).is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} has no {META_FILE}; expected a run folder or checkpoint folder")
+    return path
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The full JSON record of a checkpoint (``meta``, ``rng``, ``optimizer``, ``files``)."""
+    directory = _checkpoint_dir(path)
+    try:
+        return json.loads((directory / META_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"checkpoint file {str(directory / META_FILE)!r} is corrupt: {error}") from None
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module | None = None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    restore_rng: bool = False,
+) -> dict[str, Any]:
+    """Read a checkpoint; load weights into ``model`` and state into ``optimizer`` if given.
+
+    Args:
+        path: the checkpoint directory, or its ``checkpoint.json`` / ``model.safetensors``.
+        model: receives the weights (strict: every key must match).
+        optimizer: receives the optimizer state.
+        restore_rng: also restore the Python, NumPy and torch RNG states.
+
+    Returns:
+        The ``meta`` dict given to :func:`save_checkpoint`.
+    """
+    from safetensors.torch import load_file
+
+    directory = _checkpoint_dir(path)
+    record = read_checkpoint_meta(directory)
+    if model is not None:
+        weights = load_file(directory / MODEL_FILE)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0:2]
+            raise ValueError(f"checkpoint {str(directory)!r} does not fit the model: {' '.join(first)}") from None
+    if optimizer is not None:
+        if "optimizer" not in record:
+            raise ValueError(f"checkpoint {str(directory)!r} holds no optimizer state")
+        optimizer.load_state_dict(_join_optimizer_state(load_file(directory / OPTIMIZER_FILE), record["optimizer"]))
+    if restore_rng:
+        set_rng_state(record["rng"])
+    return record["meta"]

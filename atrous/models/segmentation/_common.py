@@ -1,0 +1,58 @@
+"""Small helpers shared by the segmentation models: argument checks, width scaling, conv-BN-ReLU."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from atrous.ops import DilatedConv2d
+
+
+def check_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum``, else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def scaled(channels: int, width_multiplier: float) -> int:
+    """``channels * width_multiplier`` rounded, at least 1: the width knob of every builder."""
+    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)) or width_multiplier <= 0:
+        raise ValueError(f"width_multiplier must be a positive number, got {width_multiplier!r}")
+    return max(1, int(round(channels * width_multiplier)))
+
+
+def check_output_stride(output_stride: object, allowed: tuple[int, ...] = (8, 16, 32)) -> int:
+    if output_stride not in allowed or isinstance(output_stride, bool):
+        raise ValueError(f"output_stride must be one of {allowed}, got {output_stride!r}")
+    return output_stride  # type: ignore[return-value]
+
+
+class ConvBNReLU(nn.Sequential):
+    """``DilatedConv2d`` ("same" padding, no bias) -> ``BatchNorm2d`` -> ``ReLU``.
+
+    Args:
+        in_channels, out_channels, kernel_size: as in ``nn.Conv2d``.
+        dilation: the atrous rate.
+        stride: convolution stride.
+
+    Shape:
+        ``(N, in_channels, H, W)`` -> ``(N, out_channels, ceil(H / stride), ceil(W / stride))``.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, *, dilation: int = 1, stride: int = 1
+    ) -> None:
+        super().__init__(
+            DilatedConv2d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Bilinear resize of ``(N, C, h, w)`` to ``(N, C, *size)`` (no-op when already that size)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

@@ -1,0 +1,88 @@
+"""Checkpoints round-trip weights, optimizer state and RNG state, and fail loudly."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from atrous.engine.checkpoint import MODEL_FILE, load_checkpoint, save_checkpoint
+
+
+def _trained_pair():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(2, 2, 5, 5)).square().mean().backward()
+        optimizer.step()
+    return model, optimizer
+
+
+def test_round_trip_continues_identically(tmp_path):
+    model, optimizer = _trained_pair()
+    save_checkpoint(tmp_path / "ckpt", model, optimizer=optimizer, meta={"epoch": 2, "name": "x"})
+    # Reference continuation: the next random batch and step from the original objects.
+    state_after_save = torch.get_rng_state()
+    batch = torch.randn(2, 2, 5, 5)
+    optimizer.zero_grad()
+    model(batch).square().mean().backward()
+    optimizer.step()
+
+    torch.manual_seed(123)  # disturb the RNG; restore_rng must bring it back
+    restored = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3))
+    restored_opt = torch.optim.AdamW(restored.parameters(), lr=1.0)
+    meta = load_checkpoint(tmp_path / "ckpt", restored, optimizer=restored_opt, restore_rng=True)
+    assert meta == {"epoch": 2, "name": "x"}
+    assert torch.equal(torch.get_rng_state(), state_after_save)
+    batch2 = torch.randn(2, 2, 5, 5)
+    assert torch.equal(batch, batch2)
+    restored(batch2).square().mean().backward()
+    restored_opt.step()
+    for a, b in zip(model.state_dict().values(), restored.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_python_and_numpy_rng_restored(tmp_path):
+    model, _ = _trained_pair()
+    save_checkpoint(tmp_path, model)
+    expected = (random.random(), np.random.rand())
+    random.seed(5)
+    np.random.seed(5)
+    load_checkpoint(tmp_path, restore_rng=True)
+    assert (random.random(), np.random.rand()) == expected
+
+
+def test_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no checkpoint.json"):
+        load_checkpoint(tmp_path)
+    model, _ = _trained_pair()
+    save_checkpoint(tmp_path, model)
+    with pytest.raises(ValueError, match="does not fit the model"):
+        load_checkpoint(tmp_path, nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="no optimizer state"):
+        load_checkpoint(tmp_path, optimizer=torch.optim.SGD(model.parameters(), lr=1))
+    (tmp_path / "checkpoint.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_checkpoint(tmp_path / "checkpoint.json")
+
+
+def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    model, _ = _trained_pair()
+    save_checkpoint(tmp_path, model, meta={"epoch": 1})
+    before = (tmp_path / MODEL_FILE).read_bytes()
+    import safetensors.torch
+
+    def broken(tensors, path):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, model, meta={"epoch": 2})
+    assert (tmp_path / MODEL_FILE).read_bytes() == before
+    assert load_checkpoint(tmp_path) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -1,0 +1,142 @@
+"""dilated_conv against the NumPy reference written from the definition."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from atrous import atrous_conv2d, dilated_conv
+from atrous.ops.reference import dilated_conv_reference
+
+
+@st.composite
+def conv_cases(draw):
+    ndim = draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([1, 2]))
+    c_in = groups * draw(st.integers(1, 2))
+    c_out = groups * draw(st.integers(1, 2))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(ndim))  # odd and even
+    max_dilation = 16 if ndim == 1 else (6 if ndim == 2 else 3)
+    dilation = tuple(draw(st.integers(1, max_dilation)) for _ in range(ndim))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(ndim))
+    modes = ["same", "valid", "int", "tuple"] + (["causal"] if ndim == 1 else [])
+    mode = draw(st.sampled_from(modes))
+    padding = {"int": draw(st.integers(0, 5)), "tuple": tuple(draw(st.integers(0, 5)) for _ in range(ndim))}.get(
+        mode, mode
+    )
+    lo_pad = [0] * ndim if mode in ("same", "valid", "causal") else [padding] * ndim if mode == "int" else padding
+    # Inputs large enough that at least one output exists even without padding.
+    sizes = tuple(
+        draw(st.integers(max(1, (k - 1) * d + 1 - 2 * p), (k - 1) * d + 1 + (12 if ndim == 1 else 5)))
+        for k, d, p in zip(kernel, dilation, lo_pad)
+    )
+    if mode == "same":
+        sizes = tuple(draw(st.integers(1, 12 if ndim < 3 else 6)) for _ in range(ndim))
+    batch = draw(st.integers(1, 2))
+    bias = draw(st.booleans())
+    return ndim, groups, c_in, c_out, kernel, dilation, stride, padding, sizes, batch, bias
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases(), st.integers(0, 2**31 - 1))
+def test_matches_numpy_reference(case, seed):
+    ndim, groups, c_in, c_out, kernel, dilation, stride, padding, sizes, batch, bias = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, c_in, *sizes))
+    w = rng.standard_normal((c_out, c_in // groups, *kernel))
+    b = rng.standard_normal(c_out) if bias else None
+    expected = dilated_conv_reference(x, w, b, dilation=dilation, stride=stride, padding=padding, groups=groups)
+    got = dilated_conv(
+        torch.from_numpy(x),
+        torch.from_numpy(w),
+        None if b is None else torch.from_numpy(b),
+        dilation=dilation,
+        stride=stride,
+        padding=padding,
+        groups=groups,
+    )
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 40), st.integers(1, 5), st.integers(1, 8), st.integers(1, 4), st.integers(1, 3)
+)
+def test_same_output_size_is_ceil_of_input_over_stride(size, kernel, dilation, stride, ndim):
+    x = torch.zeros(1, 1, *([size] * ndim))
+    w = torch.zeros(1, 1, *([kernel] * ndim))
+    y = dilated_conv(x, w, dilation=dilation, stride=stride, padding="same")
+    assert y.shape[2:] == (math.ceil(size / stride),) * ndim
+
+
+@pytest.mark.parametrize("kernel", [2, 3, 4, 5])
+@pytest.mark.parametrize("dilation", [1, 2, 3])
+def test_same_split_matches_pytorch_convention(kernel, dilation):
+    # PyTorch's own padding="same" (stride 1) puts the odd extra sample on the high side.
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 11, 9)
+    w = torch.randn(4, 3, kernel, kernel)
+    expected = F.conv2d(x, w, padding="same", dilation=dilation)
+    torch.testing.assert_close(dilated_conv(x, w, dilation=dilation), expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 5), st.integers(1, 8), st.integers(0, 2**31 - 1))
+def test_causal_output_never_sees_the_future(length, kernel, dilation, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 2, length, generator=gen, dtype=torch.float64)
+    w = torch.randn(3, 2, kernel, generator=gen, dtype=torch.float64)
+    y = dilated_conv(x, w, dilation=dilation, padding="causal")
+    assert y.shape[-1] == length
+    t = int(torch.randint(0, length, (1,), generator=gen))
+    x2 = x.clone()
+    x2[..., t:] += torch.randn(1, 2, length - t, generator=gen, dtype=torch.float64)
+    y2 = dilated_conv(x2, w, dilation=dilation, padding="causal")
+    torch.testing.assert_close(y2[..., :t], y[..., :t], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("padding", "ndim"), [(p, n) for n in (1, 2, 3) for p in ("same", "valid", "causal", 2) if p != "causal" or n == 1]
+)
+def test_gradcheck_float64(padding, ndim):
+    torch.manual_seed(0)
+    sizes = {1: (9,), 2: (6, 7), 3: (5, 4, 5)}[ndim]
+    x = torch.randn(1, 2, *sizes, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 1, *([2] * ndim), dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, b):
+        return dilated_conv(x, w, b, dilation=2, stride=(1,) * (ndim - 1) + (2,), padding=padding, groups=2)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_padding_modes_match_padding_by_hand(mode):
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 10, 12)
+    w = torch.randn(3, 2, 3, 3)
+    y = dilated_conv(x, w, dilation=2, padding="same", padding_mode=mode)
+    expected = F.conv2d(F.pad(x, (2, 2, 2, 2), mode=mode), w, dilation=2)
+    torch.testing.assert_close(y, expected)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("rate", [1, 2, 3])
+def test_atrous_conv2d_is_tensorflows_definition(padding, rate):
+    # TF: filters upsampled by inserting rate-1 zeros, then a plain conv2d in NHWC/HWIO.
+    rng = np.random.default_rng(rate)
+    value = rng.standard_normal((2, 9, 8, 3))
+    filters = rng.standard_normal((3, 2, 3, 4))  # kH, kW, in, out (even width too)
+    upsampled = np.zeros(((3 - 1) * rate + 1, (2 - 1) * rate + 1, 3, 4))
+    upsampled[::rate, ::rate] = filters
+    expected = dilated_conv_reference(
+        value.transpose(0, 3, 1, 2), upsampled.transpose(3, 2, 0, 1), padding=padding.lower()
+    ).transpose(0, 2, 3, 1)
+    got = atrous_conv2d(torch.from_numpy(value), torch.from_numpy(filters), rate, padding)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-10)
