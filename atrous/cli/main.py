@@ -14,7 +14,12 @@ import sys
 from atrous import __version__
 
 # subcommand name -> module under atrous.cli
-SUBCOMMANDS = {"rf": "atrous.cli.rf"}
+SUBCOMMANDS = {
+    "train": "atrous.cli.train",
+    "eval": "atrous.cli.evaluate",
+    "predict": "atrous.cli.predict",
+    "rf": "atrous.cli.rf",
+}
 
 
 class UsageError(Exception):

@@ -26,7 +26,7 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then move the result onto ``path`` in one step."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -112,15 +112,15 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / MODEL_FILE, lambda tmp: save_file(weights, tmp))
+    atomic_write(directory / MODEL_FILE, lambda tmp: save_file(weights, tmp))
     record: dict[str, Any] = {"meta": meta or {}, "rng": rng_state(), "files": [MODEL_FILE]}
     if optimizer is not None:
         tensors, rest = _split_optimizer_state(optimizer.state_dict())
-        _atomic_write(directory / OPTIMIZER_FILE, lambda tmp: save_file(tensors, tmp))
+        atomic_write(directory / OPTIMIZER_FILE, lambda tmp: save_file(tensors, tmp))
         record["optimizer"] = rest
         record["files"].append(OPTIMIZER_FILE)
     text = json.dumps(record, indent=1)
-    _atomic_write(directory / META_FILE, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(directory / META_FILE, lambda tmp: Path(tmp).write_text(text))
     return directory / META_FILE
 
 

@@ -1,0 +1,73 @@
+"""``atrous eval``: score a checkpoint: confusion matrix, per-class IoU, mIoU, pixel accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from atrous.cli._common import add_device_argument, parse_floats
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
+    parser = subparsers.add_parser(name, help="evaluate a checkpoint on a dataset split")
+    parser.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or checkpoint file")
+    parser.add_argument("--data", default=None, help="'digits' or a dataset folder (default: the training data)")
+    parser.add_argument("--split", default="val", help="split to score (default val)")
+    parser.add_argument("--flip", action="store_true", help="average with horizontally flipped input")
+    parser.add_argument("--scales", default="1", help="input scales to average, e.g. 0.75,1,1.25")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_device_argument(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from atrous.data import build_dataset
+    from atrous.engine.distributed import resolve_device
+    from atrous.engine.evaluate import evaluate
+    from atrous.engine.predict import load_trained_model
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    scales = parse_floats(args.scales, "--scales")
+    device = resolve_device(args.device)
+    model, meta = load_trained_model(args.checkpoint, device=device)
+    config = meta.get("config", {})
+    data = args.data or meta.get("data", "digits")
+    kwargs = {}
+    if data == "digits":
+        kwargs["seed"] = config.get("seed", 0)
+        if args.split == "val" and config.get("val_images"):
+            kwargs["num_images"] = config["val_images"]
+    dataset = build_dataset(data, args.split, num_classes=meta["num_classes"], **kwargs)
+    if dataset.num_classes != meta["num_classes"]:
+        raise ValueError(f"the checkpoint predicts {meta['num_classes']} classes but {data} has {dataset.num_classes}")
+    result = evaluate(
+        model,
+        dataset,
+        batch_size=args.batch_size,
+        device=device,
+        flip=args.flip,
+        scales=scales,
+        mean=meta.get("mean"),
+        std=meta.get("std"),
+        progress=not args.json and sys.stderr.isatty(),
+    )
+    names = meta.get("class_names") or [str(i) for i in range(meta["num_classes"])]
+    if args.json:
+        clean = [None if math.isnan(v) else v for v in result["iou"]]
+        print(json.dumps({**result, "iou": clean, "class_names": names, "images": len(dataset)}))
+        return 0
+    width = max(len(n) for n in names)
+    print(f"{len(dataset)} images from {data} ({args.split}), scales {list(scales)}, flip {args.flip}")
+    print(f"{'class'.ljust(width)}  IoU")
+    for name, value in zip(names, result["iou"]):
+        print(f"{name.ljust(width)}  {'n/a' if math.isnan(value) else f'{value:.4f}'}")
+    print(f"{'mIoU'.ljust(width)}  {result['miou']:.4f}")
+    print(f"{'pixel acc'.ljust(width)}  {result['pixel_acc']:.4f}")
+    print("confusion matrix (rows: label, columns: prediction):")
+    for name, row in zip(names, result["confusion"]):
+        print(f"{name.ljust(width)}  " + " ".join(f"{v:7d}" for v in row))
+    return 0

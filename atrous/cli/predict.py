@@ -1,0 +1,42 @@
+"""``atrous predict``: label images with a checkpoint; palette PNGs of class indices and overlays."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from atrous.cli._common import add_device_argument, parse_floats
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
+    parser = subparsers.add_parser(name, help="predict segmentation masks for images")
+    parser.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or checkpoint file")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any Pillow format)")
+    parser.add_argument("--out", required=True, help="folder for STEM.png (class indices) and STEM_overlay.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--flip", action="store_true", help="average with horizontally flipped input")
+    parser.add_argument("--scales", default="1", help="input scales to average, e.g. 0.75,1,1.25")
+    add_device_argument(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from atrous.engine.distributed import resolve_device
+    from atrous.engine.predict import load_trained_model, predict_files
+
+    scales = parse_floats(args.scales, "--scales")
+    device = resolve_device(args.device)
+    model, meta = load_trained_model(args.checkpoint, device=device)
+    written = predict_files(
+        model,
+        meta,
+        args.images,
+        args.out,
+        overwrite=args.overwrite,
+        flip=args.flip,
+        scales=scales,
+        device=device,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0

@@ -1,0 +1,106 @@
+"""``atrous train``: train a segmentation model (with no arguments: context_net on digits)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from atrous.cli._common import add_device_argument, parse_floats, parse_key_values
+
+DEFAULT_EPOCHS = 12
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
+    parser = subparsers.add_parser(
+        name,
+        help="train a segmentation model",
+        description="Train a segmentation model. With no arguments, trains context_net on the built-in digits data.",
+    )
+    parser.add_argument("--data", default="digits", help="'digits' (built in) or a VOC / {train,val}/{images,masks} folder")
+    parser.add_argument("--model", default="context_net", help="registered segmentation model (atrous rf --list)")
+    parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model builder argument")
+    parser.add_argument("--epochs", type=int, default=None, help=f"epochs (default {DEFAULT_EPOCHS})")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (adamw 3e-3, sgd 0.01)")
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--crop-size", type=int, default=None, help="random training crop (default: 320 for folders)")
+    parser.add_argument("--scale", default=None, help="random scale range LOW,HIGH (default: 0.5,2 for folders)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
+    parser.add_argument("--num-classes", type=int, default=None, help="default: inferred from the data")
+    parser.add_argument("--train-images", type=int, default=None, help="digits: number of training scenes")
+    parser.add_argument("--val-images", type=int, default=None, help="digits: number of validation scenes")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 for digits, 2 else)")
+    parser.add_argument("--seed", type=int, default=0)
+    add_device_argument(parser)
+    parser.add_argument("--out", default=None, help="run folder (default: runs/MODEL_DATA, numbered if taken)")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from pathlib import Path
+
+    from atrous.engine.config import TrainConfig
+
+    folder_data = args.data != "digits"
+    scale = parse_floats(args.scale, "--scale") if args.scale else ((0.5, 2.0) if folder_data else (1.0, 1.0))
+    if len(scale) != 2:
+        raise ValueError(f"--scale must be two numbers LOW,HIGH, got {args.scale!r}")
+    if folder_data and not Path(args.data).exists():
+        raise FileNotFoundError(f"--data {args.data!r}: no such folder (the built-in dataset is 'digits')")
+    return TrainConfig(
+        data=args.data,
+        model=args.model,
+        epochs=args.epochs or DEFAULT_EPOCHS,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        crop_size=args.crop_size or (320 if folder_data else None),
+        scale_range=scale,
+        flip=args.flip if args.flip is not None else folder_data,
+        num_classes=args.num_classes,
+        train_images=args.train_images,
+        val_images=args.val_images,
+        workers=args.workers if args.workers is not None else (2 if folder_data else 0),
+        seed=args.seed,
+        device=args.device,
+        model_kwargs=parse_key_values(args.model_arg, "--model-arg"),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from atrous.engine.run_dir import next_run_dir
+    from atrous.engine.trainer import train
+    from atrous.models import list_models
+
+    if args.resume:
+        if args.out and args.out != args.resume:
+            raise ValueError("--resume RUN_DIR continues that folder; do not also pass a different --out")
+        out, resume = args.resume, True
+    else:
+        if args.model not in list_models(task="segmentation"):
+            raise ValueError(
+                f"unknown model {args.model!r}; segmentation models: {', '.join(list_models(task='segmentation'))}"
+            )
+        resume = False
+        data_name = "digits" if args.data == "digits" else os.path.basename(os.path.normpath(args.data))
+        out = args.out or str(next_run_dir("runs", f"{args.model}_{data_name}"))
+    config = config_from_args(args)
+    result = train(
+        config,
+        out,
+        resume=resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        epochs=args.epochs if resume else None,
+    )
+    if int(os.environ.get("RANK", "0")) == 0 and result["best"] is not None:
+        best = result["best"]
+        print(f"best val mIoU {best['val_miou']:.4f} at epoch {best['epoch']}; run folder: {out}")
+    return 0

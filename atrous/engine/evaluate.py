@@ -1,0 +1,121 @@
+"""Evaluation: confusion matrix, per-class IoU, mIoU and pixel accuracy, with optional flip and
+multi-scale testing (average of softmax probabilities over flips and input scales, as in
+DeepLab's evaluation protocol)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from atrous.engine.metrics import ConfusionMatrix
+from atrous.engine.preprocess import MEAN, STD, normalize
+
+
+def _batches(dataset: Dataset, indices: Sequence[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive items stacked into batches; a change of image size starts a new batch."""
+    images, masks = [], []
+    for index in indices:
+        image, mask = dataset[index]
+        if images and (image.shape != images[0].shape or len(images) == batch_size):
+            yield torch.stack(images), torch.stack(masks)
+            images, masks = [], []
+        images.append(image)
+        masks.append(mask)
+    if images:
+        yield torch.stack(images), torch.stack(masks)
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Class probabilities ``(N, K, H, W)`` for ``images`` ``(N, 3, H, W)`` in [0, 1].
+
+    Args:
+        model: returns logits at its input size.
+        flip: also run the horizontally flipped image and average.
+        scales: input scales to run and average (1.0 = original size).
+        mean, std: input normalisation (ImageNet statistics by default).
+    """
+    height, width = images.shape[-2:]
+    inputs = normalize(images, mean or MEAN, std or STD)
+    total = None
+    for scale in scales:
+        scaled = inputs
+        if scale != 1.0:
+            size = (max(8, round(height * scale)), max(8, round(width * scale)))
+            scaled = F.interpolate(inputs, size=size, mode="bilinear", align_corners=False)
+        for flipped in (False, True) if flip else (False,):
+            x = scaled.flip(-1) if flipped else scaled
+            logits = model(x)
+            if flipped:
+                logits = logits.flip(-1)
+            if logits.shape[-2:] != (height, width):
+                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            probs = logits.softmax(1)
+            total = probs if total is None else total + probs
+    return total / (len(scales) * (2 if flip else 1))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    context=None,
+    progress: bool = False,
+) -> dict:
+    """Score ``model`` on ``dataset``.
+
+    Args:
+        model: segmentation model returning ``(N, K, H, W)`` logits.
+        dataset: items ``(image (3, H, W), mask (H, W))``; has ``num_classes``.
+        batch_size: images per forward pass.
+        device: where to run.
+        flip, scales: test-time augmentation (see :func:`predict_probabilities`).
+        mean, std: input normalisation.
+        context: a :class:`~atrous.engine.distributed.DistributedContext`; each process scores
+            its share and the confusion matrices are summed.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"miou", "pixel_acc", "iou", "confusion"}`` (see :class:`ConfusionMatrix`).
+    """
+    from atrous.engine import distributed
+
+    context = context or distributed.DistributedContext()
+    was_training = model.training
+    model.eval()
+    matrix = ConfusionMatrix(dataset.num_classes, ignore_index=getattr(dataset, "ignore_index", 255))
+    indices = range(context.rank, len(dataset), context.world_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(indices), desc="evaluate", unit="img", dynamic_ncols=True)
+    for images, masks in _batches(dataset, indices, batch_size):
+        probs = predict_probabilities(model, images.to(device), flip=flip, scales=scales, mean=mean, std=std)
+        matrix.update(probs.argmax(1).cpu(), masks)
+        if bar is not None:
+            bar.update(len(images))
+    if bar is not None:
+        bar.close()
+    model.train(was_training)
+    distributed.all_reduce_sum(matrix.matrix, context)
+    return matrix.summary()

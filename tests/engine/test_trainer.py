@@ -1,0 +1,104 @@
+"""Training runs: exact resume, run-folder protection, the files a run leaves."""
+
+import json
+
+import pytest
+import torch
+
+from atrous.engine.checkpoint import load_checkpoint
+from atrous.engine.config import TrainConfig
+from atrous.engine.trainer import poly_lr, train
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    values = dict(
+        model="context_net",
+        model_kwargs={"width_multiplier": 0.25},
+        train_images=8,
+        val_images=4,
+        batch_size=4,
+        epochs=2,
+        device="cpu",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _weights(path):
+    from atrous.models import create
+
+    model = create("context_net", num_classes=11, width_multiplier=0.25)
+    load_checkpoint(path, model)
+    return model.state_dict()
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    from atrous.engine import trainer
+
+    train(tiny_config(), tmp_path / "straight", progress=False)
+    # Kill the second run right after its first checkpoint, as a crash or Ctrl-C would.
+    real_save = trainer._save
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(), tmp_path / "split", progress=False)
+    monkeypatch.setattr(trainer, "_save", real_save)
+    torch.manual_seed(999)  # a fresh process would start from some other RNG state
+    result = train(tiny_config(), tmp_path / "split", resume=True, progress=False)
+    assert [row["epoch"] for row in result["history"]] == [1, 2]
+    straight = _weights(tmp_path / "straight" / "checkpoint")
+    resumed = _weights(tmp_path / "split" / "checkpoint")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    metrics = json.loads((tmp_path / "split" / "metrics.json").read_text())
+    first = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert [r["train_loss"] for r in metrics["history"]] == [r["train_loss"] for r in first["history"]]
+
+
+def test_run_leaves_metrics_curves_and_checkpoints(tmp_path):
+    train(tiny_config(epochs=1), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ("metrics.json", "metrics.csv", "curves.png", "config.json", "checkpoint/model.safetensors", "best/model.safetensors"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["last"]["val_miou"] <= 1.0
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,val_miou")
+
+
+def test_existing_run_is_never_overwritten_silently(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--resume .* --overwrite"):
+        train(tiny_config(epochs=1), run, progress=False)
+    with pytest.raises(ValueError, match="not an atrous run folder"):
+        train(tiny_config(epochs=1), run, overwrite=True, progress=False)
+    assert (run / "notes.txt").read_text() == "mine"
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        train(tiny_config(epochs=1), run, resume=True, progress=False)
+
+
+def test_poly_schedule_closed_form():
+    config = tiny_config(lr=0.1, poly_power=0.9)
+    assert poly_lr(config, 0, 100) == pytest.approx(0.1)
+    assert poly_lr(config, 50, 100) == pytest.approx(0.1 * 0.5**0.9)
+    assert poly_lr(config, 100, 100) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "pattern"),
+    [("epochs", 0, "epochs must be an int >= 1"), ("optimizer", "adam", "optimizer must be one of"),
+     ("scale_range", (2.0, 1.0), "scale_range"), ("lr", -1.0, "lr must be > 0")],
+)
+def test_config_errors_name_the_field(field, value, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        tiny_config(**{field: value})
+
+
+def test_unknown_model_is_rejected_before_training(tmp_path):
+    with pytest.raises(ValueError, match="unknown segmentation model 'nope'"):
+        train(tiny_config(model="nope"), tmp_path / "run", progress=False)
