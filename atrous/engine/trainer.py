@@ -82,6 +82,33 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(logits, masks, ignore_index=255)
 
 
+def wrap_for_distributed(model: nn.Module, context) -> nn.Module:
+    """DistributedDataParallel around ``model`` when running under torchrun, else ``model``.
+
+    On CUDA, BatchNorm becomes SyncBatchNorm so statistics span the global batch; on CPU
+    (gloo) PyTorch has no SyncBatchNorm, so batch statistics stay per process.
+    """
+    if not context.enabled:
+        return model
+    if context.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[context.device.index])
+    return nn.parallel.DistributedDataParallel(model)
+
+
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor, lr: float
+) -> torch.Tensor:
+    """One optimizer step on a batch ``images (N, 3, H, W)`` in [0, 1], ``masks (N, H, W)``; returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = segmentation_loss(model(normalize(images)), masks)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def _train_loader(dataset: Dataset, config: TrainConfig, context, epoch: int) -> DataLoader:
     per_process = max(1, config.batch_size // context.world_size)
     if context.enabled:
@@ -145,11 +172,7 @@ def _train(config, run_dir, resume, overwrite, progress, epochs, context) -> dic
         start_epoch, step, history = meta["epoch"], meta["step"], meta["history"]
         if meta["num_classes"] != num_classes:
             raise ValueError(f"checkpoint in {run_dir} has {meta['num_classes']} classes, the data has {num_classes}")
-    trained = model
-    if context.enabled:
-        trained = nn.parallel.DistributedDataParallel(
-            model, device_ids=[context.device.index] if context.device.type == "cuda" else None
-        )
+    trained = wrap_for_distributed(model, context)
     steps_per_epoch = max(1, len(_train_loader(train_set, config, context, 0)))
     total_steps = steps_per_epoch * config.epochs
     board = TensorBoardLogger(run_dir) if context.is_main else None
@@ -163,15 +186,9 @@ def _train(config, run_dir, resume, overwrite, progress, epochs, context) -> dic
         loss_sum, batches = torch.zeros((), dtype=torch.float64), 0
         for images, masks in loader:
             lr = poly_lr(config, step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images, masks = images.to(context.device), masks.to(context.device)
-            loss = segmentation_loss(trained(normalize(images)), masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(trained, optimizer, images.to(context.device), masks.to(context.device), lr)
             step += 1
-            loss_sum += loss.detach().double().cpu()
+            loss_sum += loss.double().cpu()
             batches += 1
             if bar is not None:
                 elapsed = time.perf_counter() - run_start

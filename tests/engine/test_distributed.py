@@ -1,0 +1,89 @@
+"""Data parallelism: one step on 2 processes x B/2 equals one step on 1 process x B."""
+
+import os
+import socket
+import subprocess
+import sys
+import json
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from atrous import DilatedConv2d
+from atrous.engine.distributed import DistributedContext
+from atrous.engine.trainer import train_step, wrap_for_distributed
+
+
+def _model() -> nn.Module:
+    # No batch statistics: those are per process on CPU, where PyTorch has no SyncBatchNorm.
+    torch.manual_seed(0)
+    return nn.Sequential(DilatedConv2d(3, 8, 3, dilation=2), nn.ReLU(), DilatedConv2d(8, 5, 3, dilation=4))
+
+
+def _batch():
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(4, 3, 12, 12, generator=generator), torch.randint(0, 5, (4, 12, 12), generator=generator)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    context = DistributedContext(rank=rank, world_size=2)
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    images, masks = _batch()
+    shard = list(DistributedSampler(range(4), num_replicas=2, rank=rank, shuffle=False))
+    train_step(wrap_for_distributed(model, context), optimizer, images[shard], masks[shard], lr=0.5)
+    if rank == 0:
+        torch.save(model.state_dict(), out)
+    dist.destroy_process_group()
+
+
+def test_two_processes_equal_one(tmp_path):
+    out = str(tmp_path / "ddp.pt")
+    mp.start_processes(_worker, args=(_free_port(), out), nprocs=2, start_method="spawn")
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    train_step(model, optimizer, *_batch(), lr=0.5)
+    ddp_state = torch.load(out)
+    changed = False
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(ddp_state[key], value, rtol=1e-5, atol=1e-6)
+        changed |= not torch.equal(value, _model().state_dict()[key])
+    assert changed  # the step really moved the weights
+
+
+def test_shards_partition_each_epoch():
+    shards = []
+    for rank in range(2):
+        sampler = DistributedSampler(range(10), num_replicas=2, rank=rank, shuffle=True, seed=3)
+        sampler.set_epoch(4)
+        shards.append(list(sampler))
+    assert sorted(shards[0] + shards[1]) == list(range(10))
+
+
+@pytest.mark.slow
+def test_torchrun_trains_and_only_rank_0_writes(tmp_path):
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+        "-m", "atrous", "train", "--epochs", "1", "--out", str(out), "--device", "cpu",
+        "--model-arg", "width_multiplier=0.25", "--train-images", "8", "--val-images", "4", "--batch-size", "4",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 1
+    assert done.stdout.count("epoch 1/1") == 1  # printed once, by rank 0
