@@ -64,7 +64,9 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load_arrays(self._check_index(index))
-        image_tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+        # NumPy does the conversion: it is single-threaded, and torch's thread pool is slow on busy machines
+        channels_first = np.divide(image.transpose(2, 0, 1), np.float32(255.0), dtype=np.float32, order="C")
+        image_tensor = torch.from_numpy(channels_first)
         mask_tensor = torch.from_numpy(mask.astype(np.int64))
         if self.transform is not None:
             image_tensor, mask_tensor = self.transform(image_tensor, mask_tensor)
