@@ -77,9 +77,13 @@ def upsample(axis: Axis, factor: Fraction, taps: int, first_centre: Fraction) ->
     return Axis(size, jump, axis.start + offset * axis.jump, False, axis.extent)
 
 
-def whole(axis: Axis) -> Axis:
-    """The whole input: what global pooling (or a dense layer) sees."""
-    return Axis(Fraction(axis.extent), axis.jump, Fraction(0), True, axis.extent)
+def whole(axis: Axis, jump: Fraction | None = None) -> Axis:
+    """The whole input: what global pooling (or a dense layer) sees.
+
+    ``jump`` is the stride of the pooled output (input jump x pooled length), so a pooled map
+    upsampled back to its old size returns to the old stride.
+    """
+    return Axis(Fraction(axis.extent), axis.jump if jump is None else jump, Fraction(0), True, axis.extent)
 
 
 def union(axes: list[Axis]) -> tuple[Axis, bool]:
@@ -90,7 +94,9 @@ def union(axes: list[Axis]) -> tuple[Axis, bool]:
         which none contains the others (the merged outputs look at different places).
     """
     if any(a.whole for a in axes):
-        return next(a for a in axes if a.whole), False
+        # The size is the whole input; the stride is still the local branches' (ASPP's pooling).
+        local = [a for a in axes if not a.whole] or axes
+        return Axis(Fraction(axes[0].extent), max(a.jump for a in local), Fraction(0), True, axes[0].extent), False
     jumps = {a.jump for a in axes}
     start = min(a.start for a in axes)
     stop = max(a.stop for a in axes)
