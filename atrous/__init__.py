@@ -33,6 +33,11 @@ _LAZY = {
     "ContextModule": "atrous.models",
     "ASPP": "atrous.models",
     "make_dilated": "atrous.models",
+    "HDCBlock": "atrous.models",
+    "FCNHead": "atrous.models",
+    "DeepLabV3PlusDecoder": "atrous.models",
+    "SeparableConv2d": "atrous.models",
+    "RateWarning": "atrous.models",
     "models": "atrous.models",
     "analysis": "atrous.analysis",
 }

@@ -2,5 +2,28 @@
 
 from atrous.models import segmentation, sequence  # noqa: F401  (registers the models)
 from atrous.models._registry import create, list_models, model_task, register_model
+from atrous.models.segmentation import (
+    ASPP,
+    ContextModule,
+    DeepLabV3PlusDecoder,
+    FCNHead,
+    HDCBlock,
+    RateWarning,
+    SeparableConv2d,
+    make_dilated,
+)
 
-__all__ = ["create", "list_models", "model_task", "register_model"]
+__all__ = [
+    "ASPP",
+    "ContextModule",
+    "DeepLabV3PlusDecoder",
+    "FCNHead",
+    "HDCBlock",
+    "RateWarning",
+    "SeparableConv2d",
+    "create",
+    "list_models",
+    "make_dilated",
+    "model_task",
+    "register_model",
+]

@@ -67,7 +67,8 @@ def make_dilated(
     branches (residual shortcuts) are handled because strides are measured, not counted.
 
     Non-overlapping pools (kernel <= stride, e.g. VGG's 2x2 max-pool) whose stride is removed
-    become ``nn.Identity``, as Yu & Koltun (2016) remove pool4 and pool5; overlapping max-pools
+    become ``nn.Identity``, as Yu & Koltun (2016) remove pool4 and pool5 (the field then loses
+    the pool's own ``(k - 1) * g`` pixels, nothing more); overlapping max-pools
     keep their kernel at stride 1 and take the dilation. Convolutions are assumed "same"-padded
     (integer padding ``d * (k - 1) / 2`` or the ``"same"`` mode of ``atrous`` layers).
 

@@ -1,0 +1,107 @@
+"""Yu & Koltun's context module and the small context networks built on it."""
+
+import pytest
+import torch
+
+import atrous
+from atrous.models import create
+from atrous.models.segmentation import ContextModule
+
+
+def _support_width(model, x):
+    """Columns of ``x`` whose gradient reaches the centre output (a gradient probe of the field)."""
+    x = x.clone().requires_grad_(True)
+    out = model(x)
+    out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
+    columns = (x.grad.abs().sum(dim=(0, 1, 2)) > 0).nonzero().flatten()
+    return int(columns.max() - columns.min() + 1)
+
+
+def test_basic_module_is_the_identity_at_init():
+    module = ContextModule(5)
+    x = torch.rand(2, 5, 23, 31)  # non-negative, as the ReLUs pass it through
+    assert torch.equal(module(x), x)
+
+
+def test_large_module_is_a_group_identity_plus_small_noise():
+    torch.manual_seed(0)
+    exact = ContextModule(3, "large", init_noise=0.0)
+    x = torch.rand(1, 3, 20, 20)
+    torch.testing.assert_close(exact(x), x)
+    noisy = ContextModule(3, "large")
+    assert not torch.equal(noisy(x), x)
+    torch.testing.assert_close(noisy(x), x, atol=0.1, rtol=0.1)
+
+
+def test_large_module_widths_follow_the_paper():
+    module = ContextModule(4, "large")
+    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 8, 16, 32, 64, 128, 128, 4]
+    assert [c.dilation[0] for c in convs] == [1, 1, 2, 4, 8, 16, 1, 1]
+    assert [c.kernel_size[0] for c in convs] == [3] * 7 + [1]
+
+
+def test_context_module_field_is_67():
+    module = ContextModule(2)
+    assert module.receptive_field == 67
+    assert atrous.receptive_field(module, (2, 96, 96)).size == (67, 67)
+    # Gradient probe with positive weights, so every ReLU is open and no tap cancels.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.uniform_(0.01, 1.0) if p.ndim > 1 else p.zero_()
+    assert _support_width(module, torch.rand(1, 2, 81, 81)) == 67
+
+
+def test_context_networks_share_parameter_count_and_differ_in_field():
+    counts = {name: sum(p.numel() for p in create(name).parameters())
+              for name in ("context_net", "plain_net", "hdc_net", "gridding_net")}
+    assert len(set(counts.values())) == 1
+    # stem field 7 at stride 4, each 3x3 at rate r adds 2 * r * 4 pixels (Yu & Koltun's arithmetic)
+    expected = {"context_net": 7 + 8 * 33, "plain_net": 7 + 8 * 7, "hdc_net": 7 + 8 * 33, "gridding_net": 7 + 8 * 33}
+    for name, field in expected.items():
+        model = create(name, width_multiplier=1 / 8)
+        assert model.receptive_field == field
+        assert atrous.receptive_field(model.stem, (3, 64, 64)).size == (7, 7)
+
+
+def test_context_net_feature_field_by_gradient_probe():
+    model = create("context_net", width_multiplier=1 / 8).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.zero_() if name.endswith("bias") else p.uniform_(0.01, 1.0)
+    features = torch.nn.Sequential(model.stem, model.context)
+    assert _support_width(features, torch.rand(1, 3, 320, 320)) == 271
+
+
+def test_gridding_net_reads_a_sublattice():
+    # Rates sharing the factor 3 reach only every third feature pixel; HDC rates reach all.
+    def reached(rates):
+        module = ContextModule(1, rates=rates)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.fill_(1.0) if p.ndim > 1 else p.zero_()
+        x = torch.ones(1, 1, 81, 81, requires_grad=True)
+        module(x)[0, 0, 40, 40].backward()
+        row = x.grad[0, 0, 40] > 0
+        return int(row.sum()), int(row.nonzero().max() - row.nonzero().min() + 1)
+
+    assert reached((3, 3, 3, 6, 6, 6, 6)) == (23, 67)
+    assert reached((1, 2, 5, 9, 2, 5, 9)) == (67, 67)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"variant": "huge"}, "variant"), ({"rates": ()}, "rates"), ({"rates": (1, 0)}, "rates"),
+    ({"variant": "large", "rates": (1, 2)}, "rates"), ({"init_noise": -1.0}, "init_noise"),
+])
+def test_context_module_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ContextModule(4, **kwargs)
+
+
+def test_normalised_module_is_the_identity_in_eval_mode_at_init():
+    module = ContextModule(3, norm=True).eval()
+    x = torch.rand(1, 3, 17, 17)
+    # Fresh running statistics (mean 0, variance 1): each of the 7 BatchNorms divides by sqrt(1 + eps).
+    torch.testing.assert_close(module(x), x * (1 + 1e-5) ** -3.5)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules()) == 7
