@@ -28,6 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--sample-rate", type=int, default=None, help="default: the training data's rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: single-sample steps are too small to split, and extra "
+                        "threads slow them down several-fold on a busy machine)")
     parser.set_defaults(run=run)
 
 
@@ -43,15 +46,21 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seconds must be > 0, got {args.seconds}")
     if args.count < 1:
         raise ValueError(f"--count must be >= 1, got {args.count}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     samples = max(1, round(args.seconds * rate))
     model = create(meta["model"], **meta.get("model_kwargs", {}))
     load_checkpoint(args.checkpoint, model)
     generator = torch.Generator().manual_seed(args.seed)
     bar = None
     if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=samples, unit="sample", desc="generate")
+        try:
+            from tqdm import tqdm
+        except ImportError:  # tqdm comes with the "train" extra; generation works without it
+            tqdm = None
+        if tqdm is not None:
+            bar = tqdm(total=samples, unit="sample", desc="generate")
     try:
         ids = sample_autoregressive(
             model, samples, batch_size=args.count, temperature=args.temperature, generator=generator,

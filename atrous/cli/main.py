@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "eval": "atrous.cli.evaluate",
     "predict": "atrous.cli.predict",
     "rf": "atrous.cli.rf",
+    "train-seq": "atrous.cli.train_seq",
+    "generate": "atrous.cli.generate",
 }
 
 

@@ -25,8 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         name,
         help="train a TCN/WaveNet on a sequence task",
         description="Train on the adding problem or copy memory (Bai et al. 2018), or on mu-law audio "
-        "from a folder of mono 8/16-bit WAV files (e.g. Debian's asterisk-core-sounds-en-wav, "
-        "/usr/share/asterisk/sounds/en, 8 kHz speech).",
+        "from a folder of mono 8/16-bit WAV files (e.g. Debian's asterisk-core-sounds-en-wav: "
+        "/usr/share/asterisk/sounds/en_US_f_Allison, 568 files, 25 minutes of 8 kHz speech).",
     )
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--out", required=True, help="run folder to create")

@@ -168,6 +168,10 @@ class WavFolderDataset(Dataset):
     at ``t`` is scored against the sample at ``t + 1``. Set ``window = receptive_field + N`` and
     score the last ``N`` outputs, which see a full receptive field.
 
+    Example data: Debian's ``asterisk-core-sounds-en-wav`` package (``apt-get install
+    asterisk-core-sounds-en-wav``) puts 568 mono 16-bit 8 kHz prompts, about 25 minutes of
+    speech, in ``/usr/share/asterisk/sounds/en_US_f_Allison``.
+
     Args:
         root: a folder searched recursively for ``*.wav``.
         window: input length per item.

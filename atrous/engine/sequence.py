@@ -39,7 +39,7 @@ class SequenceTrainConfig:
         grad_clip: max gradient norm (0 disables clipping).
         eval_size: sequences in the fixed evaluation batch (synthetic tasks).
         log_every: steps between evaluations.
-        seed: seeds the model init (if built after), the data and the evaluation batch.
+        seed: seeds the training batches and (with seed + 1) the evaluation batch.
     """
 
     task: str = "adding"
@@ -136,7 +136,8 @@ def train_sequence(
     generator = torch.Generator().manual_seed(config.seed)
     evaluation = None
     if config.task != "audio":
-        evaluation = synthetic_batch(config.task, config.eval_size, config.length, torch.Generator().manual_seed(config.seed + 1))
+        held_out = torch.Generator().manual_seed(config.seed + 1)
+        evaluation = synthetic_batch(config.task, config.eval_size, config.length, held_out)
     batches = _endless(audio_batches) if config.task == "audio" else None
     history: list[dict] = []
     running, count, start = 0.0, 0, time.perf_counter()

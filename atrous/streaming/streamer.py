@@ -13,7 +13,8 @@ WaveNet generation algorithm"; here the same cache serves any causal stack.
 A model can be streamed when every layer with a time extent is a ``CausalConv1d`` (stride 1)
 and everything else is pointwise in time. That is checked when the streamer is built:
 
-* ``CausalConv1d`` layers get a state; at each step their forward is routed through it.
+* ``CausalConv1d`` layers (and ``DilatedConv1d(padding="causal")``) get a state; during a
+  step their forward is routed through it, then restored.
 * Known pointwise layers pass: activations, 1x1 convolutions with stride 1 and no padding,
   dropout and batch norm (in eval mode), ``Identity``, ``Embedding``, containers
   (``Sequential``, ``ModuleList``, ``ModuleDict``) and weight parametrisations.
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atrous.ops.layers import CausalConv1d
+from atrous.ops.layers import CausalConv1d, DilatedConv1d
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _ALWAYS_POINTWISE = (
@@ -49,9 +50,13 @@ _EVAL_ONLY = (nn.Dropout, nn.Dropout1d, nn.AlphaDropout, nn.FeatureAlphaDropout,
 
 
 def _check_layer(name: str, module: nn.Module) -> str:
-    """Classify one module: ``"causal"``, ``"pointwise"``, ``"eval"``, ``"container"``; raise otherwise."""
+    """Classify one module: ``"causal"``, ``"conv1x1"``, ``"pointwise"``, ``"eval"``, ``"container"``.
+
+    Raises:
+        ValueError: the module cannot be streamed; the message names it and says why.
+    """
     label = f"layer {name or '<root>'!r} ({type(module).__name__})"
-    if isinstance(module, CausalConv1d):
+    if isinstance(module, CausalConv1d) or (isinstance(module, DilatedConv1d) and module.padding == "causal"):
         if module.stride != (1,):
             raise ValueError(f"cannot stream {label}: stride must be 1 to stream, got stride={module.stride[0]}")
         if module.padding_mode != "zeros":
@@ -59,9 +64,9 @@ def _check_layer(name: str, module: nn.Module) -> str:
         return "causal"
     if isinstance(module, nn.Conv1d):
         padding = module.padding
-        zero_pad = padding in ("valid", "same") or all(p == 0 for p in padding)
+        zero_pad = padding in ("valid", "same") or (not isinstance(padding, str) and all(p == 0 for p in padding))
         if module.kernel_size == (1,) and module.stride == (1,) and zero_pad:
-            return "pointwise"
+            return "conv1x1"
         raise ValueError(
             f"cannot stream {label}: a convolution with a time extent must be a CausalConv1d; got kernel_size="
             f"{module.kernel_size[0]}, stride={module.stride[0]}, padding={padding!r} (allowed: CausalConv1d, "
@@ -101,35 +106,68 @@ def _expected_in_channels(model: nn.Module) -> int | None:
     return None
 
 
+def _conv_at_one_step(
+    window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int
+) -> torch.Tensor:
+    """A convolution with one output step, ``(B, C_in, k) -> (B, C_out, 1)``, as a single matmul."""
+    if groups != 1:
+        return F.conv1d(window, weight, bias, 1, 0, 1, groups)
+    flat, matrix = window.reshape(window.shape[0], -1), weight.reshape(weight.shape[0], -1).t()
+    out = flat @ matrix if bias is None else torch.addmm(bias, flat, matrix)
+    return out.unsqueeze(2)
+
+
+class _Pointwise:
+    """A 1x1 convolution; a single time step runs as a matmul (conv1d's overhead dominates there)."""
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        self.conv = conv
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        if x.shape[2] == 1:
+            return _conv_at_one_step(x, conv.weight, conv.bias, conv.groups)
+        return F.conv1d(x, conv.weight, conv.bias, 1, 0, 1, conv.groups)
+
+
 class _LayerState:
     """Ring buffer of the last ``context`` inputs of one causal conv, for a batch of streams."""
 
-    def __init__(self, conv: CausalConv1d) -> None:
+    def __init__(self, conv: DilatedConv1d) -> None:
         self.conv = conv
-        self.context = conv.context
+        self.context = (conv.kernel_size[0] - 1) * conv.dilation[0]
         self.buffer: torch.Tensor | None = None  # (B, C_in, context); time t lives at t % context
         self.position = 0
         self.calls = 0  # per streamer step; a second call would advance the state twice
+        k, d = conv.kernel_size[0], conv.dilation[0]
+        # taps[p]: ring slots of x[t - (k-1) d], ..., x[t - d] when x[t] is about to go to slot p
+        offsets = d * torch.arange(k - 1, 0, -1)
+        self.taps = (torch.arange(max(self.context, 1)).unsqueeze(1) - offsets) % max(self.context, 1)
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         conv, context = self.conv, self.context
         self.calls += 1
         if context == 0:
-            return F.conv1d(x, conv.weight, conv.bias, 1, 0, 1, conv.groups)
+            return _Pointwise(conv).step(x)
         if self.buffer is None:
             self.buffer = x.new_zeros(x.shape[0], x.shape[1], context)
-        k, d = conv.kernel_size[0], conv.dilation[0]
+            self.taps = self.taps.to(x.device)
         if x.shape[2] == 1:
             # One sample: gather only the k - 1 past taps instead of the whole window.
-            taps = (self.position - d * torch.arange(k - 1, 0, -1, device=x.device)) % context
-            window = torch.cat([self.buffer[:, :, taps], x], dim=2)  # (B, C_in, k)
-            out = F.conv1d(window, conv.weight, conv.bias, 1, 0, 1, conv.groups)
+            if self.taps.shape[1] == 1:
+                slot = int(self.taps[self.position, 0])
+                past = self.buffer[:, :, slot : slot + 1]
+            else:
+                past = self.buffer[:, :, self.taps[self.position]]
+            out = _conv_at_one_step(torch.cat([past, x], dim=2), conv.weight, conv.bias, conv.groups)
             self.buffer[:, :, self.position] = x[:, :, 0]
             self.position = (self.position + 1) % context
             return out
-        order = (self.position + torch.arange(context, device=x.device)) % context
-        full = torch.cat([self.buffer[:, :, order], x], dim=2)  # (B, C_in, context + L), oldest first
-        out = F.conv1d(full, conv.weight, conv.bias, 1, 0, d, conv.groups)
+        past = self.buffer
+        if self.position:
+            past = past[:, :, (self.position + torch.arange(context, device=x.device)) % context]
+        full = torch.cat([past, x], dim=2)  # (B, C_in, context + L), oldest first
+        out = F.conv1d(full, conv.weight, conv.bias, 1, 0, conv.dilation[0], conv.groups)
         self.buffer = full[:, :, -context:].clone()
         self.position = 0
         return out
@@ -172,6 +210,7 @@ class Streamer:
         self.model = model
         self.batch_size = batch_size
         self._states: dict[str, _LayerState] = {}
+        self._pointwise: list[_Pointwise] = []
         self._eval_only: list[tuple[str, nn.Module]] = []
         seen: dict[int, str] = {}
         for name, module in _walk(model):
@@ -184,6 +223,8 @@ class Streamer:
             seen[id(module)] = name
             if kind == "causal":
                 self._states[name] = _LayerState(module)
+            elif kind == "conv1x1":
+                self._pointwise.append(_Pointwise(module))
             elif kind == "eval":
                 self._eval_only.append((name, module))
         self.in_channels = _expected_in_channels(model)
@@ -220,17 +261,17 @@ class Streamer:
         """Route every CausalConv1d's forward through its state for the duration of one step."""
         patched = []
         try:
-            for state in self._states.values():
-                conv = state.conv
-                patched.append((conv, conv.__dict__.get("forward")))
-                conv.forward = state.step
+            for state in (*self._states.values(), *self._pointwise):
+                # The instance dict shadows the class's forward; nn.Module.__setattr__ is skipped for speed.
+                patched.append((state.conv, state.conv.__dict__.get("forward")))
+                state.conv.__dict__["forward"] = state.step
             yield
         finally:
             for conv, previous in patched:
                 if previous is None:
-                    del conv.forward
+                    conv.__dict__.pop("forward", None)
                 else:
-                    conv.forward = previous
+                    conv.__dict__["forward"] = previous
 
     @torch.no_grad()
     def step(self, chunk: torch.Tensor, *args, **kwargs) -> torch.Tensor:

@@ -117,7 +117,8 @@ def test_wav_folder_dataset_gives_shifted_mu_law_windows(tmp_path):
     assert len(ds) == 20 and ds.sample_rate == 8000
     x, y = ds[5]
     assert x.shape == y.shape == (64,) and torch.equal(x[1:], y[:-1])
-    encoded = [mu_law_encode(torch.from_numpy(read_wav(p)[0])) for p in (tmp_path / "a.wav", tmp_path / "sub" / "b.wav")]
+    files = (tmp_path / "a.wav", tmp_path / "sub" / "b.wav")
+    encoded = [mu_law_encode(torch.from_numpy(read_wav(p)[0])) for p in files]
     joined = torch.cat([x, y[-1:]])
     assert any(any(torch.equal(t[i : i + 65], joined) for i in range(len(t) - 64)) for t in encoded)
     assert torch.equal(ds[5][0], x)  # reproducible per index

@@ -1,1 +1,9 @@
 """Causal dilated sequence models: WaveNet and TCN."""
+
+from atrous.models.sequence.tcn import TCN, TCNConfig, TemporalBlock, tcn
+from atrous.models.sequence.wavenet import GatedResidualLayer, WaveNet, WaveNetConfig, upsample_condition, wavenet
+
+__all__ = [
+    "TCN", "TCNConfig", "TemporalBlock", "tcn",
+    "GatedResidualLayer", "WaveNet", "WaveNetConfig", "upsample_condition", "wavenet",
+]

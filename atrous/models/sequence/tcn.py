@@ -1,0 +1,159 @@
+"""Temporal convolutional network (TCN).
+
+Bai, Kolter & Koltun (2018), "An empirical evaluation of generic convolutional and recurrent
+networks for sequence modeling". A TCN is a stack of residual blocks; block ``i`` holds two
+dilated convolutions of dilation ``2**i``, each with weight normalisation, ReLU and dropout,
+and adds its input back through a 1x1 convolution when the channel count changes. With causal
+convolutions ``y[t]`` depends on ``x[<= t]`` only; the "same" variant pads both sides and sees
+the future as well (for tasks where the whole sequence is known).
+
+Receptive field: ``1 + 2 (k - 1) (2**levels - 1)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from atrous.models._registry import register_model
+from atrous.ops.layers import CausalConv1d, DilatedConv1d
+
+
+@dataclass
+class TCNConfig:
+    """Hyper-parameters of :class:`TCN` (defaults: the paper's adding-problem model, ~70K weights)."""
+
+    in_channels: int = 2
+    out_channels: int = 1
+    hidden: int = 24
+    levels: int = 8
+    kernel_size: int = 8
+    dropout: float = 0.0
+    causal: bool = True
+    init_std: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "out_channels", "hidden", "levels", "kernel_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.init_std < 0:
+            raise ValueError(f"init_std must be >= 0 (0 keeps PyTorch's default init), got {self.init_std!r}")
+        if not isinstance(self.causal, bool):
+            raise TypeError(f"causal must be a bool, got {self.causal!r}")
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, dilation: int, causal: bool, std: float) -> nn.Module:
+    if causal:
+        conv = CausalConv1d(in_channels, out_channels, kernel_size, dilation)
+    else:
+        conv = DilatedConv1d(in_channels, out_channels, kernel_size, padding="same", dilation=dilation)
+    if std > 0:
+        nn.init.normal_(conv.weight, 0.0, std)  # the paper's N(0, 0.01) initialisation
+    return weight_norm(conv)
+
+
+class TemporalBlock(nn.Module):
+    """``relu(x + net(x))`` with ``net = (conv -> ReLU -> dropout) x 2``, conv weight-normalised.
+
+    Args:
+        in_channels: channels entering the block.
+        out_channels: channels leaving it; a 1x1 projection matches the residual when they differ.
+        kernel_size: kernel of both convolutions.
+        dilation: dilation of both convolutions.
+        dropout: dropout probability after each activation.
+        causal: causal (left) padding, else "same" padding.
+        init_std: std of the normal init of the conv weights (0: PyTorch's default).
+
+    Shape:
+        ``(B, in_channels, T)`` -> ``(B, out_channels, T)``.
+    """
+
+    streamable = True  # the residual sum is pointwise in time
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        dilation: int,
+        *,
+        dropout: float,
+        causal: bool,
+        init_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            _conv(in_channels, out_channels, kernel_size, dilation, causal, init_std), nn.ReLU(), nn.Dropout(dropout),
+            _conv(out_channels, out_channels, kernel_size, dilation, causal, init_std), nn.ReLU(), nn.Dropout(dropout),
+        )
+        self.downsample = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        if self.downsample is not None and init_std > 0:
+            nn.init.normal_(self.downsample.weight, 0.0, init_std)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.net(x) + residual)
+
+
+class TCN(nn.Module):
+    """A TCN with a 1x1 output head applied at every time step.
+
+    For sequence-to-one tasks (the adding problem) read the output at the last step.
+
+    Args:
+        config: a :class:`TCNConfig`.
+
+    Shape:
+        ``(B, in_channels, T)`` -> ``(B, out_channels, T)``.
+    """
+
+    streamable = True
+
+    def __init__(self, config: TCNConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or TCNConfig()
+        self.in_channels = config.in_channels
+        widths = [config.in_channels] + [config.hidden] * config.levels
+        self.blocks = nn.Sequential(
+            *(
+                TemporalBlock(
+                    widths[i],
+                    widths[i + 1],
+                    config.kernel_size,
+                    2**i,
+                    dropout=config.dropout,
+                    causal=config.causal,
+                    init_std=config.init_std,
+                )
+                for i in range(config.levels)
+            )
+        )
+        self.head = nn.Conv1d(config.hidden, config.out_channels, 1)
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples one output sees: ``1 + 2 (k - 1) (2**levels - 1)``."""
+        return 1 + 2 * (self.config.kernel_size - 1) * (2**self.config.levels - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"x must have shape (B, in_channels={self.config.in_channels}, T), got {tuple(x.shape)}"
+            )
+        return self.head(self.blocks(x))
+
+
+@register_model(task="sequence")
+def tcn(**kwargs) -> TCN:
+    """TCN (Bai et al. 2018); keyword arguments are the fields of :class:`TCNConfig`."""
+    unknown = set(kwargs) - set(asdict(TCNConfig()))
+    if unknown:
+        raise TypeError(f"tcn got unknown arguments {sorted(unknown)}; allowed: {sorted(asdict(TCNConfig()))}")
+    return TCN(TCNConfig(**kwargs))

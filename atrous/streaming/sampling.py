@@ -1,0 +1,77 @@
+"""Autoregressive sampling through a :class:`~atrous.streaming.Streamer`.
+
+WaveNet generation (van den Oord et al. 2016): draw sample ``t + 1`` from the softmax the model
+outputs at step ``t`` and feed it back in. With the streamer each step costs one sample's worth
+of computation per layer instead of a forward over the whole receptive field (Paine et al.
+2016, "Fast WaveNet generation algorithm").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from atrous.streaming.streamer import Streamer
+
+
+def sample_autoregressive(
+    model: nn.Module,
+    steps: int,
+    *,
+    batch_size: int = 1,
+    temperature: float = 1.0,
+    first: int | None = None,
+    global_condition: torch.Tensor | None = None,
+    local_condition: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Draw ``steps`` class ids per stream from a model over classes (e.g. WaveNet).
+
+    Args:
+        model: takes ``(B, L)`` int64 class ids and returns ``(B, classes, L)`` logits, where
+            the logits at ``t`` predict the class at ``t + 1``; it must be streamable.
+        steps: number of samples to draw per stream.
+        batch_size: number of independent streams.
+        temperature: softmax temperature (``0`` takes the most likely class).
+        first: the class fed at the first step (default ``classes // 2``, mu-law silence).
+        global_condition: ``(B,)`` ids passed to every step.
+        local_condition: ``(B, C_cond, steps)`` at the sample rate; step ``t`` gets column ``t``.
+        generator: random generator for reproducible draws.
+        progress: called with the number of samples done after each step (e.g. ``bar.update``).
+
+    Returns:
+        ``(B, steps)`` int64 class ids.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if local_condition is not None and (local_condition.ndim != 3 or local_condition.shape[2] < steps):
+        raise ValueError(
+            f"local_condition must be (B, C_cond, >= steps={steps}), got {tuple(local_condition.shape)}"
+        )
+    model.eval()
+    classes = getattr(model, "in_channels", None) or 256
+    device = next(model.parameters()).device
+    streamer = Streamer(model, batch_size)
+    current = torch.full((batch_size, 1), classes // 2 if first is None else first, dtype=torch.long, device=device)
+    out = torch.empty(batch_size, steps, dtype=torch.long, device=device)
+    kwargs = {}
+    if global_condition is not None:
+        kwargs["global_condition"] = global_condition
+    for t in range(steps):
+        if local_condition is not None:
+            kwargs["local_condition"] = local_condition[:, :, t : t + 1]
+        logits = streamer.step(current, **kwargs)[:, :, -1]  # (B, classes)
+        if temperature == 0:
+            current = logits.argmax(dim=1, keepdim=True)
+        else:
+            probs = torch.softmax(logits / temperature, dim=1)
+            current = torch.multinomial(probs, 1, generator=generator)
+        out[:, t] = current[:, 0]
+        if progress is not None:
+            progress(1)
+    return out

@@ -1,0 +1,13 @@
+"""Model tests run tiny convolutions, where two OpenMP threads on a shared machine cost more
+than they save; one thread keeps the suite fast and its timing stable."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
