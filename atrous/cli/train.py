@@ -7,7 +7,7 @@ import sys
 
 from atrous.cli._common import add_device_argument, parse_floats, parse_key_values
 
-DEFAULT_EPOCHS = 12
+DEFAULT_EPOCHS = 16
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:

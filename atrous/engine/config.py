@@ -34,7 +34,7 @@ class TrainConfig:
 
     data: str = "digits"
     model: str = "context_net"
-    epochs: int = 12
+    epochs: int = 16
     batch_size: int = 16
     optimizer: str = "adamw"
     lr: float | None = None
