@@ -36,6 +36,29 @@ def _group_identity_(weight: torch.Tensor, channels: int, noise: float) -> None:
         weight[:, :, kh // 2, kw // 2] += mask * (channels / c_out)
 
 
+class _ResidualUnit(nn.Module):
+    """``relu(x + norm(conv(x)))``: one context layer as a residual unit."""
+
+    def __init__(self, channels: int, rate: int, norm: bool) -> None:
+        super().__init__()
+        self.conv = DilatedConv2d(channels, channels, 3, dilation=rate, bias=not norm)
+        self.norm = nn.BatchNorm2d(channels) if norm else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+
+    def reset_parameters(self) -> None:
+        # The branch starts at exactly zero, so the unit starts as the identity on x >= 0.
+        if isinstance(self.norm, nn.BatchNorm2d):
+            self.conv.reset_parameters()
+            nn.init.zeros_(self.norm.weight)
+            nn.init.zeros_(self.norm.bias)
+        else:
+            nn.init.zeros_(self.conv.weight)
+            nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(x + self.norm(self.conv(x)))
+
+
 class ContextModule(nn.Module):
     """Multi-scale context aggregation: maps C feature maps to C, dilation growing per layer.
 
@@ -50,6 +73,9 @@ class ContextModule(nn.Module):
         norm: BatchNorm after each 3x3 conv (not in the paper; it helps training from scratch).
             The identity init then holds in eval mode while the running statistics are fresh
             (up to BatchNorm's eps).
+        residual: make each 3x3 layer a residual unit ``relu(x + norm(conv(x)))`` whose branch
+            starts at zero (basic variant only; not in the paper). The module is still the exact
+            identity at init and trains from scratch much faster.
 
     Shape:
         ``(N, C, H, W)`` -> ``(N, C, H, W)``. At init, non-negative inputs come back unchanged
@@ -64,6 +90,7 @@ class ContextModule(nn.Module):
         rates: Sequence[int] = CONTEXT_RATES,
         init_noise: float = 1e-3,
         norm: bool = False,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         check_int("channels", channels)
@@ -76,13 +103,19 @@ class ContextModule(nn.Module):
             check_int("rates", rate)
         if variant == "large" and len(rates) != len(LARGE_WIDTHS):
             raise ValueError(f"variant='large' needs {len(LARGE_WIDTHS)} rates, got {rates!r}")
+        if residual and variant != "basic":
+            raise ValueError(f"residual=True needs variant='basic' (equal widths), got variant={variant!r}")
         if init_noise < 0:
             raise ValueError(f"init_noise must be >= 0, got {init_noise!r}")
         widths = [channels * m for m in LARGE_WIDTHS] if variant == "large" else [channels] * len(rates)
         self.channels, self.variant, self.rates = channels, variant, rates
+        self.residual = residual
         layers: list[nn.Module] = []
         in_channels = channels
         for rate, width in zip(rates, widths):
+            if residual:
+                layers.append(_ResidualUnit(channels, rate, norm))
+                continue
             layers.append(DilatedConv2d(in_channels, width, 3, dilation=rate, bias=not norm))
             if norm:
                 layers.append(nn.BatchNorm2d(width))
@@ -95,7 +128,9 @@ class ContextModule(nn.Module):
     def reset_parameters(self, init_noise: float = 0.0) -> None:
         """Identity (basic) or group-identity-plus-noise (large) weights, zero biases."""
         for module in self.layers:
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, _ResidualUnit):
+                module.reset_parameters()
+            elif isinstance(module, nn.Conv2d):
                 _group_identity_(module.weight, self.channels, init_noise)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)

@@ -57,14 +57,8 @@ def test_context_networks_share_parameter_count_and_differ_in_field():
     counts = {name: sum(p.numel() for p in create(name).parameters())
               for name in ("context_net", "plain_net", "hdc_net", "gridding_net")}
     assert len(set(counts.values())) == 1
-    # stem field 7 at stride 4, each 3x3 at rate r adds 2 * r * 4 pixels (Yu & Koltun's arithmetic);
-    # a residual block holds two 3x3 convs.
-    expected = {
-        "context_net": 7 + 16 * (1 + 2) + 8 * 33,
-        "plain_net": 7 + 16 * (1 + 1) + 8 * 7,
-        "hdc_net": 7 + 16 * (1 + 2) + 8 * 33,
-        "gridding_net": 7 + 16 * (3 + 3) + 8 * 27,
-    }
+    # stem field 7 at stride 4, each 3x3 at rate r adds 2 * r * 4 pixels (Yu & Koltun's arithmetic)
+    expected = {"context_net": 7 + 8 * 33, "plain_net": 7 + 8 * 7, "hdc_net": 7 + 8 * 33, "gridding_net": 7 + 8 * 33}
     for name, field in expected.items():
         model = create(name, width_multiplier=1 / 8)
         assert model.receptive_field == field
@@ -76,8 +70,8 @@ def test_context_net_feature_field_by_gradient_probe():
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.zero_() if name.endswith("bias") else p.uniform_(0.01, 1.0)
-    features = torch.nn.Sequential(model.stem, model.blocks, model.context)
-    assert _support_width(features, torch.rand(1, 3, 400, 400)) == 7 + 16 * 3 + 8 * 33
+    features = torch.nn.Sequential(model.stem, model.context)
+    assert _support_width(features, torch.rand(1, 3, 320, 320)) == 7 + 8 * 33
 
 
 def test_gridding_net_reads_a_sublattice():
@@ -111,3 +105,23 @@ def test_normalised_module_is_the_identity_in_eval_mode_at_init():
     # Fresh running statistics (mean 0, variance 1): each of the 7 BatchNorms divides by sqrt(1 + eps).
     torch.testing.assert_close(module(x), x * (1 + 1e-5) ** -3.5)
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules()) == 7
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_residual_module_is_the_identity_at_init_and_learns(norm):
+    torch.manual_seed(0)
+    module = ContextModule(3, norm=norm, residual=True)
+    x = torch.rand(2, 3, 17, 17)
+    torch.testing.assert_close(module(x), x, rtol=0, atol=0)  # train mode: branches are exactly zero
+    assert module.receptive_field == 67
+    # Every 3x3 conv still gets a gradient, so the zero branches can grow.
+    module(x).square().sum().backward()
+    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 7
+    if norm:
+        norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert all(n.weight.grad.abs().sum() > 0 for n in norms)
+    else:
+        assert all(c.weight.grad.abs().sum() > 0 for c in convs)
+    with pytest.raises(ValueError, match="residual=True needs variant='basic'"):
+        ContextModule(3, "large", residual=True)
