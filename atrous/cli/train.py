@@ -7,7 +7,7 @@ import sys
 
 from atrous.cli._common import add_device_argument, parse_floats, parse_key_values
 
-DEFAULT_EPOCHS = 16
+DEFAULT_EPOCHS = 20
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--model", default="context_net", help="registered segmentation model (atrous rf --list)")
     parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model builder argument")
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs (default {DEFAULT_EPOCHS})")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8, help="global batch size (default 8)")
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (adamw 3e-3, sgd 0.01)")
     parser.add_argument("--weight-decay", type=float, default=1e-4)

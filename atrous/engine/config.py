@@ -34,8 +34,8 @@ class TrainConfig:
 
     data: str = "digits"
     model: str = "context_net"
-    epochs: int = 16
-    batch_size: int = 16
+    epochs: int = 20
+    batch_size: int = 8
     optimizer: str = "adamw"
     lr: float | None = None
     weight_decay: float = 1e-4
