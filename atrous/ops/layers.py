@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from atrous.ops.functional import dilated_conv
-from atrous.ops.padding import PADDING_MODES, PaddingSpec, kernel_extent, resolve_padding, to_tuple
+from atrous.ops.padding import PADDING_MODES, PaddingSpec, check_rates, kernel_extent, resolve_padding, to_tuple
 from atrous.ops.space_to_batch import same_rate_stack
 
 
@@ -188,11 +188,7 @@ class DilatedStack(nn.Module):
         super().__init__()
         if dims not in _CONV_BY_DIMS:
             raise ValueError(f"dims must be 1, 2 or 3, got {dims!r}")
-        rates = tuple(rates)
-        if not rates:
-            raise ValueError("rates must name at least one dilation, got an empty sequence")
-        for rate in rates:
-            to_tuple(rate, 1, "rates")
+        rates = check_rates(rates)
         self.rates = rates
         self.use_space_to_batch = use_space_to_batch
         conv_cls = _CONV_BY_DIMS[dims]

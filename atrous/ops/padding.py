@@ -45,6 +45,18 @@ def to_tuple(value: int | Sequence[int], ndim: int, name: str, *, minimum: int =
     return values
 
 
+def check_rates(rates: Sequence[int], name: str = "rates") -> tuple[int, ...]:
+    """A non-empty tuple of dilation rates, each an int >= 1; errors name ``name``."""
+    if isinstance(rates, (int, str)) or not isinstance(rates, Sequence):
+        raise TypeError(f"{name} must be a sequence of ints >= 1 such as (1, 2, 4), got {rates!r}")
+    rates = tuple(rates)
+    if not rates:
+        raise ValueError(f"{name} must name at least one dilation, got an empty sequence")
+    for rate in rates:
+        to_tuple(rate, 1, name)
+    return rates
+
+
 def kernel_extent(kernel_size: int, dilation: int) -> int:
     """Number of input samples one dilated kernel spans: ``(k - 1) * d + 1``."""
     return (kernel_size - 1) * dilation + 1

@@ -16,6 +16,7 @@ from torch import nn
 
 from atrous.models.segmentation._common import check_int
 from atrous.ops import DilatedConv2d
+from atrous.ops.padding import check_rates
 
 CONTEXT_RATES = (1, 1, 2, 4, 8, 16, 1)
 LARGE_WIDTHS = (2, 2, 4, 8, 16, 32, 32)  # multiples of C for the seven 3x3 layers
@@ -96,11 +97,7 @@ class ContextModule(nn.Module):
         check_int("channels", channels)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        rates = tuple(rates)
-        if not rates:
-            raise ValueError("rates must name at least one dilation, got an empty sequence")
-        for rate in rates:
-            check_int("rates", rate)
+        rates = check_rates(rates)
         if variant == "large" and len(rates) != len(LARGE_WIDTHS):
             raise ValueError(f"variant='large' needs {len(LARGE_WIDTHS)} rates, got {rates!r}")
         if residual and variant != "basic":
