@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> str:
     for name in args.models:
         model = create(name, num_classes=11)
         params = sum(p.numel() for p in model.parameters())
-        field = atrous.receptive_field(model, (1, 3, 128, 128)).size[0]
+        field = atrous.receptive_field(model, (3, 128, 128)).size[0]
         config = TrainConfig(
             model=name, epochs=args.epochs, train_images=args.train_images, val_images=args.val_images,
             batch_size=args.batch_size, seed=args.seed, device="cpu",
