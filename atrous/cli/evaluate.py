@@ -39,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {}
     if data == "digits":
         kwargs["seed"] = config.get("seed", 0)
-        if args.split == "val" and config.get("val_images"):
-            kwargs["num_images"] = config["val_images"]
+        size = config.get({"train": "train_images", "val": "val_images"}.get(args.split, ""))
+        if size:
+            kwargs["num_images"] = size
     dataset = build_dataset(data, args.split, num_classes=meta["num_classes"], **kwargs)
     if dataset.num_classes != meta["num_classes"]:
         raise ValueError(f"the checkpoint predicts {meta['num_classes']} classes but {data} has {dataset.num_classes}")

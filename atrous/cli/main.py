@@ -33,6 +33,18 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def one_line(error: BaseException) -> str:
+    """The error as one line; errors re-raised from DataLoader workers carry a whole traceback,
+    whose last line is the original message."""
+    if isinstance(error, UsageError):
+        return str(error)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = lines[-1] if lines else type(error).__name__
+    for prefix in ("ValueError: ", "TypeError: ", "FileNotFoundError: "):
+        message = message.removeprefix(prefix)
+    return f"atrous: error: {message}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="atrous", description="Dilated convolutions: analysis, models, training.")
     parser.add_argument("--version", action="version", version=f"atrous {__version__}")
@@ -51,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return int(args.run(args) or 0)
     except (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, FileExistsError) as error:
-        message = str(error) if isinstance(error, UsageError) else f"atrous: error: {error}"
-        print(message, file=sys.stderr)
+        print(one_line(error), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("atrous: interrupted", file=sys.stderr)

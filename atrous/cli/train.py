@@ -17,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         description="Train a segmentation model. With no arguments, trains context_net on the built-in digits data.",
     )
     parser.add_argument("--data", default="digits", help="'digits' (built in) or a VOC / {train,val}/{images,masks} folder")
-    parser.add_argument("--model", default="context_net", help="registered segmentation model (atrous rf --list)")
+    parser.add_argument("--model", default="context_net", help="registered segmentation model (default context_net; see atrous.models.list_models())")
     parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model builder argument")
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs (default {DEFAULT_EPOCHS})")
     parser.add_argument("--batch-size", type=int, default=8, help="global batch size (default 8)")
@@ -54,12 +54,12 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(
         data=args.data,
         model=args.model,
-        epochs=args.epochs or DEFAULT_EPOCHS,
+        epochs=DEFAULT_EPOCHS if args.epochs is None else args.epochs,
         batch_size=args.batch_size,
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,
-        crop_size=args.crop_size or (320 if folder_data else None),
+        crop_size=(320 if folder_data else None) if args.crop_size is None else args.crop_size,
         scale_range=scale,
         flip=args.flip if args.flip is not None else folder_data,
         num_classes=args.num_classes,

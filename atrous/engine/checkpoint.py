@@ -3,8 +3,9 @@
 A checkpoint is a directory holding ``model.safetensors``, optionally ``optimizer.safetensors``
 (the optimizer's tensors) and ``checkpoint.json`` (metadata, the optimizer's non-tensor state,
 RNG states). Every file is written to a temporary name and moved into place with
-``os.replace``; ``checkpoint.json`` goes last and names the weight files it belongs with, so a
-reader never pairs new weights with old metadata or the reverse.
+``os.replace``, so no file is ever half written. Each save stamps one random id into all its
+files (the safetensors metadata and the JSON) and loading checks them, so files from two
+different saves, left by a crash between two replaces, are refused instead of paired.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import random
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,9 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -111,12 +116,13 @@ def save_checkpoint(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    stamp = {"checkpoint_id": uuid.uuid4().hex}
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(directory / MODEL_FILE, lambda tmp: save_file(weights, tmp))
-    record: dict[str, Any] = {"meta": meta or {}, "rng": rng_state(), "files": [MODEL_FILE]}
+    atomic_write(directory / MODEL_FILE, lambda tmp: save_file(weights, tmp, metadata=stamp))
+    record: dict[str, Any] = {"meta": meta or {}, "rng": rng_state(), "files": [MODEL_FILE], **stamp}
     if optimizer is not None:
         tensors, rest = _split_optimizer_state(optimizer.state_dict())
-        atomic_write(directory / OPTIMIZER_FILE, lambda tmp: save_file(tensors, tmp))
+        atomic_write(directory / OPTIMIZER_FILE, lambda tmp: save_file(tensors, tmp, metadata=stamp))
         record["optimizer"] = rest
         record["files"].append(OPTIMIZER_FILE)
     text = json.dumps(record, indent=1)
@@ -142,6 +148,24 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"checkpoint file {str(directory / META_FILE)!r} is corrupt: {error}") from None
 
 
+def _load_tensors(path: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Tensors of one checkpoint file, refusing corrupt files and files of another save."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            stamp = (handle.metadata() or {}).get("checkpoint_id")
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"checkpoint file {str(path)!r} is unreadable or corrupt: {error}") from None
+    if "checkpoint_id" in record and stamp != record["checkpoint_id"]:
+        raise ValueError(
+            f"checkpoint file {str(path)!r} belongs to another save than {META_FILE} beside it "
+            f"(a save was interrupted); use another checkpoint"
+        )
+    return tensors
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     model: nn.Module | None = None,
@@ -160,12 +184,10 @@ def load_checkpoint(
     Returns:
         The ``meta`` dict given to :func:`save_checkpoint`.
     """
-    from safetensors.torch import load_file
-
     directory = _checkpoint_dir(path)
     record = read_checkpoint_meta(directory)
     if model is not None:
-        weights = load_file(directory / MODEL_FILE)
+        weights = _load_tensors(directory / MODEL_FILE, record)
         try:
             model.load_state_dict(weights)
         except RuntimeError as error:
@@ -174,7 +196,8 @@ def load_checkpoint(
     if optimizer is not None:
         if "optimizer" not in record:
             raise ValueError(f"checkpoint {str(directory)!r} holds no optimizer state")
-        optimizer.load_state_dict(_join_optimizer_state(load_file(directory / OPTIMIZER_FILE), record["optimizer"]))
+        tensors = _load_tensors(directory / OPTIMIZER_FILE, record)
+        optimizer.load_state_dict(_join_optimizer_state(tensors, record["optimizer"]))
     if restore_rng:
         set_rng_state(record["rng"])
     return record["meta"]

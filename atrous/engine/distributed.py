@@ -64,7 +64,10 @@ def setup(device: str = "auto") -> DistributedContext:
 def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
     """Sum ``tensor`` over all processes (a no-op when running alone)."""
     if context.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        # NCCL reduces only CUDA tensors; gloo takes CPU ones.
+        on_device = tensor.to(context.device)
+        dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+        tensor.copy_(on_device)
     return tensor
 
 

@@ -7,11 +7,13 @@ from pathlib import Path
 
 LAST = "checkpoint"  # sub-folder with the latest checkpoint (weights, optimizer, RNG)
 BEST = "best"  # sub-folder with the best-validation weights
-RUN_MARKERS = ("metrics.json", f"{LAST}/checkpoint.json", "config.json")
+MARKER = ".atrous-run"  # written into every run folder when the run starts
+RUN_MARKERS = (MARKER, f"{LAST}/checkpoint.json")
 
 
 def is_run_dir(path: Path) -> bool:
-    return any((path / marker).exists() for marker in RUN_MARKERS)
+    """Whether ``path`` is a folder atrous made for a run (so ``--overwrite`` may delete it)."""
+    return any((path / marker).is_file() for marker in RUN_MARKERS)
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, dry_run: bool = False) -> Path:
@@ -40,6 +42,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, dry_run: bo
             shutil.rmtree(run_dir)
     if not dry_run:
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / MARKER).touch()
     return run_dir
 
 

@@ -110,7 +110,13 @@ def train_step(
 
 
 def _train_loader(dataset: Dataset, config: TrainConfig, context, epoch: int) -> DataLoader:
-    per_process = max(1, config.batch_size // context.world_size)
+    """This process's loader for one epoch: a shard of a (seed, epoch)-determined order."""
+    if config.batch_size % context.world_size:
+        raise ValueError(
+            f"batch_size {config.batch_size} is the global batch and must be a multiple of the "
+            f"{context.world_size} processes"
+        )
+    per_process = config.batch_size // context.world_size
     if context.enabled:
         sampler = DistributedSampler(dataset, context.world_size, context.rank, shuffle=True, seed=config.seed)
         sampler.set_epoch(epoch)
@@ -173,7 +179,12 @@ def _train(config, run_dir, resume, overwrite, progress, epochs, context) -> dic
         if meta["num_classes"] != num_classes:
             raise ValueError(f"checkpoint in {run_dir} has {meta['num_classes']} classes, the data has {num_classes}")
     trained = wrap_for_distributed(model, context)
-    steps_per_epoch = max(1, len(_train_loader(train_set, config, context, 0)))
+    steps_per_epoch = len(_train_loader(train_set, config, context, 0))
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"the training set has {len(train_set)} images, fewer than one batch of {config.batch_size}; "
+            f"lower --batch-size or add data"
+        )
     total_steps = steps_per_epoch * config.epochs
     board = TensorBoardLogger(run_dir) if context.is_main else None
     best = max((row["val_miou"] for row in history), default=-math.inf)

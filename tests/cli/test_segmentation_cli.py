@@ -90,3 +90,14 @@ def test_labels_beyond_the_checkpoints_classes(run_dir, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(run_dir), "--data", str(root)]) == 2
     err = capsys.readouterr().err
     assert "a.png" in err and len(err.strip().splitlines()) == 1
+
+
+def test_errors_from_dataloader_workers_become_one_line():
+    from atrous.cli.main import one_line
+
+    # What PyTorch re-raises from a worker: the worker's whole traceback inside the message.
+    error = ValueError(
+        "Caught ValueError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 3, in f\n    raise ValueError(...)\nValueError: cannot read image file a.png: broken\n'
+    )
+    assert one_line(error) == "atrous: error: cannot read image file a.png: broken"

@@ -75,7 +75,7 @@ def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     before = (tmp_path / MODEL_FILE).read_bytes()
     import safetensors.torch
 
-    def broken(tensors, path):
+    def broken(tensors, path, **kwargs):
         with open(path, "wb") as handle:
             handle.write(b"partial")
         raise OSError("disk full")
@@ -86,3 +86,26 @@ def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     assert (tmp_path / MODEL_FILE).read_bytes() == before
     assert load_checkpoint(tmp_path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_corrupt_or_mismatched_weight_files_are_refused(tmp_path):
+    model, optimizer = _trained_pair()
+    save_checkpoint(tmp_path / "a", model, optimizer=optimizer)
+    save_checkpoint(tmp_path / "b", model, optimizer=optimizer)
+    # Weights of one save beside the metadata of another: what a crash between replaces leaves.
+    (tmp_path / "a" / MODEL_FILE).write_bytes((tmp_path / "b" / MODEL_FILE).read_bytes())
+    with pytest.raises(ValueError, match="belongs to another save"):
+        load_checkpoint(tmp_path / "a", model)
+    (tmp_path / "b" / MODEL_FILE).write_bytes(b"\x00\x01truncated")
+    with pytest.raises(ValueError, match="unreadable or corrupt"):
+        load_checkpoint(tmp_path / "b", model)
+
+
+def test_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    model, _ = _trained_pair()
+    save_checkpoint(tmp_path, model)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / MODEL_FILE).stat().st_mode & 0o777 == 0o666 & ~umask

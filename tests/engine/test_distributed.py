@@ -1,6 +1,5 @@
 """Data parallelism: one step on 2 processes x B/2 equals one step on 1 process x B."""
 
-import os
 import socket
 import subprocess
 import sys
@@ -34,11 +33,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, store: str, out: str) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    # A file store, not a TCP port: nothing another test could grab between processes.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     context = DistributedContext(rank=rank, world_size=2)
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
@@ -52,7 +51,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 def test_two_processes_equal_one(tmp_path):
     out = str(tmp_path / "ddp.pt")
-    mp.start_processes(_worker, args=(_free_port(), out), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(str(tmp_path / "store"), out), nprocs=2, start_method="spawn")
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     train_step(model, optimizer, *_batch(), lr=0.5)
@@ -64,13 +63,23 @@ def test_two_processes_equal_one(tmp_path):
     assert changed  # the step really moved the weights
 
 
-def test_shards_partition_each_epoch():
+def test_loader_shards_partition_each_epoch_and_batch_is_global():
+    from atrous.engine.config import TrainConfig
+    from atrous.engine.trainer import _train_loader
+
+    config = TrainConfig(batch_size=4, seed=3)
+    data = torch.utils.data.TensorDataset(torch.arange(12))
     shards = []
     for rank in range(2):
-        sampler = DistributedSampler(range(10), num_replicas=2, rank=rank, shuffle=True, seed=3)
-        sampler.set_epoch(4)
-        shards.append(list(sampler))
-    assert sorted(shards[0] + shards[1]) == list(range(10))
+        loader = _train_loader(data, config, DistributedContext(rank=rank, world_size=2), epoch=4)
+        batches = [batch.tolist() for (batch,) in loader]
+        assert all(len(b) == 2 for b in batches)  # 2 processes x 2 = the global batch of 4
+        shards.append(sum(batches, []))
+    assert sorted(shards[0] + shards[1]) == list(range(12))
+    alone = [i for (batch,) in _train_loader(data, config, DistributedContext(), epoch=4) for i in batch.tolist()]
+    assert sorted(alone) == list(range(12))
+    with pytest.raises(ValueError, match="multiple of the 3 processes"):
+        _train_loader(data, config, DistributedContext(rank=0, world_size=3), epoch=0)
 
 
 @pytest.mark.slow

@@ -102,3 +102,23 @@ def test_config_errors_name_the_field(field, value, pattern):
 def test_unknown_model_is_rejected_before_training(tmp_path):
     with pytest.raises(ValueError, match="unknown segmentation model 'nope'"):
         train(tiny_config(model="nope"), tmp_path / "run", progress=False)
+
+
+def test_a_batch_larger_than_the_data_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="fewer than one batch of 16"):
+        train(tiny_config(batch_size=16), tmp_path / "run", progress=False)
+
+
+def test_overwrite_deletes_only_run_folders(tmp_path):
+    from atrous.engine.run_dir import prepare_run_dir
+
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")  # a config.json alone does not make a run
+    with pytest.raises(ValueError, match="not an atrous run folder"):
+        prepare_run_dir(folder, resume=False, overwrite=True)
+    run = tmp_path / "run"
+    prepare_run_dir(run, resume=False, overwrite=False)
+    (run / "metrics.json").write_text("{}")
+    prepare_run_dir(run, resume=False, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == [".atrous-run"]

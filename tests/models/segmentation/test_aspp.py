@@ -39,6 +39,8 @@ def test_deeplab_trains_at_batch_size_1():
         warnings.simplefilter("ignore", RateWarning)
         out = model(torch.randn(1, 3, 64, 64))
     F.cross_entropy(out, torch.randint(0, 3, (1, 64, 64))).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
 
 
 def test_branches_and_shapes():
