@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 
+def parse_ints(text: str, name: str) -> list[int]:
+    """Parse ``"1,2,4,8"`` into ints >= 1, naming ``name`` in the error."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated integers like 1,2,4,8, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{name} must be comma-separated integers >= 1, got {text!r}")
+    return values
+
+
 def parse_floats(text: str, name: str) -> tuple[float, ...]:
     """``"0.75,1,1.25"`` -> floats > 0, naming ``name`` in the error."""
     try:

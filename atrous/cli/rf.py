@@ -13,18 +13,8 @@ import json
 
 from torch import nn
 
+from atrous.cli._common import parse_ints
 from atrous.ops.padding import kernel_extent
-
-
-def parse_ints(text: str, name: str) -> list[int]:
-    """Parse ``"1,2,4,8"`` into ints >= 1, naming ``name`` in the error."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"{name} must be comma-separated integers like 1,2,4,8, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ValueError(f"{name} must be comma-separated integers >= 1, got {text!r}")
-    return values
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:

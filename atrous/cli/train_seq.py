@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from atrous.engine.checkpoint import save_checkpoint
+from atrous.engine.checkpoint import atomic_write, save_checkpoint
 from atrous.engine.sequence import OPTIMIZERS, TASKS, SequenceTrainConfig, train_sequence
 from atrous.models import create
 
@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, model, optimizer=optimizer, meta=meta)
     metrics = {"task": args.task, "model": name, "parameters": params, "history": history, "final": history[-1]}
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+    text = json.dumps(metrics, indent=1)
+    atomic_write(out / METRICS_FILE, lambda tmp: Path(tmp).write_text(text))
     print(f"wrote {out}")
     return 0

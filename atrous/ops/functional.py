@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from atrous.ops.padding import PaddingSpec, conv_output_size, kernel_extent, resolve_padding, to_tuple
 
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+CONV_BY_NDIM = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}  # functional conv for each number of spatial axes
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
@@ -22,7 +22,7 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
     ndim = weight.ndim - 2
-    if ndim not in _CONV:
+    if ndim not in CONV_BY_NDIM:
         raise ValueError(
             f"weight must have 3, 4 or 5 dims (out_channels, in_channels/groups, *kernel) for 1D/2D/3D, "
             f"got shape {tuple(weight.shape)}"
@@ -95,7 +95,7 @@ def dilated_conv(
                 f"input size {n} on spatial axis {axis} (padded to {n + lo + hi}) is smaller than the kernel's "
                 f"extent {kernel_extent(k, d)} (kernel {k}, dilation {d}) with padding={padding!r}"
             )
-    conv = _CONV[ndim]
+    conv = CONV_BY_NDIM[ndim]
     if padding_mode == "zeros" and all(lo == hi for lo, hi in pads):
         return conv(x, weight, bias, stride, tuple(lo for lo, _ in pads), dilation, groups)
     if any(lo or hi for lo, hi in pads):

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from atrous.ops.functional import CONV_BY_NDIM
 from atrous.ops.padding import to_tuple
 
 
@@ -123,7 +124,7 @@ def same_rate_stack(
     if any(hi for _, hi in pads):
         ones = torch.ones((1, 1, *sizes), dtype=x.dtype, device=x.device)
         mask = space_to_batch(ones, rate, paddings=pads)  # (rate**n, 1, *G)
-    conv_fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[ndim]
+    conv_fn = CONV_BY_NDIM[ndim]
     for conv, act in zip(convs, activations):
         padding = tuple((k - 1) // 2 for k in conv.kernel_size)
         y = act(conv_fn(y, conv.weight, conv.bias, 1, padding, 1, conv.groups))
