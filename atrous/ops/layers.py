@@ -14,7 +14,15 @@ import torch
 from torch import nn
 
 from atrous.ops.functional import dilated_conv
-from atrous.ops.padding import PADDING_MODES, PaddingSpec, check_rates, kernel_extent, resolve_padding, to_tuple
+from atrous.ops.padding import (
+    PADDING_MODES,
+    PaddingSpec,
+    causal_padding,
+    check_rates,
+    kernel_extent,
+    resolve_padding,
+    to_tuple,
+)
 from atrous.ops.space_to_batch import same_rate_stack
 
 
@@ -148,7 +156,7 @@ class CausalConv1d(DilatedConv1d):
     @property
     def context(self) -> int:
         """Past samples each output needs besides the current one: ``(k - 1) * d``."""
-        return (self.kernel_size[0] - 1) * self.dilation[0]
+        return causal_padding(self.kernel_size[0], self.dilation[0])[0]
 
 
 _CONV_BY_DIMS = {1: DilatedConv1d, 2: DilatedConv2d, 3: DilatedConv3d}

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atrous.ops.layers import CausalConv1d, DilatedConv1d
+from atrous.ops.padding import causal_padding
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _ALWAYS_POINTWISE = (
@@ -135,7 +136,7 @@ class _LayerState:
 
     def __init__(self, conv: DilatedConv1d) -> None:
         self.conv = conv
-        self.context = (conv.kernel_size[0] - 1) * conv.dilation[0]
+        self.context = causal_padding(conv.kernel_size[0], conv.dilation[0])[0]
         self.buffer: torch.Tensor | None = None  # (B, C_in, context); time t lives at t % context
         self.position = 0
         self.calls = 0  # per streamer step; a second call would advance the state twice

@@ -21,6 +21,7 @@ from torch import nn
 
 from atrous.models._registry import register_model
 from atrous.ops.layers import CausalConv1d
+from atrous.ops.padding import kernel_extent
 
 
 @dataclass
@@ -122,7 +123,7 @@ class WaveNet(nn.Module):
     @property
     def receptive_field(self) -> int:
         """Samples one output sees: ``1 + sum (k - 1) * d`` (3070 for 3 blocks of 1..512)."""
-        return 1 + sum((self.config.kernel_size - 1) * d for d in self.dilations)
+        return 1 + sum(kernel_extent(self.config.kernel_size, d) - 1 for d in self.dilations)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Class ids ``(B, T)`` or one-hot ``(B, classes, T)`` -> ``(B, residual, T)``."""
