@@ -1,25 +1,27 @@
 """Small CPU-friendly segmentation networks around a context module, and their ablations.
 
-A stride-4 stem (two 3x3/2 conv-BN-ReLU), a basic context module (Yu & Koltun 2016) at 1/4
-resolution, a 1x1 classifier and bilinear upsampling. The variants differ only in the seven
-dilation rates, so all have the same layers and parameter count:
+The layout of Yu & Koltun (2016), "Multi-scale context aggregation by dilated convolutions": a
+front end that reduces the image 8x, a context module of seven 3x3 dilated layers on top of it,
+then (as in DeepLabv3+, Chen et al. 2018) a light decoder that brings back stride-4 detail from
+the front end before bilinear upsampling. The variants differ only in the seven dilation rates,
+so all have the same layers and parameter count:
 
-===============  =========================  ===================
-name             rates                      field (features)
-===============  =========================  ===================
-``context_net``  1, 1, 2, 4, 8, 16, 1       7 + 4 * 66 = 271
-``hdc_net``      1, 2, 5, 9, 2, 5, 9        271 (HDC: no common factor)
-``gridding_net`` 3, 3, 3, 6, 6, 6, 6        271 (all multiples of 3)
-``plain_net``    1, 1, 1, 1, 1, 1, 1        7 + 4 * 14 = 63
-===============  =========================  ===================
+===============  =========================  ==========================
+name             rates                      field of the context output
+===============  =========================  ==========================
+``context_net``  1, 1, 2, 4, 8, 16, 1       23 + 8 * 66 = 551
+``hdc_net``      1, 2, 5, 9, 2, 5, 9        551 (HDC: no common factor)
+``gridding_net`` 3, 3, 3, 6, 6, 6, 6        551 (all multiples of 3)
+``plain_net``    1, 1, 1, 1, 1, 1, 1        23 + 8 * 14 = 135
+===============  =========================  ==========================
 
-The stem alone sees 7 pixels with a stride of 4; each 3x3 layer at rate ``r`` adds ``8 r``
-input pixels. ``gridding_net`` reaches as far as ``context_net`` but each output reads only one
-feature pixel in three along each axis (the gridding effect of Wang et al. 2018, "Understanding
-convolution for semantic segmentation"), while ``hdc_net`` follows their hybrid dilated
-convolution rule. Unlike the paper's basic module, each context layer here is a residual unit
-with BatchNorm whose branch starts at zero (still the identity at init): it lets the network
-train from scratch in minutes on a CPU.
+The front end alone sees 23 pixels with a stride of 8; each 3x3 layer at rate ``r`` adds
+``16 r`` input pixels. ``gridding_net`` reaches as far as ``context_net`` but each output reads
+only one feature pixel in three along each axis (the gridding effect of Wang et al. 2018,
+"Understanding convolution for semantic segmentation"), while ``hdc_net`` follows their hybrid
+dilated convolution rule. Unlike the paper's basic module, each context layer here is a residual
+unit with BatchNorm whose branch starts at zero (still the identity at init): it lets the
+network train from scratch in minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -36,19 +38,25 @@ from atrous.models.segmentation.context import CONTEXT_RATES, ContextModule
 HDC_RATES = (1, 2, 5, 9, 2, 5, 9)
 GRIDDING_RATES = (3, 3, 3, 6, 6, 6, 6)
 PLAIN_RATES = (1,) * 7
+FRONT_END_FIELD = 23  # three 3x3 convs with strides 2, 2, 1, then one with stride 2
 
 
 class ContextNet(nn.Module):
-    """Stem (stride 4) -> context module -> 1x1 classifier -> bilinear upsampling.
+    """Front end (stride 8) -> context module -> decoder with a stride-4 skip -> bilinear upsampling.
+
+    Widths follow ``channels`` (C): the front end grows C/6 -> C/3 -> C, the skip carries C/4
+    and the decoder C/2 channels.
 
     Args:
         num_classes: output channels.
         in_channels: input channels.
-        channels: width of the context module (the stem's first conv has half).
+        channels: width of the context module.
         rates: dilation of each 3x3 context layer.
         variant: ``"basic"`` or ``"large"`` context module.
         norm: BatchNorm inside the context module.
         residual: residual context layers (basic variant only).
+        decoder: fuse stride-4 front-end features before the classifier; without it the
+            classifier reads the stride-8 context output directly.
 
     Shape:
         ``(N, in_channels, H, W)`` -> logits ``(N, num_classes, H, W)``.
@@ -59,39 +67,53 @@ class ContextNet(nn.Module):
         num_classes: int,
         in_channels: int = 3,
         *,
-        channels: int = 48,
+        channels: int = 96,
         rates: Sequence[int] = CONTEXT_RATES,
         variant: str = "basic",
         norm: bool = True,
         residual: bool = True,
+        decoder: bool = True,
     ) -> None:
         super().__init__()
         check_int("num_classes", num_classes)
         check_int("in_channels", in_channels)
         check_int("channels", channels)
-        self.stem = nn.Sequential(
-            ConvBNReLU(in_channels, max(1, channels // 2), 3, stride=2),
-            ConvBNReLU(max(1, channels // 2), channels, 3, stride=2),
+        first, second = max(1, channels // 6), max(1, channels // 3)
+        self.stem = nn.Sequential(  # stride 4, field 15: the decoder's skip
+            ConvBNReLU(in_channels, first, 3, stride=2),
+            ConvBNReLU(first, second, 3, stride=2),
+            ConvBNReLU(second, second, 3),
         )
+        self.down = ConvBNReLU(second, channels, 3, stride=2)
         self.context = ContextModule(channels, variant, rates=rates, norm=norm, residual=residual)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
-        self.output_stride = 4
+        if decoder:
+            skip, fused = max(1, channels // 4), max(1, channels // 2)
+            self.skip = ConvBNReLU(second, skip, 1)
+            self.fuse = ConvBNReLU(channels + skip, fused, 3)
+            self.classifier = nn.Conv2d(fused, num_classes, 1)
+        else:
+            self.skip = self.fuse = None
+            self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.output_stride = 8
 
     @property
     def receptive_field(self) -> int:
-        """Field of the feature map in input pixels: ``7 + 4 * (context field - 1)``; logits add 4."""
-        return 7 + self.output_stride * (self.context.receptive_field - 1)
+        """Field of the context output in input pixels: ``23 + 8 * (context field - 1)``."""
+        return FRONT_END_FIELD + self.output_stride * (self.context.receptive_field - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        features = self.context(self.stem(x))  # (N, C, H/4, W/4)
+        low = self.stem(x)  # (N, C/3, H/4, W/4)
+        features = self.context(self.down(low))  # (N, C, H/8, W/8)
+        if self.fuse is not None:
+            features = self.fuse(torch.cat([resize_to(features, low.shape[-2:]), self.skip(low)], dim=1))
         return resize_to(self.classifier(features), size)
 
 
 def _build(rates: Sequence[int], num_classes: int, in_channels: int, width_multiplier: float, variant: str,
-           norm: bool, residual: bool = True) -> ContextNet:
-    return ContextNet(num_classes, in_channels, channels=scaled(48, width_multiplier), rates=rates, variant=variant,
-                      norm=norm, residual=residual and variant == "basic")
+           norm: bool, residual: bool = True, decoder: bool = True) -> ContextNet:
+    return ContextNet(num_classes, in_channels, channels=scaled(96, width_multiplier), rates=rates, variant=variant,
+                      norm=norm, residual=residual and variant == "basic", decoder=decoder)
 
 
 @register_model(task="segmentation")
@@ -103,16 +125,17 @@ def context_net(
     variant: str = "basic",
     norm: bool = True,
     residual: bool = True,
+    decoder: bool = True,
     width_multiplier: float = 1.0,
 ) -> ContextNet:
-    """Stride-4 stem + context module (rates 1,1,2,4,8,16,1): 271-pixel field, 160k parameters."""
-    return _build(rates, num_classes, in_channels, width_multiplier, variant, norm, residual)
+    """Stride-8 front end + context module (rates 1,1,2,4,8,16,1) + stride-4 decoder: 551-pixel field."""
+    return _build(rates, num_classes, in_channels, width_multiplier, variant, norm, residual, decoder)
 
 
 @register_model(task="segmentation")
 def plain_net(*, num_classes: int = 11, in_channels: int = 3, norm: bool = True,
               width_multiplier: float = 1.0) -> ContextNet:
-    """``context_net`` with every dilation 1: same parameters, 63-pixel field."""
+    """``context_net`` with every dilation 1: same parameters, 135-pixel field."""
     return _build(PLAIN_RATES, num_classes, in_channels, width_multiplier, "basic", norm)
 
 
