@@ -7,7 +7,7 @@ trained with the same recipe and seed, then the table (parameters, receptive fie
 wall time) is printed and, with ``--readme``, written into README.md between the
 ``ablation`` markers.
 
-    python benchmarks/ablation.py --epochs 12 --readme
+    python benchmarks/ablation.py --readme --keep runs/ablation
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> str:
             batch_size=args.batch_size, seed=args.seed, device="cpu",
         )
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as out:
-            result = train(config, Path(out) / name, progress=False)
+        with tempfile.TemporaryDirectory() as scratch:
+            result = train(config, Path(args.keep or scratch) / name, progress=False, overwrite=bool(args.keep))
         seconds = time.perf_counter() - start
         best = result["best"]
         rows.append((name, params, field, result["history"][-1]["val_miou"], best["val_miou"], seconds))
@@ -70,12 +70,13 @@ def write_readme(table: str, readme: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--train-images", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=4, help="default: the atrous train default for digits")
+    parser.add_argument("--train-images", type=int, default=10_000)
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--keep", default=None, help="keep the runs in KEEP/MODEL (default: a temporary folder)")
     args = parser.parse_args()
     table = run(args)
     print(table)

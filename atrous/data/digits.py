@@ -24,7 +24,7 @@ from atrous.data.base import JointTransform, SegmentationDataset
 from atrous.data.render import DigitScene, SceneRenderer
 
 SPLITS = {"train": 0, "val": 1}
-DEFAULT_NUM_IMAGES = {"train": 2000, "val": 200}
+DEFAULT_NUM_IMAGES = {"train": 10_000, "val": 200}
 VAL_PER_CLASS = 100
 DIGIT_CLASS_NAMES = ["background", *(str(digit) for digit in range(10))]
 _POOL_SEED = 5_000  # fixed, so the train/val pools never depend on the scene seed
@@ -96,7 +96,7 @@ class DigitsScenes(SegmentationDataset):
     Args:
         split: ``"train"`` or ``"val"``; the two use disjoint source digits.
         size: side of the square canvas in pixels.
-        num_images: number of scenes; default 2000 for train, 200 for val.
+        num_images: number of scenes; default 10,000 for train, 200 for val.
         seed: scene seed; scene ``i`` depends only on ``(seed, split, i)``.
         scale_range: smallest and largest digit height in pixels; default ``(size // 8, size * 3 // 4)``.
         num_digits: fewest and most digits per scene (a digit that finds no free spot is dropped).
