@@ -40,6 +40,7 @@ _LAZY = {
     "RateWarning": "atrous.models",
     "models": "atrous.models",
     "analysis": "atrous.analysis",
+    "export_onnx": "atrous.export",
 }
 
 __all__ = [

@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "rf": "atrous.cli.rf",
     "train-seq": "atrous.cli.train_seq",
     "generate": "atrous.cli.generate",
+    "export": "atrous.cli.export",
 }
 
 

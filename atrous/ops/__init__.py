@@ -1,18 +1,23 @@
 """Exact dilated convolutions: functional ops, drop-in layers, space_to_batch and a NumPy reference."""
 
+from atrous.ops.backend import BACKENDS, backend_choices, clear_backend_cache, deterministic_backend
 from atrous.ops.functional import atrous_conv2d, dilated_conv
 from atrous.ops.layers import CausalConv1d, DilatedConv1d, DilatedConv2d, DilatedConv3d, DilatedStack
 from atrous.ops.padding import kernel_extent, resolve_padding, same_padding
 from atrous.ops.space_to_batch import batch_to_space, space_to_batch
 
 __all__ = [
+    "BACKENDS",
     "CausalConv1d",
     "DilatedConv1d",
     "DilatedConv2d",
     "DilatedConv3d",
     "DilatedStack",
     "atrous_conv2d",
+    "backend_choices",
     "batch_to_space",
+    "clear_backend_cache",
+    "deterministic_backend",
     "dilated_conv",
     "kernel_extent",
     "resolve_padding",

@@ -2,17 +2,20 @@
 
 ``y[i] = sum_k x[i * s + d * k] * w[k]`` over the padded input: the atrous convolution of
 Chen et al. (DeepLab, 2015) and the dilated convolution of Yu & Koltun (2016). One entry point
-serves every rank; the rank is read from the weight.
+serves every rank; the rank is read from the weight. How the convolution executes is chosen
+per call shape by :mod:`atrous.ops.backend` among the exact formulations of
+:mod:`atrous.ops.formulations` (``backend="auto"``), or fixed by the caller.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from atrous.ops.backend import check_backend, run_conv
+from atrous.ops.formulations import CONV_BY_NDIM, ConvSpec
 from atrous.ops.padding import PaddingSpec, conv_output_size, kernel_extent, resolve_padding, to_tuple
 
-CONV_BY_NDIM = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}  # functional conv for each number of spatial axes
+__all__ = ["CONV_BY_NDIM", "atrous_conv2d", "dilated_conv"]
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
@@ -63,6 +66,7 @@ def dilated_conv(
     padding: PaddingSpec = "same",
     groups: int = 1,
     padding_mode: str = "zeros",
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Dilated (atrous) convolution, 1D/2D/3D chosen by ``weight.ndim``.
 
@@ -77,6 +81,10 @@ def dilated_conv(
             ``y[t]`` depends on ``x[<= t]``), or symmetric amounts as an int or one per axis.
         groups: number of channel groups.
         padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+        backend: how to execute it, all exact: ``"auto"`` (the fastest for this shape, timed on
+            first use and cached; see :mod:`atrous.ops.backend`), or one formulation of
+            :mod:`atrous.ops.formulations`: ``"native"`` (plain ``F.convNd``), ``"pad"``,
+            ``"channels_last"``, ``"space_to_batch"``, ``"border_split"``, ``"gemm"``.
 
     Returns:
         ``(N, C_out, *out_spatial)``.
@@ -95,14 +103,8 @@ def dilated_conv(
                 f"input size {n} on spatial axis {axis} (padded to {n + lo + hi}) is smaller than the kernel's "
                 f"extent {kernel_extent(k, d)} (kernel {k}, dilation {d}) with padding={padding!r}"
             )
-    conv = CONV_BY_NDIM[ndim]
-    if padding_mode == "zeros" and all(lo == hi for lo, hi in pads):
-        return conv(x, weight, bias, stride, tuple(lo for lo, _ in pads), dilation, groups)
-    if any(lo or hi for lo, hi in pads):
-        # F.pad lists the last axis first.
-        flat = [amount for lo, hi in reversed(pads) for amount in (lo, hi)]
-        x = F.pad(x, flat, mode=_PAD_MODES[padding_mode])
-    return conv(x, weight, bias, stride, 0, dilation, groups)
+    spec = ConvSpec(stride, dilation, pads, groups, _PAD_MODES[padding_mode])
+    return run_conv(x, weight, bias, spec, check_backend(backend))
 
 
 def atrous_conv2d(value: torch.Tensor, filters: torch.Tensor, rate: int, padding: str = "SAME") -> torch.Tensor:

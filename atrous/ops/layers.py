@@ -3,16 +3,20 @@
 ``DilatedConv1d/2d/3d`` subclass ``nn.Conv1d/2d/3d``: same parameters, same ``state_dict``
 keys, so weights move freely between them and plain PyTorch layers. What they add is padding
 that is right for any dilation and stride ("same", "valid", "causal") and a
-``receptive_field`` property.
+``receptive_field`` property, and ``backend`` (not part of the ``state_dict``): how the
+convolution executes, ``"auto"`` by default (see :mod:`atrous.ops.backend`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from atrous.ops.backend import CHOOSER, check_backend, fixed, layout_key
+from atrous.ops.formulations import same_rate_stack
 from atrous.ops.functional import dilated_conv
 from atrous.ops.padding import (
     PADDING_MODES,
@@ -23,7 +27,6 @@ from atrous.ops.padding import (
     resolve_padding,
     to_tuple,
 )
-from atrous.ops.space_to_batch import same_rate_stack
 
 
 class _DilatedConvMixin:
@@ -58,6 +61,7 @@ class _DilatedConvMixin:
             padding=self.padding,
             groups=self.groups,
             padding_mode=self.padding_mode,
+            backend=getattr(self, "backend", "auto"),  # modules pickled before backends existed
         )
 
 
@@ -75,6 +79,8 @@ def _conv_class(base: type[nn.modules.conv._ConvNd], ndim: int, doc: str) -> typ
         padding_mode: str = "zeros",
         device=None,
         dtype=None,
+        *,
+        backend: str = "auto",
     ) -> None:
         kernel_size = to_tuple(kernel_size, ndim, "kernel_size")
         stride = to_tuple(stride, ndim, "stride")
@@ -83,6 +89,7 @@ def _conv_class(base: type[nn.modules.conv._ConvNd], ndim: int, doc: str) -> typ
             self, in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias, padding_mode, device, dtype
         )
         self._init_padding(padding, ndim)
+        self.backend = check_backend(backend)
 
     cls = type(f"DilatedConv{ndim}d", (_DilatedConvMixin, base), {"__init__": __init__, "__doc__": doc})
     cls.__module__ = __name__
@@ -95,6 +102,7 @@ _ARGS_DOC = """
             device, dtype: as in ``nn.Conv{n}d``.
         padding: ``"same"`` (default; output ``ceil(n / stride)``), ``"valid"``,{causal} or
             symmetric amounts.
+        backend: keyword only; ``"auto"`` or a formulation name, as in :func:`atrous.dilated_conv`.
 
     Shape:
         ``(N, C_in, {shape})`` -> ``(N, C_out, {shape_out})``.
@@ -122,6 +130,7 @@ class CausalConv1d(DilatedConv1d):
     Args:
         in_channels, out_channels, kernel_size: as in ``nn.Conv1d``.
         dilation, stride, groups, bias, device, dtype: as in ``nn.Conv1d``.
+        backend: ``"auto"`` or a formulation name, as in :func:`atrous.dilated_conv`.
 
     Shape:
         ``(N, C_in, T)`` -> ``(N, C_out, ceil(T / stride))``.
@@ -139,6 +148,7 @@ class CausalConv1d(DilatedConv1d):
         bias: bool = True,
         device=None,
         dtype=None,
+        backend: str = "auto",
     ) -> None:
         super().__init__(
             in_channels,
@@ -151,6 +161,7 @@ class CausalConv1d(DilatedConv1d):
             bias=bias,
             device=device,
             dtype=dtype,
+            backend=backend,
         )
 
     @property
@@ -165,8 +176,12 @@ _CONV_BY_DIMS = {1: DilatedConv1d, 2: DilatedConv2d, 3: DilatedConv3d}
 class DilatedStack(nn.Module):
     """A stack of ``conv -> activation`` layers, one per rate, with "same" padding.
 
-    Runs of consecutive layers with the same rate > 1 (odd kernels) execute once in the
-    space_to_batch domain, which is exactly equal to running them one by one.
+    Runs of consecutive layers with the same rate > 1 (odd kernels) can execute once in the
+    space_to_batch domain, which is exactly equal to running them one by one. With
+    ``backend="auto"`` each such run is timed both ways on first use (per input shape, dtype,
+    device and whether gradients are needed) and space_to_batch is used when clearly faster;
+    with any other backend (or inside :func:`atrous.ops.deterministic_backend`) fusable runs
+    always fuse.
 
     Args:
         channels: channels of every layer.
@@ -176,7 +191,8 @@ class DilatedStack(nn.Module):
             (``None`` for identity).
         dims: 1, 2 or 3 spatial axes.
         bias: whether the convolutions have a bias.
-        use_space_to_batch: run same-rate runs through space_to_batch.
+        use_space_to_batch: allow same-rate runs to go through space_to_batch.
+        backend: ``"auto"`` or a formulation name; also passed to every conv.
 
     Shape:
         ``(N, channels, *S)`` -> ``(N, channels, *S)``.
@@ -192,6 +208,7 @@ class DilatedStack(nn.Module):
         dims: int = 2,
         bias: bool = True,
         use_space_to_batch: bool = True,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         if dims not in _CONV_BY_DIMS:
@@ -199,14 +216,16 @@ class DilatedStack(nn.Module):
         rates = check_rates(rates)
         self.rates = rates
         self.use_space_to_batch = use_space_to_batch
+        self.backend = check_backend(backend)
         conv_cls = _CONV_BY_DIMS[dims]
         self.convs = nn.ModuleList(
-            conv_cls(channels, channels, kernel_size, padding="same", dilation=rate, bias=bias) for rate in rates
+            conv_cls(channels, channels, kernel_size, padding="same", dilation=rate, bias=bias, backend=backend)
+            for rate in rates
         )
         self.activations = nn.ModuleList(activation() if activation else nn.Identity() for _ in rates)
 
     def groups_of_layers(self) -> list[tuple[int, int, bool]]:
-        """(start, stop, fused) runs of layer indices; fused runs go through space_to_batch."""
+        """(start, stop, fused) runs of layer indices; fused runs may go through space_to_batch."""
         runs, start = [], 0
         odd = self.convs[0].kernel_size[0] % 2 == 1
         for i in range(1, len(self.rates) + 1):
@@ -223,9 +242,49 @@ class DilatedStack(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for start, stop, fused in self.groups_of_layers():
-            if fused:
+            if fused and self._fuse(x, start, stop):
                 x = same_rate_stack(x, self.convs[start:stop], self.activations[start:stop], self.rates[start])
             else:
                 for i in range(start, stop):
                     x = self.activations[i](self.convs[i](x))
         return x
+
+    def _fuse(self, x: torch.Tensor, start: int, stop: int) -> bool:
+        """Whether the fusable run ``[start, stop)`` goes through space_to_batch for this input."""
+        if self.backend != "auto" or fixed() or x.device.type not in ("cpu", "cuda"):
+            return True
+        convs, activations = self.convs[start:stop], self.activations[start:stop]
+        if x.shape[0] * math.prod(x.shape[2:]) * sum(conv.weight.numel() for conv in convs) < CHOOSER.min_macs:
+            return True
+        params = [p for conv in convs for p in conv.parameters() if p.requires_grad]
+        grad = torch.is_grad_enabled() and (x.requires_grad or bool(params))
+        layers = tuple((tuple(conv.weight.shape), conv.bias is not None, conv.backend) for conv in convs)
+        acts = tuple(type(act).__name__ for act in activations)
+        key = ("stack", self.rates[start], tuple(x.shape), layers, acts, grad, x.requires_grad, *layout_key(x))
+        choice = CHOOSER.cache.get(key)
+        if choice is None:
+            # "layers" first: the plain-PyTorch way is kept unless space_to_batch is clearly faster.
+            choice = CHOOSER.choose(key, ("layers", "space_to_batch"), self._timed_run(x, start, stop, grad), x.device)
+        return choice == "space_to_batch"
+
+    def _timed_run(self, x: torch.Tensor, start: int, stop: int, grad: bool) -> Callable[[str], None]:
+        """Runs one way of executing ``[start, stop)`` (and its backward when ``grad``) for timing:
+        no hooks fire, no ``.grad`` is written and the RNG state is restored."""
+        convs, activations = self.convs[start:stop], self.activations[start:stop]
+        inputs = x.detach().requires_grad_(grad and x.requires_grad)
+        params = [p for conv in convs for p in conv.parameters() if p.requires_grad]
+        wanted = ([inputs] if inputs.requires_grad else []) + params
+
+        def run(name: str) -> None:
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), torch.set_grad_enabled(grad):
+                if name == "space_to_batch":
+                    y = same_rate_stack(inputs, convs, activations, self.rates[start])
+                else:
+                    y = inputs
+                    for conv, act in zip(convs, activations):
+                        y = act(conv.forward(y))
+                if grad:
+                    torch.autograd.grad(y, wanted, torch.ones_like(y))
+
+        return run

@@ -1,20 +1,20 @@
-"""space_to_batch / batch_to_space for N-d tensors, and a same-rate dilated stack run through them.
+"""space_to_batch / batch_to_space for N-d tensors.
 
 A dilated convolution at rate ``r`` applied to a tensor equals an undilated convolution applied to
 each of the ``r**n`` interleaved sub-grids ``x[..., i::r, j::r]``. Moving those sub-grids into the
 batch (``space_to_batch``) lets a run of layers with one rate execute as ordinary dense
 convolutions and pay for the rearrangement once (the trick documented with TensorFlow's
-``atrous_conv2d``).
+``atrous_conv2d``); :mod:`atrous.ops.formulations` builds on these for one layer and for a
+same-rate stack.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from atrous.ops.functional import CONV_BY_NDIM
 from atrous.ops.padding import to_tuple
 
 
@@ -101,33 +101,3 @@ def batch_to_space(
     index = [slice(None), slice(None)] + [slice(lo, n - hi) for (lo, hi), n in zip(crops, x.shape[2:])]
     return x[tuple(index)]
 
-
-def same_rate_stack(
-    x: torch.Tensor,
-    convs: Sequence[torch.nn.modules.conv._ConvNd],
-    activations: Sequence[Callable[[torch.Tensor], torch.Tensor]],
-    rate: int,
-) -> torch.Tensor:
-    """Run ``act(conv(x))`` for each layer of a same-rate, stride-1, odd-kernel stack in the
-    space_to_batch domain; equal to running the dilated layers one by one with "same" padding.
-
-    Sizes that are not multiples of ``rate`` are padded on the high side; those padded samples
-    would become real data after the first layer, so they are re-zeroed after every layer, as
-    the zero padding of the dilated layers would be.
-    """
-    ndim = x.ndim - 2
-    sizes = x.shape[2:]
-    pads = [(0, -n % rate) for n in sizes]
-    batch = x.shape[0]
-    y = space_to_batch(x, rate, paddings=pads)
-    mask = None
-    if any(hi for _, hi in pads):
-        ones = torch.ones((1, 1, *sizes), dtype=x.dtype, device=x.device)
-        mask = space_to_batch(ones, rate, paddings=pads)  # (rate**n, 1, *G)
-    conv_fn = CONV_BY_NDIM[ndim]
-    for conv, act in zip(convs, activations):
-        padding = tuple((k - 1) // 2 for k in conv.kernel_size)
-        y = act(conv_fn(y, conv.weight, conv.bias, 1, padding, 1, conv.groups))
-        if mask is not None:
-            y = (y.reshape(-1, batch, *y.shape[1:]) * mask.unsqueeze(1)).reshape(y.shape)
-    return batch_to_space(y, rate, crops=pads)

@@ -1,6 +1,10 @@
-"""Streaming (incremental) inference for causal dilated models: :class:`Streamer`, sampling."""
+"""Streaming (incremental) inference for causal dilated models: :class:`Streamer` (any causal
+stack), :class:`FusedStreamer` (one fused call per step), :class:`StreamingStep` (explicit state,
+for export) and autoregressive sampling."""
 
+from atrous.streaming.functional import StreamingStep
+from atrous.streaming.fused import FusedStreamer
 from atrous.streaming.sampling import sample_autoregressive
 from atrous.streaming.streamer import Streamer
 
-__all__ = ["Streamer", "sample_autoregressive"]
+__all__ = ["FusedStreamer", "Streamer", "StreamingStep", "sample_autoregressive"]

@@ -1,9 +1,10 @@
-"""Autoregressive sampling through a :class:`~atrous.streaming.Streamer`.
+"""Autoregressive sampling through a :class:`~atrous.streaming.FusedStreamer` or :class:`~atrous.streaming.Streamer`.
 
 WaveNet generation (van den Oord et al. 2016): draw sample ``t + 1`` from the softmax the model
-outputs at step ``t`` and feed it back in. With the streamer each step costs one sample's worth
+outputs at step ``t`` and feed it back in. With a streamer each step costs one sample's worth
 of computation per layer instead of a forward over the whole receptive field (Paine et al.
-2016, "Fast WaveNet generation algorithm").
+2016, "Fast WaveNet generation algorithm"); the fused one also avoids PyTorch's per-operator
+overhead, which dominates a single sample.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from atrous.streaming.fused import FusedStreamer
 from atrous.streaming.streamer import Streamer
 
 
@@ -27,6 +29,7 @@ def sample_autoregressive(
     local_condition: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
+    fused: bool | None = None,
 ) -> torch.Tensor:
     """Draw ``steps`` class ids per stream from a model over classes (e.g. WaveNet).
 
@@ -41,6 +44,9 @@ def sample_autoregressive(
         local_condition: ``(B, C_cond, steps)`` at the sample rate; step ``t`` gets column ``t``.
         generator: random generator for reproducible draws.
         progress: called with the number of samples done after each step (e.g. ``bar.update``).
+        fused: stream with :class:`~atrous.streaming.FusedStreamer` (``True``), with
+            :class:`~atrous.streaming.Streamer` (``False``), or with the fused one whenever the
+            model can be lowered to it (``None``: WaveNet, TCN, causal ``nn.Sequential``).
 
     Returns:
         ``(B, steps)`` int64 class ids.
@@ -56,7 +62,14 @@ def sample_autoregressive(
     model.eval()
     classes = getattr(model, "in_channels", None) or 256
     device = next(model.parameters()).device
-    streamer = Streamer(model, batch_size)
+    streamer = None
+    if fused or (fused is None and device.type == "cpu"):
+        try:
+            streamer = FusedStreamer(model, batch_size)
+        except ValueError:  # a layer the fused step does not know
+            if fused:
+                raise
+    streamer = streamer or Streamer(model, batch_size)
     current = torch.full((batch_size, 1), classes // 2 if first is None else first, dtype=torch.long, device=device)
     out = torch.empty(batch_size, steps, dtype=torch.long, device=device)
     kwargs = {}

@@ -1,4 +1,4 @@
-"""dilated_conv against the NumPy reference written from the definition."""
+"""dilated_conv against the NumPy reference written from the definition, with every backend."""
 
 import math
 
@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atrous import atrous_conv2d, dilated_conv
+from atrous.ops import BACKENDS
 from atrous.ops.reference import dilated_conv_reference
 
 
@@ -50,17 +51,19 @@ def test_matches_numpy_reference(case, seed):
     w = rng.standard_normal((c_out, c_in // groups, *kernel))
     b = rng.standard_normal(c_out) if bias else None
     expected = dilated_conv_reference(x, w, b, dilation=dilation, stride=stride, padding=padding, groups=groups)
-    got = dilated_conv(
-        torch.from_numpy(x),
-        torch.from_numpy(w),
-        None if b is None else torch.from_numpy(b),
-        dilation=dilation,
-        stride=stride,
-        padding=padding,
-        groups=groups,
-    )
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
+    for backend in BACKENDS:  # every formulation that applies, and native where one does not
+        got = dilated_conv(
+            torch.from_numpy(x),
+            torch.from_numpy(w),
+            None if b is None else torch.from_numpy(b),
+            dilation=dilation,
+            stride=stride,
+            padding=padding,
+            groups=groups,
+            backend=backend,
+        )
+        assert got.shape == expected.shape, backend
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10, err_msg=backend)
 
 
 @settings(max_examples=60, deadline=None)
@@ -112,6 +115,24 @@ def test_gradcheck_float64(padding, ndim):
 
     def fn(x, w, b):
         return dilated_conv(x, w, b, dilation=2, stride=(1,) * (ndim - 1) + (2,), padding=padding, groups=2)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "auto"])
+@pytest.mark.parametrize(
+    ("ndim", "padding", "groups"), [(1, "causal", 1), (1, "same", 2), (2, "same", 1), (2, 3, 2), (3, "same", 1)]
+)
+def test_gradcheck_float64_every_backend(backend, ndim, padding, groups):
+    # Stride 1, so that every formulation applies (gemm: 1D with one group).
+    torch.manual_seed(0)
+    sizes = {1: (11,), 2: (5, 6), 3: (3, 4, 3)}[ndim]
+    x = torch.randn(1, 2, *sizes, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 2 // groups, *([3] * (ndim - 1) + [2]), dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, b):
+        return dilated_conv(x, w, b, dilation=(3,) + (2,) * (ndim - 1), padding=padding, groups=groups, backend=backend)
 
     assert torch.autograd.gradcheck(fn, (x, w, b))
 

@@ -36,3 +36,18 @@ def test_sampling_is_reproducible_and_reports_progress():
     assert sum(done) == 12
     with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
         sample_autoregressive(model, 0)
+
+
+def test_fused_and_plain_streamers_draw_the_same_samples():
+    torch.manual_seed(0)
+    model = create("wavenet", classes=16, blocks=2, layers=3, residual_channels=4, gate_channels=6,
+                   skip_channels=5, local_channels=2).eval()
+    local = torch.randn(2, 2, 30)
+    draws = [
+        sample_autoregressive(model, 30, batch_size=2, local_condition=local, fused=fused,
+                              generator=torch.Generator().manual_seed(3))
+        for fused in (True, False)
+    ]
+    assert torch.equal(draws[0], draws[1])
+    with pytest.raises(ValueError, match=r"cannot fuse"):
+        sample_autoregressive(torch.nn.Sequential(torch.nn.LSTM(2, 2)), 3, fused=True)

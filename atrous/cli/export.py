@@ -1,0 +1,103 @@
+"""``atrous export``: a trained segmentation checkpoint as an ONNX file for onnxruntime.
+
+The graph takes ``image`` ``(batch, 3, height, width)`` float32 RGB in [0, 1], normalises it
+with the mean and std the checkpoint was trained with, and returns ``logits``
+``(batch, classes, height, width)``; batch, height and width are dynamic. ``--check`` runs the
+file with onnxruntime and prints the largest difference from the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FORMATS = ("onnx",)
+CHECK_TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| logit difference --check accepts
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
+    parser = subparsers.add_parser(name, help="export a trained segmentation model to ONNX")
+    parser.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or checkpoint file")
+    parser.add_argument("--format", default="onnx", help="file format (only onnx)")
+    parser.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or newer (default 18)")
+    parser.add_argument("--height", type=int, default=128, help="height of the example input traced (default 128)")
+    parser.add_argument("--width", type=int, default=128, help="width of the example input traced (default 128)")
+    parser.add_argument("--no-normalize", action="store_true",
+                        help="leave normalisation out: the graph takes already-normalised images")
+    parser.add_argument("--check", action="store_true",
+                        help="run the file with onnxruntime and print the max difference from PyTorch")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.set_defaults(run=run)
+
+
+class Normalized(nn.Module):
+    """``model((images - mean) / std)``: images in [0, 1] in, the model's output out.
+
+    Args:
+        model: the segmentation model.
+        mean, std: per-channel statistics the model was trained with.
+
+    Shape:
+        ``(N, C, H, W)`` -> the model's output.
+    """
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)
+
+
+def _check_args(args: argparse.Namespace) -> Path:
+    if args.format not in FORMATS:
+        raise ValueError(f"--format must be one of {FORMATS}, got {args.format!r}")
+    for flag, value in (("--height", args.height), ("--width", args.width)):
+        if value < 8:
+            raise ValueError(f"{flag} must be an int >= 8, got {value}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out must be a file, got the folder {str(out)!r}")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{str(out)!r} already exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"the folder of --out {str(out)!r} does not exist")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from atrous.engine.predict import load_trained_model
+    from atrous.engine.preprocess import MEAN, STD
+
+    out = _check_args(args)
+    try:
+        from atrous.export.onnx import export_onnx, require
+
+        for package in ("onnx", "onnxscript", *(("onnxruntime",) if args.check else ())):
+            require(package)
+    except ImportError as error:
+        raise ValueError(str(error)) from None  # a setup mistake the user fixes: one line, exit 2
+    model, meta = load_trained_model(args.checkpoint, device="cpu")
+    if not args.no_normalize:
+        model = Normalized(model, meta.get("mean") or MEAN, meta.get("std") or STD).eval()
+    channels = meta.get("model_kwargs", {}).get("in_channels", 3)
+    example = torch.rand(1, channels, args.height, args.width, generator=torch.Generator().manual_seed(0))
+    result = export_onnx(model, out, example, opset=args.opset, input_name="image", output_name="logits",
+                         check=args.check)
+    shape = lambda dims: "(" + ", ".join(str(d) for d in dims) + ")"  # noqa: E731
+    print(f"wrote {result.path} (ONNX opset {result.opset}, model {meta['model']}, {meta['num_classes']} classes)")
+    print(f"input  {result.input_name} {shape(result.input_shape)} float32, "
+          + ("RGB in [0, 1]" if not args.no_normalize else "normalised"))
+    print(f"output {result.output_name} {shape(result.output_shape)} float32 logits")
+    if result.max_abs_diff is not None:
+        verdict = "ok" if result.max_abs_diff <= CHECK_TOLERANCE else f"FAILED: above {CHECK_TOLERANCE:g}"
+        print(f"check  onnxruntime vs PyTorch on a {args.height}x{args.width} image: "
+              f"max abs diff {result.max_abs_diff:.2e} ({verdict})")
+        return 0 if result.max_abs_diff <= CHECK_TOLERANCE else 1
+    return 0

@@ -1,0 +1,132 @@
+"""ONNX export of the streaming step of causal sequence models (WaveNet, TCN, causal stacks).
+
+The exported graph is :class:`~atrous.streaming.functional.StreamingStep`: one time step with
+the state of every causal convolution as an explicit input and output (``state_i`` ->
+``new_state_i``, ``(batch, C_i, (k_i - 1) d_i)``, the layer's last inputs, oldest first), so
+any ONNX runtime can stream the model by feeding the new states back in, one sample per call,
+at the cost of one sample's work per layer: the queues of Paine et al. (2016), "Fast WaveNet
+generation algorithm", made graph inputs. New streams start from zero states. The graph is
+captured with ``torch.export`` (PyTorch's dynamo-based ONNX exporter) with a symbolic batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from atrous.streaming.functional import StreamingStep
+
+DEFAULT_OPSET = 18
+
+
+@dataclass(frozen=True)
+class StreamingOnnxExport:
+    """What :func:`export_streaming_onnx` wrote.
+
+    Attributes:
+        path: the ``.onnx`` file.
+        opset: the ONNX opset of the default domain.
+        input_names: ``x``, then ``global_condition`` / ``local_condition`` when the model has
+            them, then ``state_0``, ``state_1``, ...
+        output_names: ``y``, ``new_state_0``, ``new_state_1``, ...
+        state_shapes: ``(channels, length)`` of each state; a state is ``(batch, *shape)``.
+    """
+
+    path: Path
+    opset: int
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    state_shapes: tuple[tuple[int, int], ...]
+
+    def initial_states(self, batch_size: int) -> dict[str, "numpy.ndarray"]:  # noqa: F821
+        """Zero states for ``batch_size`` new streams, keyed by input name (float32 NumPy)."""
+        import numpy as np
+
+        return {f"state_{i}": np.zeros((batch_size, *shape), np.float32) for i, shape in enumerate(self.state_shapes)}
+
+
+def _require(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"ONNX export needs the {module!r} package: pip install 'atrous[onnx]'") from None
+
+
+def _example_inputs(step: StreamingStep, batch: int) -> tuple[torch.Tensor, ...]:
+    program = step.program
+    x = torch.zeros(batch, dtype=torch.long) if program.input is None else torch.zeros(batch, program.input.width)
+    inputs = [x]
+    if program.global_classes:
+        inputs.append(torch.zeros(batch, dtype=torch.long))
+    if program.local is not None:
+        inputs.append(torch.zeros(batch, program.local.width))
+    return (*inputs, *step.initial_states(batch))
+
+
+def export_streaming_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    batch_size: int = 1,
+    dynamic_batch: bool = True,
+    opset: int = DEFAULT_OPSET,
+    optimize: bool = True,
+) -> StreamingOnnxExport:
+    """Write the streaming step of ``model`` as an ONNX graph with explicit state.
+
+    Args:
+        model: a WaveNet, TCN or causal ``nn.Sequential`` (see :mod:`atrous.streaming.program`),
+            float32, on the CPU; exported in eval mode.
+        path: the ``.onnx`` file (its folder must exist).
+        batch_size: the batch of the graph when ``dynamic_batch`` is false.
+        dynamic_batch: keep the batch axis of every input and output symbolic (``"batch"``).
+        opset: ONNX opset version, 18 to 23.
+        optimize: fold constants with onnxscript's optimizer.
+
+    Returns:
+        A :class:`StreamingOnnxExport`; feed ``x`` ``(batch, C_in)`` float (``(batch,)`` int64
+        class ids for a WaveNet) and the states, get ``y`` ``(batch, C_out)`` and the new states.
+
+    Raises:
+        ImportError: ``onnx`` or ``onnxscript`` is missing.
+        ValueError: a layer that cannot be streamed (named), or bad arguments.
+    """
+    _require("onnx")
+    _require("onnxscript")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 18 <= opset <= 23:
+        raise ValueError(f"opset must be an int from 18 to 23, got {opset!r}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder of path {str(path)!r} does not exist")
+    was_training = model.training
+    model.eval()
+    try:
+        step = StreamingStep(model).eval()
+    finally:
+        model.train(was_training)
+    input_names = step.input_names
+    output_names = ["y"] + [f"new_state_{i}" for i in range(len(step.program.rings))]
+    # torch.export specialises sizes 0 and 1, so a symbolic batch is traced at 2
+    inputs = _example_inputs(step, max(batch_size, 2) if dynamic_batch else batch_size)
+    batch = torch.export.Dim("batch")
+    # forward(x, *inputs): the specs follow the signature, x then the tuple of the rest
+    shapes = ({0: batch}, tuple({0: batch} for _ in inputs[1:])) if dynamic_batch else None
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
+    with torch.no_grad():
+        exported = torch.export.export(step, inputs, dynamic_shapes=shapes, strict=False)
+        onnx_program = torch.onnx.export(exported, dynamo=True, opset_version=opset, input_names=input_names,
+                                         output_names=output_names, optimize=optimize, verbose=False)
+    if dynamic_batch:
+        symbol = exported.graph_signature.user_inputs[0]
+        node = next(n for n in exported.graph.nodes if n.name == symbol)
+        onnx_program.rename_axes({str(node.meta["val"].shape[0]): "batch"})
+    onnx_program.save(str(path), external_data=False)
+    shapes_out = tuple((channels, context) for context, channels in step.program.rings)
+    return StreamingOnnxExport(path, opset, tuple(input_names), tuple(output_names), shapes_out)

@@ -1,0 +1,301 @@
+// One streaming step of a lowered causal dilated model, fused into a single C++ call.
+//
+// The Python side (atrous/streaming/program.py) lowers a WaveNet, TCN or causal nn.Sequential
+// into a flat list of ops over one float workspace row per stream; this file runs that list for
+// a batch of streams and any number of time steps. Each causal convolution keeps its last
+// (k - 1) * d inputs in a ring buffer (the queues of Paine et al. 2016, "Fast WaveNet generation
+// algorithm"), so a step costs one sample's work per layer. Streams are independent, so the
+// batch is split across threads once per call and no thread waits for another inside a step.
+//
+// Arithmetic is plain float32 with GCC vector extensions (AVX-512, AVX2 or NEON, whatever the
+// compiler targets); the result matches the offline forward up to float rounding. The file has
+// no PyTorch headers: it builds in seconds into a shared library called through ctypes with raw
+// pointers (atrous/streaming/fused.py), and OpenMP threads come from the runtime PyTorch loaded.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int32_t i16 __attribute__((vector_size(64)));
+
+// Op codes and the columns of one op row; they must match atrous/streaming/program.py.
+enum OpCode : int64_t { LINEAR = 0, CONV = 1, ACT = 2, GATE = 3, ADD = 4, EMBED = 5 };
+enum ActKind : int64_t { IDENTITY = 0, RELU = 1, TANH = 2, SIGMOID = 3, GELU = 4, SILU = 5 };
+enum Field { OPC, SRC, SRC_W, DST, DST_W, INIT, WEIGHT, BIAS, RING, KSIZE, DIL, ARG, NFIELDS };
+
+inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
+inline void store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
+inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
+
+// exp with Cody-Waite range reduction and a degree-5 polynomial (Cephes expf, ~1 ulp).
+inline v16 vexp(v16 x) {
+  x = x < splat(87.0f) ? x : splat(87.0f);  // 2^n stays finite, and a product of two such exps too
+  x = x > splat(-87.33654f) ? x : splat(-87.33654f);
+  const v16 magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to the nearest integer
+  v16 shifted = x * splat(1.44269504088896341f) + magic;
+  v16 n = shifted - magic;
+  v16 r = x - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
+  v16 p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  i16 bits = (__builtin_convertvector(n, i16) + 127) << 23;
+  v16 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline v16 vsigmoid(v16 x) { return splat(1.0f) / (splat(1.0f) + vexp(-x)); }
+
+// tanh: an odd polynomial near 0 (Cephes tanhf), 1 - 2 / (exp(2|x|) + 1) elsewhere.
+inline v16 vtanh(v16 x) {
+  v16 ax = x < splat(0.0f) ? -x : x;
+  v16 big = splat(1.0f) - splat(2.0f) / (vexp(splat(2.0f) * ax) + splat(1.0f));
+  big = x < splat(0.0f) ? -big : big;
+  v16 z = x * x;
+  v16 small = splat(-5.70498872745e-3f);
+  small = small * z + splat(2.06390887954e-2f);
+  small = small * z - splat(5.37397155531e-2f);
+  small = small * z + splat(1.33314422036e-1f);
+  small = small * z - splat(3.33332819422e-1f);
+  small = small * z * x + x;
+  return ax > splat(0.625f) ? big : small;
+}
+
+// tanh(a) * sigmoid(b) = sign(a) (1 - e_a) / ((1 + e_a) (1 + e_b)), e_a = exp(-2|a|), e_b = exp(-b):
+// one division instead of two; the absolute error stays near float epsilon.
+inline v16 vgate(v16 a, v16 b) {
+  const v16 ea = vexp(splat(-2.0f) * (a < splat(0.0f) ? -a : a)), eb = vexp(-b);
+  const v16 z = (splat(1.0f) - ea) / ((splat(1.0f) + ea) * (splat(1.0f) + eb));
+  return a < splat(0.0f) ? -z : z;
+}
+
+inline v16 activate(v16 x, int64_t kind) {
+  switch (kind) {
+    case RELU: return x > splat(0.0f) ? x : splat(0.0f);
+    case TANH: return vtanh(x);
+    case SIGMOID: return vsigmoid(x);
+    case SILU: return x * vsigmoid(x);
+    case GELU: {
+      float tmp[16];
+      store(tmp, x);
+      for (float& v : tmp) v = 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
+      return load(tmp);
+    }
+    default: return x;
+  }
+}
+
+// dst[0:n] = f(src[0:n]) for n floats, 16 at a time, the tail through a padded copy.
+template <typename F>
+inline void map16(const float* src, float* dst, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) store(dst + i, f(load(src + i)));
+  if (i < n) {
+    float tmp[16] = {0};
+    std::memcpy(tmp, src + i, (n - i) * sizeof(float));
+    store(tmp, f(load(tmp)));
+    std::memcpy(dst + i, tmp, (n - i) * sizeof(float));
+  }
+}
+
+// y[r, n0:n0+16*NV] += x[r, :] @ w[:, n0:n0+16*NV] for R rows, accumulators held in registers.
+template <int R, int NV>
+inline void gemm_block(const float* x, int64_t ldx, const float* w, int64_t K, int64_t N, float* y, int64_t ldy) {
+  v16 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = load(y + r * ldy + 16 * v);
+  for (int64_t k = 0; k < K; ++k) {
+    const float* wk = w + k * N;
+    v16 wv[NV];
+    for (int v = 0; v < NV; ++v) {
+      wv[v] = load(wk + 16 * v);
+#if defined(__AVX512F__)
+      asm("" : "+v"(wv[v]));  // keep the weights in registers: one load serves R rows
+#endif
+    }
+    for (int r = 0; r < R; ++r) {
+      const v16 xv = splat(x[r * ldx + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += xv * wv[v];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) store(y + r * ldy + 16 * v, acc[r][v]);
+}
+
+// y[r, :N] += x[r, :K] @ w[K, N] for rows r < rows (row strides ldx, ldy; w row-major).
+template <int R>
+void gemm_rows(const float* x, int64_t ldx, const float* w, int64_t K, int64_t N, float* y, int64_t ldy) {
+  int64_t n = 0;
+  if (R == 1) {
+    for (; n + 128 <= N; n += 128) gemm_block<1, 8>(x, ldx, w + n, K, N, y + n, ldy);
+  }
+  for (; n + 64 <= N; n += 64) gemm_block<R, 4>(x, ldx, w + n, K, N, y + n, ldy);
+  for (; n + 16 <= N; n += 16) gemm_block<R, 1>(x, ldx, w + n, K, N, y + n, ldy);
+  for (; n < N; ++n)
+    for (int r = 0; r < R; ++r) {
+      float acc = y[r * ldy + n];
+      for (int64_t k = 0; k < K; ++k) acc += x[r * ldx + k] * w[k * N + n];
+      y[r * ldy + n] = acc;
+    }
+}
+
+void gemm_acc(const float* x, int64_t ldx, const float* w, int64_t K, int64_t N, float* y, int64_t ldy,
+              int64_t rows) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) gemm_rows<4>(x + r * ldx, ldx, w, K, N, y + r * ldy, ldy);
+  for (; r < rows; ++r) gemm_rows<1>(x + r * ldx, ldx, w, K, N, y + r * ldy, ldy);
+}
+
+struct Inputs {
+  const float* x;          // (B, x_channels, T) float input, or null
+  int64_t x_channels, x_off;
+  const int64_t* ids;      // (B, T) class ids, or null
+  const float* local;      // (B, local_channels, T), or null
+  int64_t local_channels, local_off;
+  const int64_t* gids;     // (B,) global condition ids, or null
+  float* out;              // (B, out_channels, T)
+  int64_t out_channels, out_off, steps;
+};
+
+// One time step `time` (column t of the inputs) for stream rows [r0, r1).
+void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, float* const* rings, float* work_all,
+               int64_t batch, int64_t width, const Inputs& in, int64_t r0, int64_t r1, int64_t time, int64_t t) {
+  const int64_t W = width, rows = r1 - r0, T = in.steps;
+  float* work = work_all + r0 * W;
+  auto copy_in = [&](const float* seq, int64_t C, int64_t off) {
+    for (int64_t b = r0; b < r1; ++b)
+      for (int64_t c = 0; c < C; ++c) work[(b - r0) * W + off + c] = seq[(b * C + c) * T + t];
+  };
+  if (in.x) copy_in(in.x, in.x_channels, in.x_off);
+  if (in.local) copy_in(in.local, in.local_channels, in.local_off);
+  const int64_t* op = ops;
+  for (int64_t i = 0; i < n_ops; ++i, op += NFIELDS) {
+    float* dst = work + op[DST];
+    const float* src = work + op[SRC];
+    const int64_t K = op[SRC_W], N = op[DST_W];
+    switch (op[OPC]) {
+      case LINEAR:
+      case CONV: {
+        const float* bias = op[BIAS] >= 0 ? weights[op[BIAS]] : nullptr;
+        const float* init = op[INIT] >= 0 ? work + op[INIT] : nullptr;
+        for (int64_t r = 0; r < rows; ++r) {  // dst = init + bias, then the products accumulate
+          float* d = dst + r * W;
+          if (init && bias) {
+            for (int64_t n = 0; n < N; ++n) d[n] = init[r * W + n] + bias[n];
+          } else if (init || bias) {
+            std::memcpy(d, init ? init + r * W : bias, N * sizeof(float));
+          } else {
+            std::memset(d, 0, N * sizeof(float));
+          }
+        }
+        const float* w = weights[op[WEIGHT]];
+        if (op[OPC] == CONV) {
+          const int64_t k = op[KSIZE], d = op[DIL], L = (k - 1) * d;
+          float* ring = rings[op[RING]] + r0 * K;  // (L, B, K): x[time] of every stream in slot time % L
+          const int64_t slot_size = batch * K;
+          for (int64_t m = k - 1; m >= 1; --m) {     // tap k - 1 - m holds x[time - m d]
+            const int64_t slot = ((time - m * d) % L + L) % L;
+            gemm_acc(ring + slot * slot_size, K, w + (k - 1 - m) * K * N, K, N, dst, W, rows);
+          }
+          gemm_acc(src, W, w + (k - 1) * K * N, K, N, dst, W, rows);
+          float* slot = ring + (time % L) * slot_size;  // written after the reads: for k = 2 it was just read
+          for (int64_t r = 0; r < rows; ++r) std::memcpy(slot + r * K, src + r * W, K * sizeof(float));
+        } else {
+          gemm_acc(src, W, w, K, N, dst, W, rows);
+        }
+        break;
+      }
+      case ACT: {
+        const int64_t kind = op[ARG];
+        for (int64_t r = 0; r < rows; ++r)
+          map16(src + r * W, dst + r * W, N, [kind](v16 v) { return activate(v, kind); });
+        break;
+      }
+      case GATE: {  // dst[0:N] = tanh(src[0:N]) * sigmoid(src[N:2N])
+        for (int64_t r = 0; r < rows; ++r) {
+          float* z = dst + r * W;
+          const float *a = src + r * W, *g = a + N;
+          int64_t n = 0;
+          for (; n + 16 <= N; n += 16) store(z + n, vgate(load(a + n), load(g + n)));
+          for (; n < N; ++n) z[n] = std::tanh(a[n]) / (1.0f + std::exp(-g[n]));
+        }
+        break;
+      }
+      case ADD:
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t n = 0; n < N; ++n) dst[r * W + n] = src[r * W + n] + work[r * W + op[INIT] + n];
+        break;
+      case EMBED: {
+        const float* table = weights[op[WEIGHT]];
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t b = r0 + r, row = op[ARG] == 0 ? in.ids[b * T + t] : in.gids[b];
+          std::memcpy(dst + r * W, table + row * N, N * sizeof(float));
+        }
+        break;
+      }
+    }
+  }
+  for (int64_t b = r0; b < r1; ++b)
+    for (int64_t c = 0; c < in.out_channels; ++c)
+      in.out[(b * in.out_channels + c) * T + t] = work[(b - r0) * W + in.out_off + c];
+}
+
+}  // namespace
+
+extern "C" {
+
+// config (fixed per streamer): ops, n_ops, weights (float**), weight rows (int64*), rings
+// (float**), work, batch, width, x_channels, x_off, local_channels, local_off, out_channels,
+// out_off; pointers as int64. call (per call): x, ids, local, gids, out (pointers or 0), steps,
+// t0, threads, and call[8] receives the offending id. Runs `steps` steps from time t0 for all
+// streams, split over `threads` OpenMP threads by stream. Returns 0, or 1 (class ids) / 2
+// (global ids) when an id is outside its embedding table; nothing is run then.
+int atrous_fused_run(const int64_t* config, int64_t* call) {
+  auto ptr = [](int64_t p) { return reinterpret_cast<void*>(p); };
+  const int64_t* ops = static_cast<const int64_t*>(ptr(config[0]));
+  const int64_t n_ops = config[1], batch = config[6], width = config[7];
+  const float* const* weights = static_cast<const float* const*>(ptr(config[2]));
+  const int64_t* weight_rows = static_cast<const int64_t*>(ptr(config[3]));
+  float* const* rings = static_cast<float* const*>(ptr(config[4]));
+  float* work = static_cast<float*>(ptr(config[5]));
+  const int64_t* ids = static_cast<const int64_t*>(ptr(call[1]));
+  const int64_t* gids = static_cast<const int64_t*>(ptr(call[3]));
+  const int64_t steps = call[5], t0 = call[6], threads = call[7];
+  for (int64_t i = 0; i < n_ops; ++i) {
+    const int64_t* op = ops + i * NFIELDS;
+    if (op[OPC] != EMBED) continue;
+    const int64_t* check = op[ARG] == 0 ? ids : gids;
+    const int64_t count = op[ARG] == 0 ? batch * steps : batch, rows = weight_rows[op[WEIGHT]];
+    for (int64_t j = 0; j < count; ++j)
+      if (check[j] < 0 || check[j] >= rows) {
+        call[8] = check[j];
+        return op[ARG] == 0 ? 1 : 2;
+      }
+  }
+  const Inputs in{static_cast<const float*>(ptr(call[0])), config[8], config[9], ids,
+                  static_cast<const float*>(ptr(call[2])), config[10], config[11], gids,
+                  static_cast<float*>(ptr(call[4])), config[12], config[13], steps};
+  auto run_rows = [&](int64_t r0, int64_t r1) {
+    for (int64_t t = 0; t < steps; ++t)
+      step_rows(ops, n_ops, weights, rings, work, batch, width, in, r0, r1, t0 + t, t);
+  };
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, batch / 4));  // >= 4 streams a thread
+  if (parts == 1) {
+    run_rows(0, batch);
+    return 0;
+  }
+#pragma omp parallel for num_threads(parts) schedule(static)
+  for (int64_t p = 0; p < parts; ++p) run_rows(batch * p / parts, batch * (p + 1) / parts);
+  return 0;
+}
+
+}  // extern "C"

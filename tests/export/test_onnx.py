@@ -1,0 +1,184 @@
+"""ONNX export: registered models exported at one size, run by onnxruntime at other sizes (odd
+ones included) and compared with the PyTorch forward, the independent reference.
+
+An export costs 5-20 s of CPU whatever the width (it scales with the number of layers), so the
+segmentation test exports the fewest registered models that together contain every module
+class and every kind of convolution padding in the registry (a greedy set cover, recomputed
+from the registry: a model with a new block or head joins automatically). ``torch.compile`` and
+``torch.jit.trace`` run every model in ``test_compile_trace.py``.
+"""
+
+import copy
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")  # torch.export's own deprecation
+
+from atrous.export import export_onnx, onnx_session, run_onnx, shape_polymorphic  # noqa: E402
+from atrous.models import create, list_models  # noqa: E402
+from atrous.ops import CausalConv1d, DilatedConv1d, DilatedConv2d, DilatedStack  # noqa: E402
+
+TOLERANCE = 1e-4
+SEQUENCE_TINY = {
+    "tcn": {"in_channels": 3, "out_channels": 2, "hidden": 4, "levels": 3, "kernel_size": 3},
+    "wavenet": {"classes": 8, "blocks": 2, "layers": 3, "residual_channels": 4, "gate_channels": 6, "skip_channels": 3},
+}
+
+
+def calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """BatchNorm statistics of ``x``, so tiny random networks give O(1) outputs and an absolute
+    tolerance means the same for every model; returned in eval mode."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = None  # cumulative average: one batch sets the statistics
+    model.train()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model(x)
+    return model.eval()
+
+
+def assert_parity(path, model: nn.Module, shapes) -> None:
+    """onnxruntime is as close to the float64 forward as float32 PyTorch is, or within TOLERANCE,
+    at each input shape: deep random networks amplify float32 rounding in either runtime
+    (ResNet-101 at 1/16 width: ~5e-3 on logits of 70), shallow ones stay near 1e-6."""
+    session = onnx_session(path, threads=1)
+    exact_model = copy.deepcopy(model).double()
+    generator = torch.Generator().manual_seed(1)
+    for shape in shapes:
+        x = torch.randn(shape, generator=generator)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exact, pytorch = exact_model(x.double()).numpy(), model(x).numpy()
+        actual = run_onnx(session, x)
+        assert actual.shape == exact.shape, f"input {shape}"
+        onnx_error, pytorch_error = np.abs(actual - exact).max(), np.abs(pytorch - exact).max()
+        assert onnx_error <= max(TOLERANCE, 4 * pytorch_error), (shape, onnx_error, pytorch_error)
+
+
+def _ingredients(model: nn.Module) -> set:
+    found = set()
+    for module in model.modules():
+        found.add(f"{type(module).__module__}.{type(module).__qualname__}")
+        if isinstance(module, nn.modules.conv._ConvNd):
+            kind = module.padding if isinstance(module.padding, str) else "explicit"
+            found.add(("conv", kind, max(module.stride) > 1, module.groups > 1))
+    return found
+
+
+def covering_models() -> list[str]:
+    """Registered segmentation models that together hold every module class and conv kind,
+    picked greedily (most new ingredients first, then fewest modules)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models = {name: create(name, num_classes=3, width_multiplier=1 / 16) for name in list_models("segmentation")}
+    ingredients = {name: _ingredients(model) for name, model in models.items()}
+    sizes = {name: sum(1 for _ in model.modules()) for name, model in models.items()}
+    missing, chosen = set().union(*ingredients.values()), []
+    while missing:
+        best = max(sorted(models), key=lambda name: (len(ingredients[name] & missing), -sizes[name]))
+        chosen.append(best)
+        missing -= ingredients[best]
+    return sorted(chosen)
+
+
+@pytest.mark.parametrize("name", covering_models())
+def test_segmentation_model_follows_any_input_size_in_onnxruntime(name, tmp_path):
+    torch.manual_seed(0)
+    model = calibrated(create(name, num_classes=3, width_multiplier=1 / 16), torch.randn(2, 3, 64, 64))
+    result = export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 33, 47), optimize=False)
+    assert result.input_shape == ("batch", 3, "height", "width")
+    assert result.output_shape == ("batch", 3, "height", "width")
+    assert_parity(result.path, model, [(2, 3, 97, 131), (1, 3, 40, 36)])
+
+
+@pytest.mark.parametrize("name", list_models("sequence"))
+def test_sequence_model_follows_any_length_in_onnxruntime(name, tmp_path):
+    torch.manual_seed(0)
+    model = create(name, **SEQUENCE_TINY[name]).eval()
+    channels = model.in_channels
+    result = export_onnx(model, tmp_path / "m.onnx", torch.randn(1, channels, 37), optimize=False)
+    assert result.input_shape == ("batch", channels, "length")
+    assert_parity(result.path, model, [(2, channels, 50), (3, channels, 23)])
+
+
+def test_space_to_batch_stack_exports(tmp_path):
+    torch.manual_seed(0)
+    stack = DilatedStack(4, (1, 2, 2, 2, 4, 4)).eval()
+    assert [fused for *_, fused in stack.groups_of_layers()] == [False, True, True]
+    result = export_onnx(stack, tmp_path / "s.onnx", torch.randn(1, 4, 33, 47), optimize=False)
+    # 31 x 30: padded to multiples of 2 and 4 on the high side; 32 x 32: no padding at all.
+    assert_parity(result.path, stack, [(2, 4, 31, 30), (1, 4, 32, 32)])
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("kernel", [1, 2, 3, 4])
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_shape_polymorphic_forward_equals_the_layer(stride, kernel, dilation):
+    """The export-time padding arithmetic against the layer's own, every size parity."""
+    torch.manual_seed(0)
+    layers = [
+        DilatedConv2d(2, 3, kernel, stride=stride, dilation=dilation, padding="same"),
+        DilatedConv2d(2, 3, (kernel, 3), stride=(1, stride), dilation=dilation, padding="valid"),
+        DilatedConv1d(2, 3, kernel, stride=stride, dilation=dilation, padding="same", padding_mode="replicate"),
+        CausalConv1d(2, 3, kernel, dilation, stride=stride),
+    ]
+    for layer in layers:
+        for size in range(12, 18):
+            x = torch.randn(2, 2, *[size, size + 3][: layer.weight.ndim - 2])
+            expected = layer(x)
+            with shape_polymorphic(layer):
+                actual = layer(x)
+            torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
+        assert "forward" not in vars(layer), "the original forward was not restored"
+
+
+def test_a_forward_that_branches_on_the_size_is_refused(tmp_path):
+    class EvenOnly(nn.Module):
+        def forward(self, x):
+            return x * 2 if x.shape[-1] % 2 == 0 else x
+
+    with pytest.raises(ValueError, match="branches on the input size"):
+        export_onnx(EvenOnly(), tmp_path / "e.onnx", torch.randn(1, 2, 8, 8), optimize=False)
+    assert not (tmp_path / "e.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"example_input": torch.randn(3, 4)}, "example_input"), ({"opset": 17}, "opset"), ({"opset": True}, "opset")],
+)
+def test_bad_arguments_are_named(kwargs, message, tmp_path):
+    arguments = {"example_input": torch.randn(1, 2, 8, 8), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        export_onnx(nn.Identity(), tmp_path / "x.onnx", **arguments)
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_onnx(nn.Identity(), tmp_path / "no" / "x.onnx", torch.randn(1, 2, 8, 8))
+
+
+def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'atrous\[onnx\]'"):
+        export_onnx(nn.Identity(), tmp_path / "x.onnx", torch.randn(1, 2, 8, 8))
+
+
+def test_export_onnx_is_a_lazy_top_level_name():
+    import atrous
+
+    assert atrous.export_onnx is export_onnx
+
+
+def test_import_atrous_stays_light():
+    import subprocess
+
+    code = "import sys, atrous, atrous.export; print(sorted({'onnx', 'onnxruntime', 'onnxscript'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -1,0 +1,77 @@
+"""The exported streaming step, driven by onnxruntime with its states fed back, must equal the
+offline PyTorch forward over 500 steps."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from atrous.models import create
+from atrous.ops.layers import CausalConv1d
+from atrous.streaming.functional import StreamingStep
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+from atrous.export.streaming import export_streaming_onnx  # noqa: E402
+
+# torch.export's pytree code warns about its own deprecated LeafSpec while exporting
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+
+
+def stream_onnx(path, feeds_per_step: list[dict], states: dict) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outs = []
+    for feeds in feeds_per_step:
+        y, *new_states = session.run(None, {**feeds, **states})
+        states = {f"state_{i}": state for i, state in enumerate(new_states)}
+        outs.append(y)
+    return np.stack(outs, axis=2)  # (B, C_out, T)
+
+
+def test_wavenet_with_conditioning_streams_500_steps_through_onnxruntime(tmp_path):
+    torch.manual_seed(0)
+    model = create("wavenet", classes=16, blocks=2, layers=3, residual_channels=4, gate_channels=6,
+                   skip_channels=5, global_classes=3, local_channels=2).eval()
+    result = export_streaming_onnx(model, tmp_path / "wavenet_step.onnx", optimize=False)  # faster to export
+    assert result.input_names == ("x", "global_condition", "local_condition", *(f"state_{i}" for i in range(6)))
+    assert result.output_names == ("y", *(f"new_state_{i}" for i in range(6)))
+    assert result.state_shapes[-1] == (4, 4)  # residual channels, dilation 4 x (kernel 2 - 1)
+    batch, steps = 3, 500  # a batch the graph was not traced with: the batch axis is symbolic
+    ids, speakers, local = torch.randint(0, 16, (batch, steps)), torch.tensor([2, 0, 1]), torch.randn(batch, 2, steps)
+    with torch.no_grad():
+        expected = model(ids, global_condition=speakers, local_condition=local).numpy()
+    feeds = [{"x": ids[:, t].numpy(), "global_condition": speakers.numpy(), "local_condition": local[:, :, t].numpy()}
+             for t in range(steps)]
+    got = stream_onnx(result.path, feeds, result.initial_states(batch))
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_tcn_streams_500_steps_through_onnxruntime(tmp_path):
+    torch.manual_seed(0)
+    model = create("tcn", in_channels=3, out_channels=2, hidden=6, levels=3, kernel_size=3).eval()
+    result = export_streaming_onnx(model, tmp_path / "tcn_step.onnx")
+    assert len(result.state_shapes) == 6 and result.state_shapes[0] == (3, 2)  # level 0: k=3, d=1, 3 inputs
+    assert result.state_shapes[-1] == (6, 8)  # level 2: d=4, (k - 1) d = 8
+    x = torch.randn(2, 3, 500)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = stream_onnx(result.path, [{"x": x[:, :, t].numpy()} for t in range(500)], result.initial_states(2))
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_functional_step_matches_offline_and_rejects_bad_arguments(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(CausalConv1d(2, 4, 3, 2), nn.GELU(), CausalConv1d(4, 1, 2, 5)).eval()
+    step = StreamingStep(model)
+    states, outs, x = step.initial_states(2), [], torch.randn(2, 2, 30)
+    with torch.no_grad():
+        for t in range(30):
+            y, *states = step(x[:, :, t], *states)
+            outs.append(y)
+        torch.testing.assert_close(torch.stack(outs, 2), model(x), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"expected 2 tensors after x \(state_0, state_1\), got 1"):
+        step(x[:, :, 0], states[0])
+    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1, got 0"):
+        export_streaming_onnx(model, tmp_path / "step.onnx", batch_size=0)
+    with pytest.raises(ValueError, match=r"cannot fuse layer '1' \(LSTM\)"):
+        export_streaming_onnx(nn.Sequential(CausalConv1d(2, 2, 2), nn.LSTM(2, 2)), tmp_path / "step.onnx")
