@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -74,6 +75,14 @@ QUICK = [CASES[0], CASES[2], CASES[11], CASES[14], CASES[16]]
 
 
 CLOCK = time.perf_counter  # --clock thread: CPU time of this thread, robust to other load on the machine
+DEVICE = torch.device("cpu")  # --device
+
+
+def now() -> float:
+    """The clock, after the device has finished its queued work."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    return CLOCK()
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
@@ -82,9 +91,9 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, 
     for index in range(rounds):
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
-            start = CLOCK()
+            start = now()
             fns[name]()
-            times[name].append(CLOCK() - start)
+            times[name].append(now() - start)
     return times
 
 
@@ -92,7 +101,7 @@ def gemm_peak(sizes: tuple[int, ...] = (2048, 4096), repeats: int = 3) -> float:
     """Best fp32 GFLOP/s of a square ``torch.mm`` at the current thread count."""
     best = 0.0
     for size in sizes:
-        a, b = torch.randn(size, size), torch.randn(size, size)
+        a, b = torch.randn(size, size, device=DEVICE), torch.randn(size, size, device=DEVICE)
         a @ b
         best = max(best, 2 * size**3 / min(interleaved({"mm": lambda: a @ b}, repeats)["mm"]) / 1e9)
     return best
@@ -104,11 +113,11 @@ def layer_fns(case: Case, rate_scale: int) -> tuple[Callable, list[torch.Tensor]
 
     ndim, k = len(case.sizes), case.kernel
     conv = {1: F.conv1d, 2: F.conv2d}[ndim]
-    weights = [torch.randn(case.c_out if i == len(case.rates) - 1 else case.c_in, case.c_in, *([k] * ndim)) * 0.05
-               for i in range(len(case.rates))]
+    widths = [case.c_in] * (len(case.rates) - 1) + [case.c_out]
+    weights = [torch.randn(width, case.c_in, *([k] * ndim), device=DEVICE) * 0.05 for width in widths]
     if rate_scale < 0:  # atrous
         if len(case.rates) > 1:
-            stack = DilatedStack(case.c_in, case.rates, k, dims=ndim, bias=False)
+            stack = DilatedStack(case.c_in, case.rates, k, dims=ndim, bias=False).to(DEVICE)
             for conv_layer, w in zip(stack.convs, weights):
                 conv_layer.weight = nn.Parameter(w)
             return lambda x, *ws: stack(x), list(stack.parameters())
@@ -133,7 +142,7 @@ def time_case(case: Case, backward: bool, budget_s: float) -> dict:
     """Interleaved times of atrous / native / undilated for one direction."""
     from atrous.ops import backend_choices
 
-    x = torch.randn(case.batch, case.c_in, *case.sizes, requires_grad=backward)
+    x = torch.randn(case.batch, case.c_in, *case.sizes, device=DEVICE, requires_grad=backward)
     versions = {"atrous": layer_fns(case, -1), "native": layer_fns(case, 1), "undilated": layer_fns(case, 0)}
 
     def runner(forward, weights):
@@ -152,9 +161,9 @@ def time_case(case: Case, backward: bool, budget_s: float) -> dict:
     fns = {name: runner(*v) for name, v in versions.items()}
     with torch.set_grad_enabled(backward):
         before = set(backend_choices())
-        start = CLOCK()
+        start = now()
         fns["atrous"]()  # the first call times the formulations
-        first = CLOCK() - start
+        first = now() - start
         choices = [v for k, v in backend_choices().items() if k not in before]
         one = interleaved(fns, 1)
         per_round = sum(v[0] for v in one.values())
@@ -233,10 +242,11 @@ def model_table(quick: bool, budget_s: float) -> list[str]:
     rows = ["| model | workload | atrous (ms) | nn.Conv2d copy (ms) | atrous / nn.Conv2d | tuning (s) |",
             "| --- | --- | --- | --- | --- | --- |"]
     size = 256 if quick else 512
-    deeplab = create("deeplabv3_resnet50", num_classes=21, output_stride=8).eval()
-    image = torch.randn(1, 3, size, size)
-    net = create("context_net", num_classes=11)
-    scenes, labels = torch.randn(8, 3, 128, 128), torch.randint(0, 11, (8, 128, 128))
+    deeplab = create("deeplabv3_resnet50", num_classes=21, output_stride=8).eval().to(DEVICE)
+    image = torch.randn(1, 3, size, size, device=DEVICE)
+    net = create("context_net", num_classes=11).to(DEVICE)
+    scenes = torch.randn(8, 3, 128, 128, device=DEVICE)
+    labels = torch.randint(0, 11, (8, 128, 128), device=DEVICE)
 
     def train_step(model: nn.Module) -> Callable[[], None]:
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
@@ -261,9 +271,9 @@ def model_table(quick: bool, budget_s: float) -> list[str]:
         fns = {"atrous": make(model) if make else lambda: model(x), "plain": make(plain) if make else lambda: plain(x)}
         clear_backend_cache()  # the layer suite timed some of these shapes already
         with torch.set_grad_enabled(make is not None):
-            start = CLOCK()
+            start = now()
             fns["atrous"]()
-            first = CLOCK() - start
+            first = now() - start
             fns["plain"]()
             times = interleaved(fns, 1 if quick else max(3, min(9, int(budget_s / sum(interleaved(fns, 1)["atrous"])))))
         a, p = statistics.median(times["atrous"]), statistics.median(times["plain"])
@@ -273,29 +283,47 @@ def model_table(quick: bool, budget_s: float) -> list[str]:
     return rows
 
 
+def readme_block(table: str, section: str, readme: Path) -> str:
+    """The README block with this device's section (``#### CPU`` or ``#### GPU``) replaced, the other kept."""
+    text = readme.read_text()
+    old = text.split(START, 1)[1].split(END, 1)[0] if START in text and END in text else ""
+    sections = {name: body.strip() for name, body in re.findall(r"(?ms)^#### (CPU|GPU)\n(.*?)(?=^#### |\Z)", old)}
+    sections[section] = table.strip()
+    return "\n\n".join(f"#### {name}\n\n{sections[name]}" for name in ("CPU", "GPU") if name in sections)
+
+
 def main() -> None:
+    global CLOCK, DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few shapes, small inputs: a smoke run")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (then the README gets a GPU section)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--budget", type=float, default=1.5, help="seconds of timed rounds per shape and direction")
     parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
                         help="thread: CPU time of the one compute thread (needs --threads 1), for a busy machine")
     parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
     args = parser.parse_args()
-    if args.clock == "thread":
-        if args.threads != 1:
-            parser.error(f"--clock thread needs --threads 1, got --threads {args.threads}")
+    DEVICE = torch.device(args.device)
+    thread_clock = args.clock == "thread"
+    if thread_clock:
+        if args.threads != 1 or DEVICE.type != "cpu":
+            parser.error(f"--clock thread needs --threads 1 on the CPU, got --threads {args.threads} --device {DEVICE}")
         from atrous.ops.backend import CHOOSER
 
-        global CLOCK
         CLOCK = CHOOSER.timer = time.thread_time
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     peak = gemm_peak()
     cases = QUICK if args.quick else CASES
-    flags = "".join(f" {flag}" for flag, on in (("--quick", args.quick), ("--clock thread", args.clock == "thread")) if on)
-    lines = [f"Measured with `python benchmarks/dilation_speed.py{flags}` on "
-             f"{args.threads} CPU threads, PyTorch {torch.__version__}; dense fp32 GEMM peak {peak:.0f} GFLOP/s. "
+    flags = [("--quick", args.quick), (f"--device {args.device}", DEVICE.type != "cpu"),
+             (f"--threads {args.threads}", thread_clock), ("--clock thread", thread_clock)]
+    flags = "".join(f" {flag}" for flag, on in flags if on)
+    where = (torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda"
+             else f"{args.threads} CPU thread{'s' if args.threads > 1 else ''}")
+    clock = (" Times are CPU time of the one compute thread, which other jobs on the machine do not inflate."
+             if thread_clock else "")
+    lines = [f"Measured with `python benchmarks/dilation_speed.py{flags}` on {where}, PyTorch {torch.__version__}; "
+             f"dense fp32 GEMM peak {peak:.0f} GFLOP/s.{clock} "
              "Ratios are medians over interleaved rounds (below 1: atrous is faster). GFLOP/s count the dense "
              "work of the layer, every tap at every output (forward+backward: 3x), so a formulation that skips "
              "taps reading only padding can pass the GEMM peak. Tuning: the one-off cost of atrous's first "
@@ -307,8 +335,10 @@ def main() -> None:
     if args.readme:
         import ablation  # its README helper, pointed at this benchmark's markers
 
+        readme = Path(__file__).resolve().parents[1] / "README.md"
+        block = readme_block(table, "GPU" if DEVICE.type == "cuda" else "CPU", readme)
         with mock.patch.multiple(ablation, START=START, END=END):
-            ablation.write_readme(table, Path(__file__).resolve().parents[1] / "README.md")
+            ablation.write_readme(block, readme)
 
 
 if __name__ == "__main__":

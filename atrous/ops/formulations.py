@@ -254,17 +254,18 @@ def applicable(name: str, x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec)
 def candidates(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec) -> list[str]:
     """The formulations worth timing for this call, ``native`` first; duplicates left out."""
     names = ["native"]
-    if spec.symmetric and any(lo for lo, _ in spec.pads):
-        names.append("pad")  # otherwise native already pads first
     if spec.ndim == 1 or not x.is_contiguous(memory_format=_CHANNELS_LAST[spec.ndim]):
         names.append("channels_last")
     if applicable("border_split", x, weight, spec) and border_plan(x.shape[2:], weight.shape[2:], spec)[1] < 0.9:
         names.append("border_split")
     if applicable("fold", x, weight, spec) and spec.dilation[0] > 1:
         names.append("fold")
-    # On a 2-core AVX-512 CPU with oneDNN, a single-layer space_to_batch and the per-tap GEMM never
-    # beat native on a benchmark shape, so only CUDA times them (against cuDNN's dilated kernels).
+    # On a 2-core AVX-512 CPU with oneDNN, padding first, a single-layer space_to_batch and the
+    # per-tap GEMM never beat native on a benchmark shape (oneDNN's forward already skips taps
+    # that read only padding), so only CUDA times them, against cuDNN's dilated kernels.
     if x.device.type == "cuda":
+        if spec.symmetric and any(lo for lo, _ in spec.pads):
+            names.append("pad")  # otherwise native already pads first
         if spec.unit_stride and any(d > 1 for d in spec.dilation):
             names.append("space_to_batch")
         if applicable("gemm", x, weight, spec):

@@ -9,7 +9,7 @@ from torch import nn
 from atrous import DilatedConv1d, DilatedConv2d, DilatedStack, dilated_conv
 from atrous.ops import backend_choices, clear_backend_cache, deterministic_backend
 from atrous.ops.backend import CHOOSER, Chooser
-from atrous.ops.formulations import ConvSpec, border_plan
+from atrous.ops.formulations import ConvSpec, border_plan, candidates
 
 
 class CountingClock:
@@ -142,6 +142,7 @@ def test_opt_out_and_deterministic_mode_never_time(clock):
     assert clock.reads == 0 and backend_choices() == {}
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")  # shape arithmetic
 def test_jit_trace_records_one_native_convolution(clock):
     conv = DilatedConv2d(2, 3, 3, dilation=2)
     x = torch.randn(1, 2, 10, 10)
@@ -189,6 +190,16 @@ def test_stack_times_fused_against_layers_and_restores_the_rng(clock, monkeypatc
     monkeypatch.setattr(stack, "backend", "native")
     assert stack(torch.randn(1, 2, 13, 13)).shape == (1, 2, 13, 13)
     assert clock.reads == reads
+
+
+def test_cpu_candidates():
+    # Same padding at a rate past the map: border_split joins; a channels-last input skips that layout.
+    x, w = torch.zeros(1, 2, 8, 8), torch.zeros(2, 2, 3, 3)
+    spec = ConvSpec((1, 1), (8, 8), ((8, 8), (8, 8)))
+    assert candidates(x, w, spec) == ["native", "channels_last", "border_split"]
+    assert candidates(x.to(memory_format=torch.channels_last), w, spec) == ["native", "border_split"]
+    spec_1d = ConvSpec((1,), (4,), ((4, 0),))  # causal, k = 2: too little padding for border_split
+    assert candidates(torch.zeros(1, 2, 64), torch.zeros(2, 2, 2), spec_1d) == ["native", "channels_last", "fold"]
 
 
 @pytest.mark.parametrize(("size", "rate"), [(16, 16), (16, 40), (5, 5)])
