@@ -5,8 +5,9 @@ with 1 and 2 threads in every runtime. The ONNX file comes from ``atrous.export_
 batch, height and width); the trace is taken at each batch's own shape. Timings are interleaved
 (each round runs every runtime in turn, so drifts in machine load hit all alike) and the median
 over rounds is reported, after warm-up calls; within a round each runtime makes one untimed
-call before its timed one, so threads of the runtime before it that are still spinning do not
-count against it. Each runtime's outputs are checked against eager first.
+call before its timed one. onnxruntime's worker threads do not spin between calls (by default
+they busy-wait, which on 2 cores takes the CPU from the PyTorch call that follows and makes it
+look up to 10x slower). Each runtime's outputs are checked against eager first.
 
     python benchmarks/onnx_latency.py            # the README table
     python benchmarks/onnx_latency.py --quick    # smoke run: few rounds
@@ -30,7 +31,7 @@ def runtimes(model: torch.nn.Module, onnx_path: Path, x: torch.Tensor, threads: 
     """One zero-argument callable per runtime, each computing the logits of ``x``."""
     from atrous.export import onnx_session
 
-    session = onnx_session(onnx_path, threads=threads)
+    session = onnx_session(onnx_path, threads=threads, spin=False)  # spinning threads would slow the others
     feed = {session.get_inputs()[0].name: x.numpy()}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecated, and the ops' size checks read Python values

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.path} (ONNX opset {result.opset}, model {meta['model']}, {meta['num_classes']} classes)")
     print(f"input  {result.input_name} {shape(result.input_shape)} float32, "
           + ("RGB in [0, 1]" if not args.no_normalize else "normalised"))
-    print(f"output {result.output_name} {shape(result.output_shape)} float32 logits")
+    print(f"output {result.output_name} {shape(result.output_shape)} float32")
     if result.max_abs_diff is not None:
         verdict = "ok" if result.max_abs_diff <= CHECK_TOLERANCE else f"FAILED: above {CHECK_TOLERANCE:g}"
         print(f"check  onnxruntime vs PyTorch on a {args.height}x{args.width} image: "

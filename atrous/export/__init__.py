@@ -4,4 +4,13 @@ and streaming steps with their ring-buffer state as explicit inputs and outputs.
 from atrous.export.onnx import OnnxExport, export_onnx, onnx_max_abs_diff, onnx_session, run_onnx, shape_polymorphic
 from atrous.export.streaming import StreamingOnnxExport, export_streaming_onnx
 
-__all__ = ["OnnxExport", "export_onnx", "onnx_max_abs_diff", "onnx_session", "run_onnx", "shape_polymorphic", "StreamingOnnxExport", "export_streaming_onnx"]
+__all__ = [
+    "OnnxExport",
+    "StreamingOnnxExport",
+    "export_onnx",
+    "export_streaming_onnx",
+    "onnx_max_abs_diff",
+    "onnx_session",
+    "run_onnx",
+    "shape_polymorphic",
+]

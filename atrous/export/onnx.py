@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import logging
 import types
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -276,18 +277,18 @@ def export_onnx(
         names = _AXIS_NAMES.get(spatial, tuple(f"spatial{i}" for i in range(spatial)))
         axes.update(zip(range(2, example_input.ndim), names))
     was_training = model.training
-    model.eval()
-    try:
-        program = _capture(model, example_input, axes)
-    finally:
-        model.train(was_training)
     registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registry_log.level
+    model.eval()
     registry_log.setLevel(logging.ERROR)  # "torchvision is not installed" notes, one per torchvision op
     try:
-        onnx_program = torch.onnx.export(program, dynamo=True, opset_version=opset, input_names=[input_name],
-                                         output_names=[output_name], optimize=optimize, verbose=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)  # torch.export's own deprecation
+            program = _capture(model, example_input, axes)
+            onnx_program = torch.onnx.export(program, dynamo=True, opset_version=opset, input_names=[input_name],
+                                             output_names=[output_name], optimize=optimize, verbose=False)
     finally:
+        model.train(was_training)
         registry_log.setLevel(level)
     user_input = next(n for n in program.graph.nodes if n.name == program.graph_signature.user_inputs[0])
     symbols = {str(user_input.meta["val"].shape[axis]): name for axis, name in axes.items()}
@@ -301,18 +302,22 @@ def export_onnx(
     return result
 
 
-def onnx_session(path: str | Path, *, threads: int | None = None):
+def onnx_session(path: str | Path, *, threads: int | None = None, spin: bool = True):
     """An ``onnxruntime.InferenceSession`` on the CPU for an exported file.
 
     Args:
         path: the ``.onnx`` file.
         threads: intra-op threads (``None``: onnxruntime's default, one per core).
+        spin: let idle worker threads spin between calls (onnxruntime's default, lowest
+            latency); ``False`` frees the cores for other work between calls.
     """
     ort = require("onnxruntime")
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -18,8 +18,12 @@ from atrous.models.segmentation.aspp import ASPP
 from atrous.ops import DilatedStack
 from atrous.ops.layers import _DilatedConvMixin
 
-# Tiny inputs are smaller than ASPP's rates; the warning saying so is expected here.
-pytestmark = pytest.mark.filterwarnings("ignore::atrous.models.segmentation.aspp.RateWarning")
+pytestmark = [
+    # Tiny inputs are smaller than ASPP's rates; the warning saying so is expected here.
+    pytest.mark.filterwarnings("ignore::atrous.models.segmentation.aspp.RateWarning"),
+    # torch.jit.trace and the script methods it builds are deprecated since torch 2.9.
+    pytest.mark.filterwarnings("ignore:`torch\\.jit:DeprecationWarning"),
+]
 
 SEGMENTATION = list_models("segmentation")
 SEQUENCE_TINY = {
@@ -29,10 +33,15 @@ SEQUENCE_TINY = {
 
 
 def tiny_segmentation(name: str) -> nn.Module:
+    """A registered model at 1/16 width with random BatchNorm scales and shifts (so residual
+    branches that start at zero take part) and statistics of random images (O(1) outputs)."""
     torch.manual_seed(0)
     model = create(name, num_classes=3, width_multiplier=1 / 16)
-    for module in model.modules():  # BatchNorm statistics of random data keep the outputs O(1)
+    for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
             module.momentum = None
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
