@@ -59,12 +59,13 @@ def run(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_readme(table: str, readme: Path) -> None:
+def write_readme(table: str, readme: Path, *, start: str = START, end: str = END) -> None:
+    """Replace the text between the ``start`` and ``end`` marker lines of ``readme`` with ``table``."""
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme} has no {START} ... {END} markers")
-    block = f"{START}\n{table}\n{END}"
-    readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no {start} ... {end} markers")
+    block = f"{start}\n{table}\n{end}"
+    readme.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S))
 
 
 def main() -> None:

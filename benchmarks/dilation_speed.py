@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -337,8 +336,7 @@ def main() -> None:
 
         readme = Path(__file__).resolve().parents[1] / "README.md"
         block = readme_block(table, "GPU" if DEVICE.type == "cuda" else "CPU", readme)
-        with mock.patch.multiple(ablation, START=START, END=END):
-            ablation.write_readme(block, readme)
+        ablation.write_readme(block, readme, start=START, end=END)
 
 
 if __name__ == "__main__":

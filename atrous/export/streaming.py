@@ -11,7 +11,6 @@ captured with ``torch.export`` (PyTorch's dynamo-based ONNX exporter) with a sym
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from atrous.export.onnx import require
 from atrous.streaming.functional import StreamingStep
 
 DEFAULT_OPSET = 18
@@ -48,13 +48,6 @@ class StreamingOnnxExport:
         import numpy as np
 
         return {f"state_{i}": np.zeros((batch_size, *shape), np.float32) for i, shape in enumerate(self.state_shapes)}
-
-
-def _require(module: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"ONNX export needs the {module!r} package: pip install 'atrous[onnx]'") from None
 
 
 def _example_inputs(step: StreamingStep, batch: int) -> tuple[torch.Tensor, ...]:
@@ -96,8 +89,8 @@ def export_streaming_onnx(
         ImportError: ``onnx`` or ``onnxscript`` is missing.
         ValueError: a layer that cannot be streamed (named), or bad arguments.
     """
-    _require("onnx")
-    _require("onnxscript")
+    require("onnx")
+    require("onnxscript")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if isinstance(opset, bool) or not isinstance(opset, int) or not 18 <= opset <= 23:
