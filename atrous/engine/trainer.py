@@ -150,7 +150,11 @@ def train(
     """
     context = distributed.setup(config.device)
     try:
-        return _train(config, Path(out), resume, overwrite, progress, epochs, context)
+        result = _train(config, Path(out), resume, overwrite, progress, epochs, context)
+        # Leave together: a process that tears its group down while rank 0 still writes the last
+        # checkpoint can make gloo abort on the way out.
+        distributed.barrier(context)
+        return result
     finally:
         distributed.teardown(context)
 

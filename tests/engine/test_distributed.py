@@ -91,7 +91,8 @@ def test_torchrun_trains_and_only_rank_0_writes(tmp_path):
         "--model-arg", "width_multiplier=0.25", "--train-images", "8", "--val-images", "4", "--batch-size", "4",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # torchrun's own summary comes last; the workers' errors are above it.
+    assert done.returncode == 0, done.stderr[-8000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]) == 1
