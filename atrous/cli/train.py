@@ -34,6 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 for digits, 2 else)")
     parser.add_argument("--seed", type=int, default=0)
     add_device_argument(parser)
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto",
+        help="training forward in bfloat16 autocast ('auto': where the CPU or GPU has native bf16)",
+    )
     parser.add_argument("--out", default=None, help="run folder (default: runs/MODEL_DATA, numbered if taken)")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -69,6 +73,7 @@ def config_from_args(args: argparse.Namespace):
         workers=args.workers if args.workers is not None else (2 if folder_data else 0),
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
         model_kwargs=parse_key_values(args.model_arg, "--model-arg"),
     )
 

@@ -7,6 +7,7 @@ from typing import Any
 
 OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.01}
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -29,6 +30,9 @@ class TrainConfig:
         workers: DataLoader worker processes.
         seed: seeds data order, augmentation and initialisation.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+        precision: ``"fp32"``, ``"bf16"`` (forward under ``torch.autocast`` in bfloat16; weights,
+            optimizer state and loss stay float32) or ``"auto"``: bf16 where the hardware runs it
+            natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs that support it), else fp32.
         model_kwargs: extra keyword arguments for the model builder.
     """
 
@@ -50,6 +54,7 @@ class TrainConfig:
     workers: int = 0
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -60,6 +65,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         low, high = self.scale_range
@@ -84,4 +91,5 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
+        values = {"precision": "fp32", **values}  # runs saved before the option trained in float32
         return cls(**{k: v for k, v in values.items() if k in known})

@@ -96,13 +96,43 @@ def wrap_for_distributed(model: nn.Module, context) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model)
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype training runs its forward in under ``torch.autocast``, or None for float32.
+
+    ``"auto"`` picks bfloat16 only where the hardware has it: on CPU oneDNN's bf16 kernels (AVX512-BF16
+    or AMX; about 1.5x faster training of ``context_net`` on one such core), on CUDA
+    ``torch.cuda.is_bf16_supported()``. Elsewhere bf16 is emulated and slower, so auto stays float32.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    elif device.type == "cpu":
+        native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    else:
+        native = False
+    return torch.bfloat16 if native else None
+
+
 def train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor, lr: float
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    lr: float,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """One optimizer step on a batch ``images (N, 3, H, W)`` in [0, 1], ``masks (N, H, W)``; returns the loss."""
+    """One optimizer step on a batch ``images (N, 3, H, W)`` in [0, 1], ``masks (N, H, W)``; returns the loss.
+
+    ``autocast``: run the forward under ``torch.autocast`` in this dtype (the loss in float32).
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss = segmentation_loss(model(normalize(images)), masks)
+    with torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
+        logits = model(normalize(images))
+    loss = segmentation_loss(logits.float(), masks)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -190,6 +220,7 @@ def _train(config, run_dir, resume, overwrite, progress, epochs, context) -> dic
             f"lower --batch-size or add data"
         )
     total_steps = steps_per_epoch * config.epochs
+    autocast = autocast_dtype(config.precision, context.device)
     board = TensorBoardLogger(run_dir) if context.is_main else None
     best = max((row["val_miou"] for row in history), default=-math.inf)
     run_start = time.perf_counter()
@@ -201,7 +232,7 @@ def _train(config, run_dir, resume, overwrite, progress, epochs, context) -> dic
         loss_sum, batches = torch.zeros((), dtype=torch.float64), 0
         for images, masks in loader:
             lr = poly_lr(config, step, total_steps)
-            loss = train_step(trained, optimizer, images.to(context.device), masks.to(context.device), lr)
+            loss = train_step(trained, optimizer, images.to(context.device), masks.to(context.device), lr, autocast)
             step += 1
             loss_sum += loss.double().cpu()
             batches += 1

@@ -56,6 +56,18 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return ndim
 
 
+def _autocast(x, weight, bias):
+    """Under ``torch.autocast`` a convolution runs in the autocast dtype, as ``F.convNd`` does
+    (its formulations are built from ops autocast may leave alone, so cast once here)."""
+    device = x.device.type
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+    if not (x.is_floating_point() and weight.is_floating_point()):
+        return x, weight, bias
+    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
 def dilated_conv(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -89,6 +101,7 @@ def dilated_conv(
     Returns:
         ``(N, C_out, *out_spatial)``.
     """
+    x, weight, bias = _autocast(x, weight, bias)
     ndim = _check_inputs(x, weight, bias, groups)
     dilation = to_tuple(dilation, ndim, "dilation")
     stride = to_tuple(stride, ndim, "stride")

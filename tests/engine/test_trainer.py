@@ -92,7 +92,8 @@ def test_poly_schedule_closed_form():
 @pytest.mark.parametrize(
     ("field", "value", "pattern"),
     [("epochs", 0, "epochs must be an int >= 1"), ("optimizer", "adam", "optimizer must be one of"),
-     ("scale_range", (2.0, 1.0), "scale_range"), ("lr", -1.0, "lr must be > 0")],
+     ("scale_range", (2.0, 1.0), "scale_range"), ("lr", -1.0, "lr must be > 0"),
+     ("precision", "fp16", "precision must be one of")],
 )
 def test_config_errors_name_the_field(field, value, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -122,3 +123,36 @@ def test_overwrite_deletes_only_run_folders(tmp_path):
     (run / "metrics.json").write_text("{}")
     prepare_run_dir(run, resume=False, overwrite=True)
     assert sorted(p.name for p in run.iterdir()) == [".atrous-run"]
+
+
+def test_bf16_step_tracks_the_float32_step():
+    # One step of the same model on the same batch: the bf16-autocast forward gives the float32 loss
+    # to bf16 accuracy, gradients and weights stay float32, and the update moves the same way.
+    from atrous.engine.trainer import autocast_dtype, train_step
+    from atrous.models import create
+
+    assert autocast_dtype("fp32", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 32, 32, generator=generator)
+    masks = torch.randint(0, 11, (2, 32, 32), generator=generator)
+    results = {}
+    for dtype in (None, torch.bfloat16):
+        torch.manual_seed(0)
+        model = create("context_net", num_classes=11, width_multiplier=0.25)
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss = train_step(model, optimizer, images, masks, lr=0.1, autocast=dtype)
+        assert loss.dtype == torch.float32
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+        results[dtype] = loss, torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    (loss32, step32), (loss16, step16) = results[None], results[torch.bfloat16]
+    assert abs(loss16.item() - loss32.item()) < 0.02 * loss32.item()
+    assert torch.nn.functional.cosine_similarity(step16, step32, dim=0) > 0.98
+
+
+def test_runs_saved_before_the_precision_option_resume_in_float32():
+    values = tiny_config().to_dict()
+    del values["precision"]
+    assert TrainConfig.from_dict(values).precision == "fp32"
+    assert TrainConfig.from_dict(tiny_config(precision="bf16").to_dict()).precision == "bf16"

@@ -161,3 +161,26 @@ def test_atrous_conv2d_is_tensorflows_definition(padding, rate):
     ).transpose(0, 2, 3, 1)
     got = atrous_conv2d(torch.from_numpy(value), torch.from_numpy(filters), rate, padding)
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("layer_type", ["functional", "module"])
+def test_autocast_runs_in_the_autocast_dtype_like_nn_conv(layer_type):
+    # torch.autocast casts F.conv2d's inputs to bfloat16; a dilated conv must do the same, not
+    # refuse float32 weights against a bfloat16 activation.
+    from atrous import DilatedConv2d
+
+    torch.manual_seed(0)
+    layer = DilatedConv2d(4, 6, 3, dilation=3)
+    x = torch.randn(2, 4, 11, 13)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if layer_type == "module":
+            y = layer(torch.relu(x))
+        else:
+            y = dilated_conv(torch.relu(x), layer.weight, layer.bias, dilation=3)
+        expected = F.conv2d(torch.relu(x), layer.weight, layer.bias, padding=3, dilation=3)
+    assert y.dtype == expected.dtype == torch.bfloat16
+    exact = F.conv2d(torch.relu(x), layer.weight, layer.bias, padding=3, dilation=3)
+    torch.testing.assert_close(y.float(), exact, rtol=0.03, atol=0.03)
+    if layer_type == "module":
+        y.float().sum().backward()
+        assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.float32
