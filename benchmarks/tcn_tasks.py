@@ -50,7 +50,7 @@ def run_task(task: str, steps: int, batch_size: int, length: int, eval_size: int
     torch.manual_seed(seed)
     model = create("tcn", **spec["model"], init_std=init_std)
     config = SequenceTrainConfig(task=task, steps=steps, batch_size=batch_size, length=length, eval_size=eval_size,
-                                 log_every=max(1, steps // 5), seed=seed, **spec["train"])
+                                 log_every=max(1, min(1000, steps // 5)), seed=seed, **spec["train"])
     start = time.perf_counter()
     history, _ = train_sequence(
         model, config, on_log=lambda r: print(f"  {task} step {r['step']}: loss {r['loss']:.4g} "
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length", type=int, default=None, help="T (default: the paper's 600 / 1000)")
     parser.add_argument("--eval-size", type=int, default=256)
-    parser.add_argument("--init-std", type=float, default=0.01, help="paper: N(0, 0.01); 0 = PyTorch default")
+    parser.add_argument("--init-std", type=float, default=0.01, help="N(0, std) init of the 1x1 projection and head, as in the paper's code; 0 = PyTorch default")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="150 steps, eval on 64 sequences")

@@ -50,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     tcn.add_argument("--levels", type=int, default=8)
     tcn.add_argument("--kernel-size", type=int, default=8)
     tcn.add_argument("--dropout", type=float, default=None, help="default 0 (adding), 0.05 (copy)")
-    tcn.add_argument("--init-std", type=float, default=0.01, help="normal init std of conv weights; 0: PyTorch default")
+    tcn.add_argument("--init-std", type=float, default=0.01, help="normal init std of the 1x1 projection and head (the weight-normalised convs keep PyTorch's default, as in the paper's code); 0: PyTorch default")
     wavenet = parser.add_argument_group("WaveNet")
     wavenet.add_argument("--blocks", type=int, default=3)
     wavenet.add_argument("--layers", type=int, default=10)

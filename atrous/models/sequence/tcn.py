@@ -33,7 +33,7 @@ class TCNConfig:
     kernel_size: int = 8
     dropout: float = 0.0
     causal: bool = True
-    init_std: float = 0.01
+    init_std: float = 0.01  # the 1x1 projection and head only; see _conv
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "out_channels", "hidden", "levels", "kernel_size"):
@@ -48,13 +48,14 @@ class TCNConfig:
             raise TypeError(f"causal must be a bool, got {self.causal!r}")
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int, dilation: int, causal: bool, std: float) -> nn.Module:
+def _conv(in_channels: int, out_channels: int, kernel_size: int, dilation: int, causal: bool) -> nn.Module:
     if causal:
         conv = CausalConv1d(in_channels, out_channels, kernel_size, dilation)
     else:
         conv = DilatedConv1d(in_channels, out_channels, kernel_size, padding="same", dilation=dilation)
-    if std > 0:
-        nn.init.normal_(conv.weight, 0.0, std)  # the paper's N(0, 0.01) initialisation
+    # No N(0, std) here: in the paper's code the normal init of the weight-normalised convs is
+    # overwritten by weight norm's pre-forward hook (confirmed by its authors, locuslab/TCN#1),
+    # so its results come from PyTorch's default init of these convs.
     return weight_norm(conv)
 
 
@@ -68,7 +69,8 @@ class TemporalBlock(nn.Module):
         dilation: dilation of both convolutions.
         dropout: dropout probability after each activation.
         causal: causal (left) padding, else "same" padding.
-        init_std: std of the normal init of the conv weights (0: PyTorch's default).
+        init_std: std of the normal init of the 1x1 residual projection (0: PyTorch's default);
+            the weight-normalised convs keep PyTorch's default, as in the paper's code.
 
     Shape:
         ``(B, in_channels, T)`` -> ``(B, out_channels, T)``.
@@ -89,8 +91,8 @@ class TemporalBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            _conv(in_channels, out_channels, kernel_size, dilation, causal, init_std), nn.ReLU(), nn.Dropout(dropout),
-            _conv(out_channels, out_channels, kernel_size, dilation, causal, init_std), nn.ReLU(), nn.Dropout(dropout),
+            _conv(in_channels, out_channels, kernel_size, dilation, causal), nn.ReLU(), nn.Dropout(dropout),
+            _conv(out_channels, out_channels, kernel_size, dilation, causal), nn.ReLU(), nn.Dropout(dropout),
         )
         self.downsample = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else None
         if self.downsample is not None and init_std > 0:
@@ -136,6 +138,8 @@ class TCN(nn.Module):
             )
         )
         self.head = nn.Conv1d(config.hidden, config.out_channels, 1)
+        if config.init_std > 0:
+            nn.init.normal_(self.head.weight, 0.0, config.init_std)
 
     @property
     def receptive_field(self) -> int:
