@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from atrous.cli.train import DEFAULT_EPOCHS
+
 MODELS = ("plain_net", "context_net", "gridding_net", "hdc_net")
 START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
@@ -27,7 +29,7 @@ START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 def run(args: argparse.Namespace) -> str:
     import atrous
     from atrous.engine.config import TrainConfig
-    from atrous.engine.trainer import train
+    from atrous.engine.trainer import autocast_dtype, train
     from atrous.models import create
 
     rows = []
@@ -46,9 +48,10 @@ def run(args: argparse.Namespace) -> str:
         best = result["best"]
         rows.append((name, params, field, result["history"][-1]["val_miou"], best["val_miou"], seconds))
         print(f"{name}: params {params:,}, RF {field}, final mIoU {rows[-1][3]:.4f}, {seconds:.0f} s", flush=True)
+    precision = "bf16 autocast" if autocast_dtype("auto", torch.device("cpu")) else "fp32"
     lines = [
         f"Trained on `digits` ({args.train_images} train / {args.val_images} val scenes, {args.epochs} epochs, "
-        f"batch {args.batch_size}, AdamW, seed {args.seed}) on {torch.get_num_threads()} CPU threads:",
+        f"batch {args.batch_size}, AdamW, {precision}, seed {args.seed}) on {torch.get_num_threads()} CPU threads:",
         "",
         "| model | rates | params | receptive field (px) | val mIoU (last) | val mIoU (best) | train time |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -71,7 +74,7 @@ def write_readme(table: str, readme: Path, *, start: str = START, end: str = END
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--epochs", type=int, default=4, help="default: the atrous train default for digits")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS["digits"], help="default: atrous train's for digits")
     parser.add_argument("--train-images", type=int, default=10_000)
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)

@@ -8,7 +8,7 @@ import sys
 from atrous.cli._common import add_device_argument, parse_floats, parse_key_values
 
 # digits: 4 passes over 10,000 generated scenes fit in 10 CPU minutes; folders: the usual longer schedule
-DEFAULT_EPOCHS = {"digits": 4, "folder": 20}
+DEFAULT_EPOCHS = {"digits": 5, "folder": 20}
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--data", default="digits", help="'digits' (built in) or a VOC / {train,val}/{images,masks} folder")
     parser.add_argument("--model", default="context_net", help="registered segmentation model (default context_net; see atrous.models.list_models())")
     parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model builder argument")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 4 for digits, 20 for folders)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 5 for digits, 20 for folders)")
     parser.add_argument("--batch-size", type=int, default=8, help="global batch size (default 8)")
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (adamw 3e-3, sgd 0.01)")
