@@ -4,7 +4,7 @@
 ``gridding_net`` (rates sharing a factor of 3) and ``hdc_net`` (hybrid dilated rates,
 Wang et al. 2018) have the same layers and parameter count; only the rates differ. Each is
 trained with the same recipe and seed, then the table (parameters, receptive field, val mIoU,
-wall time) is printed and, with ``--readme``, written into README.md between the
+training time: the sum of the epochs' wall times) is printed and, with ``--readme``, written into README.md between the
 ``ablation`` markers.
 
     python benchmarks/ablation.py --readme --keep runs/ablation
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import re
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -41,10 +40,13 @@ def run(args: argparse.Namespace) -> str:
             model=name, epochs=args.epochs, train_images=args.train_images, val_images=args.val_images,
             batch_size=args.batch_size, seed=args.seed, device="cpu",
         )
-        start = time.perf_counter()
         with tempfile.TemporaryDirectory() as scratch:
-            result = train(config, Path(args.keep or scratch) / name, progress=False, overwrite=bool(args.keep))
-        seconds = time.perf_counter() - start
+            run_dir = Path(args.keep or scratch) / name
+            # A kept run is continued where it stopped (or just read back when finished): an
+            # interrupted ablation picks up from its checkpoints.
+            resume = (run_dir / "checkpoint").is_dir()
+            result = train(config, run_dir, progress=False, resume=resume, epochs=args.epochs if resume else None)
+        seconds = sum(row["seconds"] for row in result["history"])
         best = result["best"]
         rows.append((name, params, field, result["history"][-1]["val_miou"], best["val_miou"], seconds))
         print(f"{name}: params {params:,}, RF {field}, final mIoU {rows[-1][3]:.4f}, {seconds:.0f} s", flush=True)
@@ -80,7 +82,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
-    parser.add_argument("--keep", default=None, help="keep the runs in KEEP/MODEL (default: a temporary folder)")
+    parser.add_argument("--keep", default=None,
+                        help="keep the runs in KEEP/MODEL and continue or reuse those already there (default: a temporary folder)")
     args = parser.parse_args()
     table = run(args)
     print(table)

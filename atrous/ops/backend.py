@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from atrous.ops.formulations import FORMULATIONS, ConvSpec, applicable, candidates
+from atrous.ops.formulations import FORMULATIONS, ConvSpec, applicable, candidates, capturing
 
 BACKENDS = ("auto", *FORMULATIONS)
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}  # by tensor rank
@@ -46,16 +46,6 @@ def deterministic_backend() -> Iterator[None]:
         yield
     finally:
         _FIXED.reset(token)
-
-
-def capturing() -> bool:
-    """Whether a graph is being traced, compiled or exported (no timing, no data-dependent choice)."""
-    return (
-        torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.onnx.is_in_onnx_export()
-    )
 
 
 def fixed() -> bool:

@@ -42,13 +42,24 @@ _CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
 _MERGE_SLACK = 0.05  # border_split merges runs when that adds at most this fraction of an axis's work
 
 
+def capturing() -> bool:
+    """Whether a graph is being traced, compiled or exported (no timing, no data-dependent choice)."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
 @dataclass(frozen=True)
 class ConvSpec:
     """Geometry of one convolution with its padding resolved.
 
     Attributes:
         stride, dilation: one int per spatial axis.
-        pads: ``(low, high)`` padding per spatial axis.
+        pads: ``(low, high)`` padding per spatial axis; symbolic while a graph is captured
+            where they depend on the input size (see ``fixed_pads``).
         groups: channel groups.
         pad_mode: ``F.pad``'s mode: ``"constant"`` (zeros), ``"reflect"``, ``"replicate"``, ``"circular"``.
     """
@@ -64,9 +75,18 @@ class ConvSpec:
         return len(self.stride)
 
     @property
+    def fixed_pads(self) -> bool:
+        """Whether code may branch on the padding amounts. While a graph is captured, the amounts
+        of a strided axis may follow the input size ("same" padding; traced tensors under
+        ``torch.jit.trace``, ``torch.SymInt`` under ``torch.compile`` and ``torch.export``): a
+        branch on them would fix the captured size in the graph, or guard on it, so they are
+        used but never compared. Unit-stride amounts never depend on the size."""
+        return self.unit_stride or not capturing()
+
+    @property
     def symmetric(self) -> bool:
         """Zero padding with equal amounts on both sides: the convolution can pad by itself."""
-        return self.pad_mode == "constant" and all(lo == hi for lo, hi in self.pads)
+        return self.pad_mode == "constant" and self.fixed_pads and all(lo == hi for lo, hi in self.pads)
 
     @property
     def unit_stride(self) -> bool:
@@ -74,9 +94,15 @@ class ConvSpec:
 
 
 def _pad(x: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
-    if not any(lo or hi for lo, hi in spec.pads):
+    if spec.fixed_pads and not any(lo or hi for lo, hi in spec.pads):
         return x
     return F.pad(x, [amount for lo, hi in reversed(spec.pads) for amount in (lo, hi)], mode=spec.pad_mode)
+
+
+def _pad_high(x: torch.Tensor, amounts: Sequence) -> torch.Tensor:
+    """Zeros on the high side of each spatial axis; negative amounts crop instead (unlike
+    slicing, with no guard on whether an amount is 0 when it is symbolic)."""
+    return F.pad(x, [pad for amount in reversed(amounts) for pad in (0, amount)])
 
 
 def native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
@@ -284,21 +310,23 @@ def same_rate_stack(
 
     Sizes that are not multiples of ``rate`` are padded on the high side; those padded samples
     would become real data after the first layer, so they are re-zeroed after every layer, as
-    the zero padding of the dilated layers would be.
+    the zero padding of the dilated layers would be. While a graph is captured, the sizes may be
+    symbolic, so the padding, re-zeroing and final crop always run, by amounts that may be 0:
+    the graph is then right at every size.
     """
-    ndim = x.ndim - 2
-    sizes = x.shape[2:]
-    pads = [(0, -n % rate) for n in sizes]
-    batch = x.shape[0]
-    y = space_to_batch(x, rate, paddings=pads)
-    mask = None
-    if any(hi for _, hi in pads):
-        ones = torch.ones((1, 1, *sizes), dtype=x.dtype, device=x.device)
-        mask = space_to_batch(ones, rate, paddings=pads)  # (rate**n, 1, *G)
+    ndim, batch, sizes = x.ndim - 2, x.shape[0], x.shape[2:]
+    grid = [(n + rate - 1) // rate for n in sizes]  # ceil(n / rate): samples per sub-grid
+    highs = [g * rate - n for g, n in zip(grid, sizes)]
+    padded = capturing() or any(highs)
+    unpadded = [(0, 0)] * ndim  # already padded here, by amounts that may be symbolic
+    y = space_to_batch(_pad_high(x, highs) if padded else x, rate, paddings=unpadded)
+    if padded:
+        mask = space_to_batch(_pad_high(torch.ones_like(x[:1, :1]), highs), rate, paddings=unpadded)  # (rate**n, 1, *G)
     conv_fn = CONV_BY_NDIM[ndim]
     for conv, act in zip(convs, activations):
         padding = tuple((k - 1) // 2 for k in conv.kernel_size)
         y = act(conv_fn(y, conv.weight, conv.bias, 1, padding, 1, conv.groups))
-        if mask is not None:
+        if padded:
             y = (y.reshape(-1, batch, *y.shape[1:]) * mask.unsqueeze(1)).reshape(y.shape)
-    return batch_to_space(y, rate, crops=pads)
+    y = batch_to_space(y, rate)
+    return _pad_high(y, [-high for high in highs]) if padded else y

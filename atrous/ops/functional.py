@@ -59,12 +59,14 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 def _autocast(x, weight, bias):
     """Under ``torch.autocast`` a convolution runs in the autocast dtype, as ``F.convNd`` does
     (its formulations are built from ops autocast may leave alone, so cast once here)."""
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        return x, weight, bias  # _check_inputs names the argument
     device = x.device.type
     if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
         return x, weight, bias
-    dtype = torch.get_autocast_dtype(device)
     if not (x.is_floating_point() and weight.is_floating_point()):
         return x, weight, bias
+    dtype = torch.get_autocast_dtype(device)
     return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 

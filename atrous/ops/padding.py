@@ -7,7 +7,6 @@ samples (Yu & Koltun 2016, "Multi-scale context aggregation by dilated convoluti
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 PADDING_MODES = ("same", "valid", "causal")
@@ -66,10 +65,26 @@ def same_padding(size: int, kernel_size: int, stride: int = 1, dilation: int = 1
     """(low, high) padding that makes the output ``ceil(size / stride)`` long.
 
     The total is split with the extra sample on the high side, the PyTorch and TensorFlow
-    convention, so odd and even kernels both work.
+    convention, so odd and even kernels both work. It is written with ``+``, ``*`` and ``//``
+    only, every branch taken on ``kernel_size``, ``stride`` and ``dilation``, never on ``size``:
+    ``size`` may be symbolic (a ``torch.SymInt`` under ``torch.compile`` or ``torch.export``, a
+    traced 0-dim tensor under ``torch.jit.trace``) and the amounts then follow it in the graph.
+    At stride 1 they do not depend on ``size`` and come back as plain ints.
     """
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + kernel_extent(kernel_size, dilation) - size, 0)
+    extent = kernel_extent(kernel_size, dilation)
+    if stride == 1 or extent == 1:  # total extent - 1 at stride 1; 0 for a 1-tap kernel
+        total = extent - 1
+    else:
+        # Padded to (out - 1) * stride + extent, the padded size and the output size stay simple
+        # symbolic expressions (the output is (size + stride - 1) // stride itself).
+        out = (size + stride - 1) // stride  # ceil(size / stride)
+        total = (out - 1) * stride + extent - size
+        if extent < stride:
+            # total lies in [extent - stride, extent - 1], inside (-stride, stride), so
+            # (total + stride) // stride is 0 when total is negative and 1 otherwise: this is
+            # max(total, 0). Dividends stay >= 0 because ONNX's integer Div, which exported
+            # graphs use for //, truncates where Python floors.
+            total = total * ((total + stride) // stride)
     return total // 2, total - total // 2
 
 

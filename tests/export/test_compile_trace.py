@@ -1,5 +1,6 @@
 """Every registered model under ``torch.compile`` (one graph, no breaks) and ``torch.jit.trace``,
-against the eager forward; the trace is replayed at sizes it was not traced at.
+against the eager forward; traces are replayed at sizes they were not traced at, odd ones
+included, and a dynamic-shape compile serves several sizes without recompiling.
 
 The ``aot_eager`` backend captures the graph as inductor would (dynamo, then AOT autograd) but
 runs it without generating code, so every model is covered in seconds; it runs in float64,
@@ -14,12 +15,10 @@ import torch
 from torch import nn
 
 from atrous.models import create, list_models
-from atrous.models.segmentation.aspp import ASPP
-from atrous.ops import DilatedStack
-from atrous.ops.layers import _DilatedConvMixin
+from atrous.ops import CausalConv1d, DilatedConv1d, DilatedConv2d, DilatedStack
 
 pytestmark = [
-    # Tiny inputs are smaller than ASPP's rates; the warning saying so is expected here.
+    # Tiny inputs are smaller than ASPP's rates; eager forwards warn so (captured ones do not).
     pytest.mark.filterwarnings("ignore::atrous.models.segmentation.aspp.RateWarning"),
     # torch.jit.trace and the script methods it builds are deprecated since torch 2.9.
     pytest.mark.filterwarnings("ignore:`torch\\.jit:DeprecationWarning"),
@@ -49,25 +48,6 @@ def tiny_segmentation(name: str) -> nn.Module:
     return model.eval()
 
 
-def quiet_size(model: nn.Module) -> tuple[int, int]:
-    """An odd input size at which ASPP's rates fit its feature map: smaller maps make ASPP warn,
-    and ``warnings.warn`` is a graph break under ``torch.compile``."""
-    rates = [rate for module in model.modules() if isinstance(module, ASPP) for rate in module.rates]
-    if not rates:
-        return 33, 47
-    side = model.output_stride * (max(rates) + 1) + 1
-    return side, side + 2
-
-
-def size_dependent_padding(model: nn.Module) -> bool:
-    """Whether a layer's padding depends on the input size ("same" with stride > 1), which
-    ``torch.jit.trace`` records wrongly: ``same_padding`` mixes ``math.ceil`` (a constant in the
-    trace) with the traced size, so the replayed pads are right at the traced size only."""
-    return any(
-        isinstance(m, _DilatedConvMixin) and m.padding == "same" and max(m.stride) > 1 for m in model.modules()
-    )
-
-
 def trace(model: nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
     """``torch.jit.trace`` without its expected warnings (it is deprecated in torch 2.9+, and the
     size checks of the ops read sizes as Python values)."""
@@ -87,7 +67,7 @@ def test_segmentation_model_compiles_to_one_graph(name):
     torch._dynamo.reset()
     model = tiny_segmentation(name).double()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)  # fullgraph: a break raises
-    assert_matches_eager(compiled, model, torch.randn(2, 3, *quiet_size(model), dtype=torch.float64))
+    assert_matches_eager(compiled, model, torch.randn(2, 3, 33, 47, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("name", list_models("sequence"))
@@ -120,13 +100,12 @@ def test_inductor_compiles_context_net():
 
 @pytest.mark.parametrize("name", SEGMENTATION)
 def test_segmentation_model_traces_and_replays_at_new_sizes(name):
+    """Strided "same" padding, space_to_batch padding, ASPP's pooling and the decoders' resizes
+    (FCN-8s's are no-ops at 64 x 64) all follow the size."""
     model = tiny_segmentation(name)
-    traced = trace(model, torch.randn(1, 3, 33, 47))
-    assert_matches_eager(traced, model, torch.randn(2, 3, 33, 47))  # a new batch size
-    # A trace keeps "same" padding of strided layers at what the traced size needed, so only
-    # the models without such layers replay at a new size (the others: see size_dependent_padding).
-    if not size_dependent_padding(model):
-        assert_matches_eager(traced, model, torch.randn(1, 3, 64, 50))
+    traced = trace(model, torch.randn(1, 3, 64, 64))
+    for shape in [(2, 3, 72, 80), (1, 3, 33, 47)]:
+        assert_matches_eager(traced, model, torch.randn(shape))
 
 
 @pytest.mark.parametrize("name", list_models("sequence"))
@@ -137,11 +116,56 @@ def test_sequence_model_traces_and_replays_at_new_lengths(name):
     assert_matches_eager(traced, model, torch.randn(3, model.in_channels, 50))
 
 
-def test_space_to_batch_stack_traces_and_replays_at_multiples_of_its_rates():
-    """Traced at a multiple of every rate (no padding), the fused runs replay at other such sizes;
-    the trace fixes whether they pad, so other sizes need their own trace."""
+def test_space_to_batch_stack_traces_and_replays_at_any_size():
+    """Traced at a multiple of every rate (no padding needed), the fused runs still pad, re-zero
+    and crop by amounts that follow the size, so sizes that need padding replay too."""
     torch.manual_seed(0)
     stack = DilatedStack(4, (1, 2, 2, 2, 4, 4)).eval()
     traced = trace(stack, torch.randn(1, 4, 32, 32))
-    assert_matches_eager(traced, stack, torch.randn(2, 4, 32, 32))
-    assert_matches_eager(traced, stack, torch.randn(2, 4, 40, 36))  # also multiples of 4: same (zero) padding
+    for shape in [(2, 4, 32, 32), (2, 4, 31, 30), (1, 4, 33, 47)]:
+        assert_matches_eager(traced, stack, torch.randn(shape))
+
+
+def layers_of_every_padding() -> list[nn.Module]:
+    """Strided and unstrided, odd and even kernels, several dilations, every padding spec."""
+    torch.manual_seed(0)
+    planar = [
+        DilatedConv2d(2, 3, kernel, stride=stride, dilation=dilation)
+        for stride in (1, 2, 3)
+        for kernel in (1, 2, 3, 4)
+        for dilation in (1, 2, 3)
+    ]
+    planar += [
+        DilatedConv2d(2, 3, (3, 2), stride=(1, 2), dilation=2, padding="valid"),
+        DilatedConv2d(2, 3, 3, stride=(2, 1), dilation=(1, 2), padding=(1, 2)),
+        DilatedConv2d(2, 3, 4, stride=2, dilation=2, padding_mode="replicate"),
+    ]
+    sequence = [
+        DilatedConv1d(2, 3, 4, stride=3, dilation=2, padding_mode="reflect"),
+        CausalConv1d(2, 3, 3, 2, stride=2),
+    ]
+    return [layer.eval() for layer in planar + sequence]
+
+
+@pytest.mark.parametrize("layer", layers_of_every_padding(), ids=repr)
+def test_traced_layer_replays_at_every_size_parity(layer):
+    """Traced at 64 x 64, replayed at sizes of every remainder modulo the strides."""
+    spatial = layer.weight.ndim - 2
+    traced = trace(layer, torch.randn(1, 2, *[64, 64][:spatial]))
+    for height in [72, 33, *range(12, 18)]:
+        assert_matches_eager(traced, layer, torch.randn(2, 2, *[height, height + 7][:spatial]))
+
+
+def test_dynamic_compile_serves_every_size_with_one_graph():
+    """``dynamic=True``: the padding is symbolic arithmetic on the size, not a guard on it, so
+    heights and widths of every parity run through the first graph (a recompile raises; the
+    batch stays, as PyTorch's convolutions guard on it)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        DilatedConv2d(2, 4, 3, stride=2), DilatedConv2d(4, 4, 2, stride=3, dilation=2), DilatedStack(4, (2, 2))
+    ).eval().double()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for height, width in [(64, 50), (33, 47), (72, 80), (41, 40)]:
+            assert_matches_eager(compiled, model, torch.randn(2, 2, height, width, dtype=torch.float64))

@@ -20,7 +20,7 @@ from torch import nn
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from atrous.export import export_onnx, onnx_session, run_onnx, shape_polymorphic  # noqa: E402
+from atrous.export import export_onnx, onnx_session, run_onnx  # noqa: E402
 from atrous.models import create, list_models  # noqa: E402
 from atrous.ops import CausalConv1d, DilatedConv1d, DilatedConv2d, DilatedStack  # noqa: E402
 
@@ -124,26 +124,44 @@ def test_space_to_batch_stack_exports(tmp_path):
     assert_parity(result.path, stack, [(2, 4, 31, 30), (1, 4, 32, 32)])
 
 
-@pytest.mark.parametrize("stride", [1, 2, 3])
-@pytest.mark.parametrize("kernel", [1, 2, 3, 4])
-@pytest.mark.parametrize("dilation", [1, 3])
-def test_shape_polymorphic_forward_equals_the_layer(stride, kernel, dilation):
-    """The export-time padding arithmetic against the layer's own, every size parity."""
+class EveryPadding(nn.Module):
+    """Layers of every padding kind side by side, their flattened outputs concatenated: strided
+    and unstrided, odd and even kernels, several dilations, "valid", explicit, replicate and
+    reflect modes, and 1D "same" and causal layers run on the flattened image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        planar = [  # strided "same" padding follows the size; at stride 1 it is a constant
+            DilatedConv2d(2, 3, kernel, stride=stride, dilation=dilation)
+            for stride in (2, 3)
+            for kernel in (1, 2, 3, 4)
+            for dilation in (1, 3)
+        ]
+        planar += [
+            DilatedConv2d(2, 3, 2, dilation=3),
+            DilatedConv2d(2, 3, 3, dilation=2),
+            DilatedConv2d(2, 3, (3, 2), stride=(1, 2), dilation=2, padding="valid"),
+            DilatedConv2d(2, 3, 3, stride=(2, 1), dilation=(1, 2), padding=(1, 2)),
+            DilatedConv2d(2, 3, 4, stride=2, dilation=2, padding_mode="replicate"),
+        ]
+        self.planar = nn.ModuleList(planar)
+        self.sequence = nn.ModuleList(
+            [DilatedConv1d(2, 3, 4, stride=3, dilation=2, padding_mode="reflect"), CausalConv1d(2, 3, 3, 2, stride=2)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 2, H, W) -> (N, sum of output sizes)
+        outputs = [layer(x) for layer in self.planar] + [layer(x.flatten(2)) for layer in self.sequence]
+        return torch.cat([y.flatten(1) for y in outputs], dim=1)
+
+
+def test_every_padding_follows_the_input_size_in_onnxruntime(tmp_path):
+    """Exported at 13 x 16, run at sizes of every remainder modulo the strides 2 and 3. ONNX's
+    integer Div truncates where Python's // floors, so a negative dividend anywhere in the
+    padding arithmetic shows here, not in PyTorch."""
     torch.manual_seed(0)
-    layers = [
-        DilatedConv2d(2, 3, kernel, stride=stride, dilation=dilation, padding="same"),
-        DilatedConv2d(2, 3, (kernel, 3), stride=(1, stride), dilation=dilation, padding="valid"),
-        DilatedConv1d(2, 3, kernel, stride=stride, dilation=dilation, padding="same", padding_mode="replicate"),
-        CausalConv1d(2, 3, kernel, dilation, stride=stride),
-    ]
-    for layer in layers:
-        for size in range(12, 18):
-            x = torch.randn(2, 2, *[size, size + 3][: layer.weight.ndim - 2])
-            expected = layer(x)
-            with shape_polymorphic(layer):
-                actual = layer(x)
-            torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
-        assert "forward" not in vars(layer), "the original forward was not restored"
+    model = EveryPadding().eval()
+    result = export_onnx(model, tmp_path / "p.onnx", torch.randn(1, 2, 13, 16), optimize=False)
+    assert_parity(result.path, model, [(2, 2, size, size + 3) for size in range(12, 18)])
 
 
 def test_a_forward_that_branches_on_the_size_is_refused(tmp_path):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atrous.ops import DilatedConv2d
+from atrous.ops.formulations import capturing
 
 
 def check_int(name: str, value: object, *, minimum: int = 1) -> int:
@@ -52,7 +53,11 @@ class ConvBNReLU(nn.Sequential):
 
 
 def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """Bilinear resize of ``(N, C, h, w)`` to ``(N, C, *size)`` (no-op when already that size)."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    """Bilinear resize of ``(N, C, h, w)`` to ``(N, C, *size)`` (no-op when already that size).
+
+    Under tracing or export the resize is always recorded (a same-size bilinear resize is exact), so
+    a graph captured where the sizes happened to agree stays right where they do not.
+    """
+    if not capturing() and tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

@@ -18,6 +18,7 @@ from torch import nn
 
 from atrous.models.segmentation._common import check_int
 from atrous.ops import DilatedConv2d
+from atrous.ops.backend import capturing
 
 PAPER_RATES = (6, 12, 18)  # at output stride 16
 PAPER_OUTPUT_STRIDE = 16
@@ -137,7 +138,7 @@ class ASPP(nn.Module):
 
     Shape:
         ``(N, in_channels, H, W)`` -> ``(N, out_channels, H, W)``. Warns (``RateWarning``) in
-        forward when a rate reaches past ``H`` or ``W``.
+        forward when a rate reaches past ``H`` or ``W`` (not while a graph is being captured).
     """
 
     def __init__(
@@ -178,7 +179,7 @@ class ASPP(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
+        if not capturing():  # reading the size would fix it in a captured graph (and warn: a graph break)
             check_aspp_rates(self.rates, feature_size=x.shape[-2:])
         return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
 

@@ -43,8 +43,13 @@ def test_causal_and_receptive_field_by_gradient_probe(name):
     """d y[t] / d x[s] is nonzero exactly for t - receptive_field < s <= t."""
     torch.manual_seed(0)
     model = create(name, **TINY[name]).double()
+    # Positive weights and inputs keep every ReLU open, so the probe measures the wiring: with random
+    # weights the single path to the field's first sample can be closed by one dead unit.
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.abs_()
     length = model.receptive_field + 10
-    x = tiny_input(name, model, length).double().requires_grad_(True)
+    x = tiny_input(name, model, length).double().abs().requires_grad_(True)
     t = length - 3
     model(x)[:, :, t].sum().backward()
     touched = (x.grad.abs().sum(dim=(0, 1)) > 0).nonzero().flatten()
