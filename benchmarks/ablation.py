@@ -52,8 +52,10 @@ def run(args: argparse.Namespace) -> str:
         print(f"{name}: params {params:,}, RF {field}, final mIoU {rows[-1][3]:.4f}, {seconds:.0f} s", flush=True)
     precision = "bf16 autocast" if autocast_dtype("auto", torch.device("cpu")) else "fp32"
     lines = [
-        f"Trained on `digits` ({args.train_images} train / {args.val_images} val scenes, {args.epochs} epochs, "
-        f"batch {args.batch_size}, AdamW, {precision}, seed {args.seed}) on {torch.get_num_threads()} CPU threads:",
+        (
+            f"Trained on `digits` ({args.train_images} train / {args.val_images} val scenes, {args.epochs} epochs, "
+            f"batch {args.batch_size}, AdamW, {precision}, seed {args.seed}) on {torch.get_num_threads()} CPU threads:"
+        ),
         "",
         "| model | rates | params | receptive field (px) | val mIoU (last) | val mIoU (best) | train time |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -70,7 +72,7 @@ def write_readme(table: str, readme: Path, *, start: str = START, end: str = END
     if start not in text or end not in text:
         raise SystemExit(f"{readme} has no {start} ... {end} markers")
     block = f"{start}\n{table}\n{end}"
-    readme.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S))
+    readme.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.DOTALL))
 
 
 def main() -> None:

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     example = torch.rand(1, channels, args.height, args.width, generator=torch.Generator().manual_seed(0))
     result = export_onnx(model, out, example, opset=args.opset, input_name="image", output_name="logits",
                          check=args.check)
-    shape = lambda dims: "(" + ", ".join(str(d) for d in dims) + ")"  # noqa: E731
+    shape = lambda dims: "(" + ", ".join(str(d) for d in dims) + ")"
     print(f"wrote {result.path} (ONNX opset {result.opset}, model {meta['model']}, {meta['num_classes']} classes)")
     print(f"input  {result.input_name} {shape(result.input_shape)} float32, "
           + ("RGB in [0, 1]" if not args.no_normalize else "normalised"))

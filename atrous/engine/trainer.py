@@ -23,9 +23,10 @@ from atrous.engine import distributed
 from atrous.engine.checkpoint import atomic_write, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from atrous.engine.config import TrainConfig
 from atrous.engine.evaluate import evaluate
-from atrous.engine.preprocess import MEAN, STD, normalize
 from atrous.engine.history import TensorBoardLogger, plot_curves, write_metrics
+from atrous.engine.preprocess import MEAN, STD, normalize
 from atrous.engine.run_dir import BEST, LAST, prepare_run_dir
+
 
 def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     """The training set (with augmentation) and the validation set named by ``config.data``."""

@@ -43,7 +43,7 @@ class StreamingOnnxExport:
     output_names: tuple[str, ...]
     state_shapes: tuple[tuple[int, int], ...]
 
-    def initial_states(self, batch_size: int) -> dict[str, "numpy.ndarray"]:  # noqa: F821
+    def initial_states(self, batch_size: int) -> dict[str, numpy.ndarray]:  # noqa: F821
         """Zero states for ``batch_size`` new streams, keyed by input name (float32 NumPy)."""
         import numpy as np
 

@@ -1,9 +1,9 @@
 """Data parallelism: one step on 2 processes x B/2 equals one step on 1 process x B."""
 
+import json
 import socket
 import subprocess
 import sys
-import json
 
 import pytest
 import torch

@@ -20,9 +20,9 @@ from torch import nn
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from atrous.export import export_onnx, onnx_session, run_onnx  # noqa: E402
-from atrous.models import create, list_models  # noqa: E402
-from atrous.ops import CausalConv1d, DilatedConv1d, DilatedConv2d, DilatedStack  # noqa: E402
+from atrous.export import export_onnx, onnx_session, run_onnx
+from atrous.models import create, list_models
+from atrous.ops import CausalConv1d, DilatedConv1d, DilatedConv2d, DilatedStack
 
 TOLERANCE = 1e-4
 SEQUENCE_TINY = {

@@ -12,7 +12,7 @@ from atrous.streaming.functional import StreamingStep
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
-from atrous.export.streaming import export_streaming_onnx  # noqa: E402
+from atrous.export.streaming import export_streaming_onnx
 
 # torch.export's pytree code warns about its own deprecated LeafSpec while exporting
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")

@@ -58,7 +58,7 @@ def test_segmentation_model_trains(name):
 @pytest.mark.parametrize("name", BACKBONES)
 def test_backbone_trains_and_downsamples_by_its_output_stride(name):
     model = _build(name)
-    stride = getattr(model, "output_stride")
+    stride = model.output_stride
     for size in SIZES:
         model.zero_grad()
         out = _forward_backward(model, size)

@@ -1,4 +1,4 @@
-"""Small helpers shared by the segmentation models: argument checks, width scaling, conv-BN-ReLU."""
+"""Small helpers shared by the segmentation models: width scaling, conv-BN-ReLU, resizing."""
 
 from __future__ import annotations
 
@@ -8,13 +8,6 @@ from torch import nn
 
 from atrous.ops import DilatedConv2d
 from atrous.ops.formulations import capturing
-
-
-def check_int(name: str, value: object, *, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int >= ``minimum``, else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def scaled(channels: int, width_multiplier: float) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from atrous.models.segmentation._common import check_int
+from atrous.models._checks import check_int
 from atrous.ops import DilatedConv2d
 from atrous.ops.padding import check_rates
 

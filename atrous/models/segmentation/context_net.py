@@ -31,8 +31,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from atrous.models._checks import check_int
 from atrous.models._registry import register_model
-from atrous.models.segmentation._common import ConvBNReLU, check_int, resize_to, scaled
+from atrous.models.segmentation._common import ConvBNReLU, resize_to, scaled
 from atrous.models.segmentation.context import CONTEXT_RATES, ContextModule
 
 HDC_RATES = (1, 2, 5, 9, 2, 5, 9)

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from atrous.models._checks import check_int
 from atrous.models._features import FeatureExtractor
 from atrous.models._registry import register_model
-from atrous.models.segmentation._common import check_int, resize_to, scaled
+from atrous.models.segmentation._common import resize_to, scaled
 from atrous.models.segmentation.aspp import ASPP, paper_rates
 from atrous.models.segmentation.heads import DeepLabV3PlusDecoder
 from atrous.models.segmentation.resnet import ResNet, build_resnet

@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from atrous.models._checks import check_int
 from atrous.models._registry import register_model
-from atrous.models.segmentation._common import check_int, resize_to
+from atrous.models.segmentation._common import resize_to
 from atrous.models.segmentation.context import ContextModule
 from atrous.models.segmentation.vgg import VGG16Trunk
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from atrous.models._checks import check_int
 from atrous.models._features import FeatureExtractor
 from atrous.models._registry import register_model
-from atrous.models.segmentation._common import check_int, resize_to
+from atrous.models.segmentation._common import resize_to
 from atrous.models.segmentation.vgg import VGG16Trunk
 
 

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from atrous.models.segmentation._common import ConvBNReLU, check_int, resize_to
+from atrous.models._checks import check_int
+from atrous.models.segmentation._common import ConvBNReLU, resize_to
 from atrous.models.segmentation.aspp import RateWarning, SeparableConv2d
 
 

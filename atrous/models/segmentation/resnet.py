@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from atrous.models._checks import check_int
 from atrous.models._registry import register_model
-from atrous.models.segmentation._common import check_int, check_output_stride, scaled
+from atrous.models.segmentation._common import check_output_stride, scaled
 from atrous.ops import DilatedConv2d
 
 

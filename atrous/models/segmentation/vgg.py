@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from atrous.models._checks import check_int
 from atrous.models._registry import register_model
-from atrous.models.segmentation._common import check_int, scaled
+from atrous.models.segmentation._common import scaled
 from atrous.ops import DilatedConv2d
 
 STAGES = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))  # (convs, width) of conv1 ... conv5

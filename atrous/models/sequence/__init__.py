@@ -4,6 +4,13 @@ from atrous.models.sequence.tcn import TCN, TCNConfig, TemporalBlock, tcn
 from atrous.models.sequence.wavenet import GatedResidualLayer, WaveNet, WaveNetConfig, upsample_condition, wavenet
 
 __all__ = [
-    "TCN", "TCNConfig", "TemporalBlock", "tcn",
-    "GatedResidualLayer", "WaveNet", "WaveNetConfig", "upsample_condition", "wavenet",
+    "TCN",
+    "GatedResidualLayer",
+    "TCNConfig",
+    "TemporalBlock",
+    "WaveNet",
+    "WaveNetConfig",
+    "tcn",
+    "upsample_condition",
+    "wavenet",
 ]

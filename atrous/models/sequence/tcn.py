@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from atrous.models._checks import check_int
 from atrous.models._registry import register_model
 from atrous.ops.layers import CausalConv1d, DilatedConv1d
 
@@ -37,9 +38,7 @@ class TCNConfig:
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "out_channels", "hidden", "levels", "kernel_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            check_int(name, getattr(self, name))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.init_std < 0:

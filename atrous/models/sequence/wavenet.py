@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atrous.models._checks import check_int
 from atrous.models._registry import register_model
 from atrous.ops.layers import CausalConv1d
 from atrous.ops.padding import kernel_extent
@@ -40,9 +41,7 @@ class WaveNetConfig:
 
     def __post_init__(self) -> None:
         for name in ("classes", "blocks", "layers", "residual_channels", "gate_channels", "skip_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            check_int(name, getattr(self, name))
         if self.gate_channels % 2:
             raise ValueError(f"gate_channels must be even (filter and gate halves), got {self.gate_channels}")
         if self.kernel_size < 2:

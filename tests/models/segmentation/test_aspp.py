@@ -54,7 +54,7 @@ def test_branches_and_shapes():
 def test_separable_branch_has_depthwise_plus_pointwise_parameters():
     plain = ASPPConv(16, 8, 2)
     separable = ASPPConv(16, 8, 2, separable=True)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(plain) == 16 * 8 * 9 + 2 * 8
     assert count(separable) == 16 * 9 + 2 * 16 + 16 * 8 + 2 * 8
 
