@@ -83,10 +83,13 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     parser.add_argument("--keep", default=None,
                         help="keep the runs in KEEP/MODEL and continue or reuse those already there (default: a temporary folder)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     table = run(args)
     print(table)
     if args.readme:
