@@ -13,6 +13,7 @@ training time: the sum of the epochs' wall times) is printed and, with ``--readm
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -28,6 +29,7 @@ START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 def run(args: argparse.Namespace) -> str:
     import atrous
     from atrous.engine.config import TrainConfig
+    from atrous.engine.run_dir import LAST
     from atrous.engine.trainer import autocast_dtype, train
     from atrous.models import create
 
@@ -42,10 +44,14 @@ def run(args: argparse.Namespace) -> str:
         )
         with tempfile.TemporaryDirectory() as scratch:
             run_dir = Path(args.keep or scratch) / name
-            # A kept run is continued where it stopped (or just read back when finished): an
-            # interrupted ablation picks up from its checkpoints.
-            resume = (run_dir / "checkpoint").is_dir()
-            result = train(config, run_dir, progress=False, resume=resume, epochs=args.epochs if resume else None)
+            # A kept run with a checkpoint is continued where it stopped (or just read back when
+            # finished), so an interrupted ablation picks up; one that died before its first
+            # checkpoint starts again.
+            resume = (run_dir / LAST / "checkpoint.json").is_file()
+            if resume:
+                _check_kept(run_dir, config)
+            result = train(config, run_dir, progress=False, resume=resume, overwrite=bool(args.keep) and not resume,
+                           epochs=args.epochs if resume else None)
         seconds = sum(row["seconds"] for row in result["history"])
         best = result["best"]
         rows.append((name, params, field, result["history"][-1]["val_miou"], best["val_miou"], seconds))
@@ -64,6 +70,25 @@ def run(args: argparse.Namespace) -> str:
         rates = ",".join(str(r) for r in create(name, num_classes=11).context.rates)
         lines.append(f"| `{name}` | {rates} | {params:,} | {field} | {last:.3f} | {best:.3f} | {seconds / 60:.1f} min |")
     return "\n".join(lines)
+
+
+_SAME_RECIPE = ("data", "model", "batch_size", "optimizer", "lr", "weight_decay", "poly_power", "crop_size",
+                "scale_range", "flip", "seed", "precision", "model_kwargs")
+
+
+def _check_kept(run_dir: Path, config) -> None:
+    """Refuse to reuse a kept run trained with another recipe than ``config``."""
+    from atrous.data.digits import DEFAULT_NUM_IMAGES
+    from atrous.engine.config import TrainConfig
+
+    kept = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    differ = [name for name in _SAME_RECIPE if getattr(kept, name) != getattr(config, name)]
+    for split in ("train", "val"):
+        name = f"{split}_images"
+        if (getattr(kept, name) or DEFAULT_NUM_IMAGES[split]) != (getattr(config, name) or DEFAULT_NUM_IMAGES[split]):
+            differ.append(name)
+    if differ:
+        raise SystemExit(f"{run_dir} was trained with other settings ({', '.join(differ)}); move it away or pick another --keep")
 
 
 def write_readme(table: str, readme: Path, *, start: str = START, end: str = END) -> None:

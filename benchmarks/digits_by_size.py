@@ -26,7 +26,8 @@ def main() -> None:
     parser.add_argument("--bucket", type=int, default=16, help="height bucket width in pixels")
     args = parser.parse_args()
     model, meta = load_trained_model(args.checkpoint)
-    val = DigitsScenes("val", num_images=meta["config"].get("val_images"))
+    config = meta["config"]  # the run's own scenes: its seed and val size
+    val = DigitsScenes("val", num_images=config.get("val_images"), seed=config.get("seed", 0))
     by_height: dict[int, list[float]] = {}
     missed = total = 0
     for index in range(len(val)):
@@ -49,7 +50,7 @@ def main() -> None:
     for bucket in sorted(by_height):
         scores = np.array(by_height[bucket])
         print(f"| {bucket}-{bucket + args.bucket - 1} | {len(scores)} | {scores.mean():.2f} | {(scores > 0.5).mean():.2f} |")
-    train = DigitsScenes("train", num_images=len(val))
+    train = DigitsScenes("train", num_images=len(val), seed=config.get("seed", 0))
     with torch.no_grad():
         val_miou = evaluate(model, val, mean=meta["mean"], std=meta["std"])["miou"]
         train_miou = evaluate(model, train, mean=meta["mean"], std=meta["std"])["miou"]

@@ -102,14 +102,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
     ``"auto"`` picks bfloat16 only where the hardware has it: on CPU oneDNN's bf16 kernels (AVX512-BF16
     or AMX; about 1.5x faster training of ``context_net`` on one such core), on CUDA
-    ``torch.cuda.is_bf16_supported()``. Elsewhere bf16 is emulated and slower, so auto stays float32.
+    compute capability 8.0 or newer (Ampere on). Elsewhere bf16 is emulated and slower, so auto stays float32.
     """
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
+        native = torch.cuda.get_device_capability(device)[0] >= 8  # Ampere on; older GPUs emulate bf16
     elif device.type == "cpu":
         native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     else:

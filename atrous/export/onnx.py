@@ -2,7 +2,7 @@
 
 The graph is captured with ``torch.export`` (the capture behind PyTorch's dynamo-based ONNX
 exporter), which keeps input sizes symbolic. The atrous layers compute their "same" padding
-with ``%`` and ``//`` on the input size and, while a graph is captured, never branch on it
+with ``+``, ``*`` and ``//`` on the input size and, while a graph is captured, never branch on it
 (see ``ConvSpec.fixed_pads`` in :mod:`atrous.ops.formulations`), so the padding, and the
 space_to_batch padding and crop of ``DilatedStack``, follow the size in the graph, with no
 guard on it. After the capture

@@ -216,7 +216,8 @@ def run_conv(
         bias: ``(C_out,)`` or None.
         spec: stride, dilation, resolved padding and groups.
         backend: ``"auto"`` or a name in :data:`BACKENDS`; a formulation that does not apply
-            to this call (e.g. ``"gemm"`` in 2D) runs ``native`` instead.
+            to this call (e.g. ``"gemm"`` in 2D), or whose Python depends on the input size while
+            a graph is traced, compiled or exported, runs ``native`` instead.
 
     Returns:
         ``(N, C_out, *S_out)``.
@@ -225,7 +226,12 @@ def run_conv(
         backend = _auto(x, weight, bias, spec)
     elif backend not in FORMULATIONS or not applicable(backend, x, weight, spec):
         backend = "native"
+    elif backend not in _CAPTURE_SAFE and capturing():
+        backend = "native"  # their Python branches on sizes; a captured graph would bake them in
     return FORMULATIONS[backend](x, weight, bias, spec)
+
+
+_CAPTURE_SAFE = ("native", "pad", "channels_last")  # no branch on the input size
 
 
 def _auto(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> str:

@@ -64,8 +64,8 @@ def _autocast(x, weight, bias):
     device = x.device.type
     if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
         return x, weight, bias
-    if not (x.is_floating_point() and weight.is_floating_point()):
-        return x, weight, bias
+    if not (x.is_floating_point() and weight.is_floating_point()) or torch.float64 in (x.dtype, weight.dtype):
+        return x, weight, bias  # autocast leaves float64 alone
     dtype = torch.get_autocast_dtype(device)
     return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 

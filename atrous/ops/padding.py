@@ -69,7 +69,8 @@ def same_padding(size: int, kernel_size: int, stride: int = 1, dilation: int = 1
     only, every branch taken on ``kernel_size``, ``stride`` and ``dilation``, never on ``size``:
     ``size`` may be symbolic (a ``torch.SymInt`` under ``torch.compile`` or ``torch.export``, a
     traced 0-dim tensor under ``torch.jit.trace``) and the amounts then follow it in the graph.
-    At stride 1 they do not depend on ``size`` and come back as plain ints.
+    At stride 1, or for a kernel that spans one sample, they do not depend on ``size`` and come
+    back as plain ints.
     """
     extent = kernel_extent(kernel_size, dilation)
     if stride == 1 or extent == 1:  # total extent - 1 at stride 1; 0 for a 1-tap kernel

@@ -133,6 +133,7 @@ def test_bf16_step_tracks_the_float32_step():
 
     assert autocast_dtype("fp32", torch.device("cpu")) is None
     assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cpu")) in (None, torch.bfloat16)
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(2, 3, 32, 32, generator=generator)
     masks = torch.randint(0, 11, (2, 32, 32), generator=generator)
@@ -142,7 +143,10 @@ def test_bf16_step_tracks_the_float32_step():
         model = create("context_net", num_classes=11, width_multiplier=0.25)
         before = [p.detach().clone() for p in model.parameters()]
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        logits = []
+        model.register_forward_hook(lambda module, inputs, output: logits.append(output.dtype))
         loss = train_step(model, optimizer, images, masks, lr=0.1, autocast=dtype)
+        assert logits == [dtype or torch.float32]  # the forward really ran in the asked dtype
         assert loss.dtype == torch.float32
         assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
         results[dtype] = loss, torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])

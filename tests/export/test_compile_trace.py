@@ -156,6 +156,19 @@ def test_traced_layer_replays_at_every_size_parity(layer):
         assert_matches_eager(traced, layer, torch.randn(2, 2, *[height, height + 7][:spatial]))
 
 
+@pytest.mark.parametrize("backend", ["border_split", "space_to_batch", "fold", "gemm"])
+def test_a_size_dependent_backend_traces_as_native(backend):
+    """Formulations whose Python reads the input size give way to native under capture, so a
+    layer pinned to one still traces into a graph that is right at other sizes."""
+    torch.manual_seed(0)
+    layer = (DilatedConv1d(2, 3, 3, dilation=5, backend=backend) if backend in ("fold", "gemm")
+             else DilatedConv2d(2, 3, 3, dilation=5, backend=backend)).eval()
+    spatial = layer.weight.ndim - 2
+    traced = trace(layer, torch.randn(1, 2, *[20, 20][:spatial]))
+    for size in (13, 31):
+        assert_matches_eager(traced, layer, torch.randn(2, 2, *[size, size + 3][:spatial]))
+
+
 def test_dynamic_compile_serves_every_size_with_one_graph():
     """``dynamic=True``: the padding is symbolic arithmetic on the size, not a guard on it, so
     heights and widths of every parity run through the first graph (a recompile raises; the

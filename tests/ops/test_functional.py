@@ -173,14 +173,19 @@ def test_autocast_runs_in_the_autocast_dtype_like_nn_conv(layer_type):
     layer = DilatedConv2d(4, 6, 3, dilation=3)
     x = torch.randn(2, 4, 11, 13)
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        # What a previous autocast layer hands on: a bf16 activation, against float32 weights.
+        activation = torch.relu(x).bfloat16()
         if layer_type == "module":
-            y = layer(torch.relu(x))
+            y = layer(activation)
         else:
-            y = dilated_conv(torch.relu(x), layer.weight, layer.bias, dilation=3)
-        expected = F.conv2d(torch.relu(x), layer.weight, layer.bias, padding=3, dilation=3)
+            y = dilated_conv(activation, layer.weight, layer.bias, dilation=3)
+        expected = F.conv2d(activation, layer.weight, layer.bias, padding=3, dilation=3)
     assert y.dtype == expected.dtype == torch.bfloat16
     exact = F.conv2d(torch.relu(x), layer.weight, layer.bias, padding=3, dilation=3)
     torch.testing.assert_close(y.float(), exact, rtol=0.03, atol=0.03)
     if layer_type == "module":
         y.float().sum().backward()
         assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.float32
+    # float64 is left alone, as autocast leaves it for F.conv2d
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert dilated_conv(x.double(), layer.weight.double(), dilation=3).dtype == torch.float64
