@@ -57,10 +57,11 @@ def run(args: argparse.Namespace) -> str:
         rows.append((name, params, field, result["history"][-1]["val_miou"], best["val_miou"], seconds))
         print(f"{name}: params {params:,}, RF {field}, final mIoU {rows[-1][3]:.4f}, {seconds:.0f} s", flush=True)
     precision = "bf16 autocast" if autocast_dtype("auto", torch.device("cpu")) else "fp32"
+    threads = torch.get_num_threads()
     lines = [
         (
             f"Trained on `digits` ({args.train_images} train / {args.val_images} val scenes, {args.epochs} epochs, "
-            f"batch {args.batch_size}, AdamW, {precision}, seed {args.seed}) on {torch.get_num_threads()} CPU threads:"
+            f"batch {args.batch_size}, AdamW, {precision}, seed {args.seed}) on {threads} CPU thread{'s' if threads > 1 else ''}:"
         ),
         "",
         "| model | rates | params | receptive field (px) | val mIoU (last) | val mIoU (best) | train time |",
