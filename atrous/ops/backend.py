@@ -236,8 +236,7 @@ _CAPTURE_SAFE = ("native", "pad", "channels_last")  # no branch on the input siz
 
 def _auto(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> str:
     if (
-        torch.compiler.is_compiling()  # first, so that a compiler or tracer never looks past it
-        or torch.jit.is_tracing()
+        capturing()  # first, so that a compiler or tracer never looks past it
         or all(d == 1 for d in spec.dilation)
         or x.device.type not in ("cpu", "cuda")
         or fixed()
