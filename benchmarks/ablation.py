@@ -4,8 +4,8 @@
 ``gridding_net`` (rates sharing a factor of 3) and ``hdc_net`` (hybrid dilated rates,
 Wang et al. 2018) have the same layers and parameter count; only the rates differ. Each is
 trained with the same recipe and seed, then the table (parameters, receptive field, val mIoU,
-training time: the sum of the epochs' wall times) is printed and, with ``--readme``, written into README.md between the
-``ablation`` markers.
+training time: the sum of the epochs' wall times) is printed and, with ``--readme``, written
+into README.md between the ``ablation`` markers.
 
     python benchmarks/ablation.py --readme --keep runs/ablation
 """
@@ -73,18 +73,22 @@ def run(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-_SAME_RECIPE = ("data", "model", "batch_size", "optimizer", "lr", "weight_decay", "poly_power", "crop_size",
-                "scale_range", "flip", "seed", "precision", "model_kwargs")
+# Settings that may differ between a kept run and this ablation without changing what was learned:
+# every other TrainConfig field is part of the recipe and must match.
+_NOT_RECIPE = ("epochs", "device", "workers", "train_images", "val_images")
 
 
 def _check_kept(run_dir: Path, config) -> None:
     """Refuse to reuse a kept run trained with another recipe than ``config``."""
+    from dataclasses import fields
+
     from atrous.data.digits import DEFAULT_NUM_IMAGES
     from atrous.engine.config import TrainConfig
 
     kept = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    differ = [name for name in _SAME_RECIPE if getattr(kept, name) != getattr(config, name)]
-    for split in ("train", "val"):
+    differ = [f.name for f in fields(TrainConfig)
+              if f.name not in _NOT_RECIPE and getattr(kept, f.name) != getattr(config, f.name)]
+    for split in ("train", "val"):  # None means the dataset's default count
         name = f"{split}_images"
         if (getattr(kept, name) or DEFAULT_NUM_IMAGES[split]) != (getattr(config, name) or DEFAULT_NUM_IMAGES[split]):
             differ.append(name)
