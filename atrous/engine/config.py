@@ -20,6 +20,8 @@ class TrainConfig:
         epochs: passes over the training set.
         batch_size: images per optimizer step, summed over all processes.
         optimizer: ``"adamw"`` or ``"sgd"`` (momentum, the DeepLab recipe).
+        background_weight: loss weight of class 0 (background) relative to 1 for every other
+            class; below 1 when background dominates the pixels, as on ``digits``.
         lr: peak learning rate; ``None`` picks the optimizer's default. Decays with the
             DeepLab "poly" schedule ``lr * (1 - step / total) ** poly_power``.
         crop_size: random crop (padded with the ignore label) for training; ``None`` keeps size.
@@ -43,6 +45,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     lr: float | None = None
     weight_decay: float = 1e-4
+    background_weight: float = 1.0
     momentum: float = 0.9
     poly_power: float = 0.9
     crop_size: int | None = None
@@ -67,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not self.background_weight > 0:
+            raise ValueError(f"background_weight must be > 0, got {self.background_weight!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         low, high = self.scale_range

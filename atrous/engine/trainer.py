@@ -78,9 +78,17 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     return torch.optim.AdamW(model.parameters(), lr=config.peak_lr, weight_decay=config.weight_decay)
 
 
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over ``(N, K, H, W)`` logits, ignoring label 255."""
-    return F.cross_entropy(logits, masks, ignore_index=255)
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, background_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy over ``(N, K, H, W)`` logits, ignoring label 255.
+
+    ``background_weight`` scales the loss of class 0 pixels (the mean is over the weights, as
+    in ``F.cross_entropy``); below 1 it keeps a dominant background from drowning small objects.
+    """
+    weight = None
+    if background_weight != 1.0:
+        weight = torch.ones(logits.shape[1], device=logits.device, dtype=logits.dtype)
+        weight[0] = background_weight
+    return F.cross_entropy(logits, masks, weight=weight, ignore_index=255)
 
 
 def wrap_for_distributed(model: nn.Module, context) -> nn.Module:
@@ -124,16 +132,18 @@ def train_step(
     masks: torch.Tensor,
     lr: float,
     autocast: torch.dtype | None = None,
+    background_weight: float = 1.0,
 ) -> torch.Tensor:
     """One optimizer step on a batch ``images (N, 3, H, W)`` in [0, 1], ``masks (N, H, W)``; returns the loss.
 
     ``autocast``: run the forward under ``torch.autocast`` in this dtype (the loss in float32).
+    ``background_weight``: loss weight of class 0 (see :func:`segmentation_loss`).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
         logits = model(normalize(images))
-    loss = segmentation_loss(logits.float(), masks)
+    loss = segmentation_loss(logits.float(), masks, background_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -233,7 +243,10 @@ def _train(config, run_dir, resume, overwrite, progress, epochs, context) -> dic
         loss_sum, batches = torch.zeros((), dtype=torch.float64), 0
         for images, masks in loader:
             lr = poly_lr(config, step, total_steps)
-            loss = train_step(trained, optimizer, images.to(context.device), masks.to(context.device), lr, autocast)
+            loss = train_step(
+                trained, optimizer, images.to(context.device), masks.to(context.device), lr, autocast,
+                config.background_weight,
+            )
             step += 1
             loss_sum += loss.double().cpu()
             batches += 1

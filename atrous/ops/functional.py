@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from atrous.ops.backend import check_backend, run_conv
-from atrous.ops.formulations import CONV_BY_NDIM, ConvSpec
+from atrous.ops.formulations import CONV_BY_NDIM, ConvSpec, capturing
 from atrous.ops.padding import PaddingSpec, conv_output_size, kernel_extent, resolve_padding, to_tuple
 
 __all__ = ["CONV_BY_NDIM", "atrous_conv2d", "dilated_conv"]
@@ -118,8 +118,39 @@ def dilated_conv(
                 f"input size {n} on spatial axis {axis} (padded to {n + lo + hi}) is smaller than the kernel's "
                 f"extent {kernel_extent(k, d)} (kernel {k}, dilation {d}) with padding={padding!r}"
             )
+    if padding_mode == "zeros" and not capturing():
+        weight, dilation, pads = _drop_padding_taps(weight, sizes, stride, dilation, pads)
     spec = ConvSpec(stride, dilation, pads, groups, _PAD_MODES[padding_mode])
     return run_conv(x, weight, bias, spec, check_backend(backend))
+
+
+def _drop_padding_taps(weight, sizes, stride, dilation, pads):
+    """Drop the kernel taps that read only zero padding at every output position.
+
+    With a rate as large as the input (rate 16 on a 16x16 feature map, DeepLab's rate 18 at
+    output stride 16 on a 256-pixel image) every off-centre tap of a 3x3 kernel lands in the
+    padding and the layer is a 1x1 convolution in disguise (Chen et al. 2017, Sec. 3.3); a
+    causal layer with a rate longer than its input likewise reads only its last tap. Running
+    only the live taps is exact, forward and backward (a dropped tap's gradient is zero either
+    way), and skips their FLOPs. Only when the padding left around the live taps stays
+    non-negative, so no input cropping is needed. Not under tracing or export: the taps depend
+    on the input size, which a graph must leave free.
+    """
+    kernel = weight.shape[2:]
+    for axis, (n, k, s, d, (lo, hi)) in enumerate(zip(sizes, kernel, stride, dilation, pads)):
+        last_out = conv_output_size(n, k, s, d, lo, hi) - 1
+        live = [j for j in range(k) if d * j - lo < n and last_out * s + d * j - lo >= 0]
+        if not live or len(live) == k:
+            continue  # (no live tap at all: an output of bias only, left to the backend)
+        first, last = live[0], live[-1]
+        new_lo, new_hi = lo - d * first, hi - d * (k - 1 - last)
+        if new_lo < 0 or new_hi < 0:
+            continue
+        weight = weight.narrow(2 + axis, first, last - first + 1)
+        pads = (*pads[:axis], (new_lo, new_hi), *pads[axis + 1:])
+        if first == last:
+            dilation = (*dilation[:axis], 1, *dilation[axis + 1:])
+    return weight, dilation, pads
 
 
 def atrous_conv2d(value: torch.Tensor, filters: torch.Tensor, rate: int, padding: str = "SAME") -> torch.Tensor:

@@ -2,12 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from atrous.engine.checkpoint import load_checkpoint
 from atrous.engine.config import TrainConfig
-from atrous.engine.trainer import poly_lr, train
+from atrous.engine.trainer import poly_lr, segmentation_loss, train
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -89,11 +90,39 @@ def test_poly_schedule_closed_form():
     assert poly_lr(config, 100, 100) == 0.0
 
 
+@pytest.mark.parametrize("background_weight", [1.0, 0.3])
+def test_background_weight_matches_numpy_weighted_cross_entropy(background_weight):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, generator=generator, dtype=torch.float64)
+    masks = torch.randint(0, 4, (2, 5, 6), generator=generator)
+    masks[0, 0, :3] = 255
+    z = logits.permute(0, 2, 3, 1).reshape(-1, 4).numpy()
+    labels = masks.reshape(-1).numpy()
+    keep = labels != 255
+    z, labels = z[keep], labels[keep]
+    log_softmax = z - z.max(1, keepdims=True) - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True))
+    weights = np.where(labels == 0, background_weight, 1.0)
+    expected = -(weights * log_softmax[np.arange(len(labels)), labels]).sum() / weights.sum()
+    assert segmentation_loss(logits, masks, background_weight).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_train_defaults_weight_background_down_on_digits_only(tmp_path):
+    from atrous.cli.main import build_parser
+    from atrous.cli.train import config_from_args
+
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["train"])).background_weight < 1
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    assert config_from_args(parser.parse_args(["train", "--data", str(tmp_path)])).background_weight == 1.0
+    args = parser.parse_args(["train", "--background-weight", "0.5"])
+    assert config_from_args(args).background_weight == 0.5
+
+
 @pytest.mark.parametrize(
     ("field", "value", "pattern"),
     [("epochs", 0, "epochs must be an int >= 1"), ("optimizer", "adam", "optimizer must be one of"),
      ("scale_range", (2.0, 1.0), "scale_range"), ("lr", -1.0, "lr must be > 0"),
-     ("precision", "fp16", "precision must be one of")],
+     ("precision", "fp16", "precision must be one of"), ("background_weight", 0.0, "background_weight must be > 0")],
 )
 def test_config_errors_name_the_field(field, value, pattern):
     with pytest.raises(ValueError, match=pattern):

@@ -189,3 +189,39 @@ def test_autocast_runs_in_the_autocast_dtype_like_nn_conv(layer_type):
     # float64 is left alone, as autocast leaves it for F.conv2d
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert dilated_conv(x.double(), layer.weight.double(), dilation=3).dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "kernel", "dilation", "padding", "live_kernel"),
+    [
+        ((2, 3, 16, 16), (3, 3), 16, "same", (1, 1)),  # context module's rate 16 on a 16x16 map: a 1x1 conv
+        ((2, 3, 16, 40), (3, 3), 18, "same", (1, 3)),  # only the short axis loses its outer taps
+        ((1, 2, 100), (2,), 128, "causal", (1,)),  # a WaveNet layer whose rate exceeds the input
+        ((1, 2, 9, 9, 9), (3, 3, 3), 9, "same", (1, 1, 1)),
+    ],
+)
+def test_taps_that_read_only_padding_are_skipped_exactly(monkeypatch, x_shape, kernel, dilation, padding, live_kernel):
+    from atrous.ops import functional
+
+    dispatched = []
+    real_run_conv = functional.run_conv
+    monkeypatch.setattr(functional, "run_conv", lambda x, w, *a: dispatched.append(w.shape[2:]) or real_run_conv(x, w, *a))
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(x_shape, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, x_shape[1], *kernel, generator=generator, dtype=torch.float64, requires_grad=True)
+    y = dilated_conv(x, weight, dilation=dilation, padding=padding)
+    assert dispatched == [live_kernel]
+    # Independent: every tap, through PyTorch's own convolution of the zero-padded input.
+    total = [dilation * (k - 1) for k in kernel]
+    if padding == "causal":
+        pad = (total[0], 0)
+    else:
+        pad = tuple(p for t in reversed(total) for p in (t // 2, t - t // 2))
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(kernel)]
+    expected = conv(F.pad(x, pad), weight, dilation=dilation)
+    torch.testing.assert_close(y, expected)
+    probe = torch.randn(y.shape, generator=generator, dtype=torch.float64)
+    got = torch.autograd.grad((y * probe).sum(), (x, weight))
+    want = torch.autograd.grad((expected * probe).sum(), (x, weight))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
