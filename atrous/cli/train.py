@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 5 for digits, 20 for folders)")
     parser.add_argument("--batch-size", type=int, default=8, help="global batch size (default 8)")
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (adamw 3e-3, sgd 0.01)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (adamw 1.5e-3, sgd 0.01)")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument(
         "--background-weight", type=float, default=None,

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 OPTIMIZERS = ("adamw", "sgd")
-DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.01}
+DEFAULT_LR = {"adamw": 1.5e-3, "sgd": 0.01}
+_OLD_ADAMW_LR = 3e-3  # the default of runs saved before background_weight existed
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -97,4 +98,6 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {"precision": "fp32", **values}  # runs saved before the option trained in float32
+        if "background_weight" not in values and values.get("optimizer", "adamw") == "adamw" and values.get("lr") is None:
+            values["lr"] = _OLD_ADAMW_LR  # so such a run resumes with the rate it started with
         return cls(**{k: v for k, v in values.items() if k in known})

@@ -189,3 +189,12 @@ def test_runs_saved_before_the_precision_option_resume_in_float32():
     del values["precision"]
     assert TrainConfig.from_dict(values).precision == "fp32"
     assert TrainConfig.from_dict(tiny_config(precision="bf16").to_dict()).precision == "bf16"
+
+
+def test_runs_saved_before_the_lr_default_changed_resume_with_their_rate():
+    values = tiny_config().to_dict()
+    del values["background_weight"]  # a run saved when AdamW defaulted to 3e-3
+    old = TrainConfig.from_dict(values)
+    assert old.peak_lr == 3e-3 and old.background_weight == 1.0
+    assert TrainConfig.from_dict(tiny_config().to_dict()).peak_lr == tiny_config().peak_lr != 3e-3
+    assert TrainConfig.from_dict(tiny_config(lr=0.02).to_dict()).peak_lr == 0.02
