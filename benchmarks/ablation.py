@@ -28,7 +28,8 @@ START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 def run(args: argparse.Namespace) -> str:
     import atrous
-    from atrous.engine.config import TrainConfig
+    from atrous.cli.main import build_parser
+    from atrous.cli.train import config_from_args
     from atrous.engine.run_dir import LAST
     from atrous.engine.trainer import autocast_dtype, train
     from atrous.models import create
@@ -38,10 +39,10 @@ def run(args: argparse.Namespace) -> str:
         model = create(name, num_classes=11)
         params = sum(p.numel() for p in model.parameters())
         field = atrous.receptive_field(model, (3, 128, 128)).size[0]
-        config = TrainConfig(
-            model=name, epochs=args.epochs, train_images=args.train_images, val_images=args.val_images,
-            batch_size=args.batch_size, seed=args.seed, device="cpu",
-        )
+        # `atrous train`'s own recipe for digits, from its own argument parser
+        argv = ["train", "--model", name, "--epochs", args.epochs, "--train-images", args.train_images,
+                "--val-images", args.val_images, "--batch-size", args.batch_size, "--seed", args.seed, "--device", "cpu"]
+        config = config_from_args(build_parser().parse_args([str(a) for a in argv]))
         with tempfile.TemporaryDirectory() as scratch:
             run_dir = Path(args.keep or scratch) / name
             # A kept run with a checkpoint is continued where it stopped (or just read back when
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> str:
     lines = [
         (
             f"Trained on `digits` ({args.train_images} train / {args.val_images} val scenes, {args.epochs} epochs, "
-            f"batch {args.batch_size}, AdamW, {precision}, seed {args.seed}) on {threads} CPU thread{'s' if threads > 1 else ''}:"
+            f"batch {args.batch_size}, AdamW, background weight {config.background_weight}, {precision}, seed {args.seed}) on {threads} CPU thread{'s' if threads > 1 else ''}:"
         ),
         "",
         "| model | rates | params | receptive field (px) | val mIoU (last) | val mIoU (best) | train time |",

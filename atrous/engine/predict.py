@@ -11,6 +11,7 @@ from torch import nn
 
 from atrous.engine.checkpoint import load_checkpoint, read_checkpoint_meta
 from atrous.engine.evaluate import predict_probabilities
+from atrous.engine.prior import with_background_prior
 from atrous.engine.run_dir import BEST, LAST
 
 
@@ -35,7 +36,8 @@ def load_trained_model(path: str | Path, *, device: torch.device | str = "cpu") 
         device: where to put the model.
 
     Returns:
-        ``(model in eval mode, meta)`` where ``meta`` holds ``num_classes``, ``class_names``,
+        ``(model in eval mode, meta)``; a model trained with ``background_weight`` != 1 comes wrapped
+        in :class:`~atrous.engine.prior.BackgroundPrior`. ``meta`` holds ``num_classes``, ``class_names``,
         ``mean``, ``std``, ``config``...
     """
     from atrous.models import create
@@ -47,6 +49,8 @@ def load_trained_model(path: str | Path, *, device: torch.device | str = "cpu") 
             raise ValueError(f"checkpoint {str(folder)!r} is not a segmentation checkpoint (no {key!r} in its metadata)")
     model = create(meta["model"], num_classes=meta["num_classes"], **meta.get("model_kwargs", {}))
     load_checkpoint(folder, model)
+    # a run trained with background weighted down predicts with the weighting undone
+    model = with_background_prior(model, meta.get("config", {}).get("background_weight", 1.0))
     return model.to(device).eval(), meta
 
 

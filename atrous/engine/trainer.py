@@ -25,6 +25,7 @@ from atrous.engine.config import TrainConfig
 from atrous.engine.evaluate import evaluate
 from atrous.engine.history import TensorBoardLogger, plot_curves, write_metrics
 from atrous.engine.preprocess import MEAN, STD, normalize
+from atrous.engine.prior import with_background_prior
 from atrous.engine.run_dir import BEST, LAST, prepare_run_dir
 
 
@@ -259,7 +260,10 @@ def _train(config, run_dir, resume, overwrite, progress, epochs, context) -> dic
         if bar is not None:
             bar.close()
         totals = distributed.all_reduce_sum(torch.tensor([float(loss_sum), batches], dtype=torch.float64), context)
-        scores = evaluate(model, val_set, batch_size=config.batch_size, device=context.device, context=context)
+        scores = evaluate(
+            with_background_prior(model, config.background_weight), val_set, batch_size=config.batch_size,
+            device=context.device, context=context,
+        )
         row = {
             "epoch": epoch + 1,
             "train_loss": float(totals[0] / max(totals[1], 1)),
