@@ -49,8 +49,9 @@ class ContextNet(nn.Module):
     and the decoder 2C/3 channels. (On ``digits``, in 2,500-step runs: a front end half as wide,
     C/6 -> C/3, trains 15% faster per step but reaches 0.05 less val mIoU; a decoder half as
     wide, C/4 and C/2, 0.03 less; a second 3x3 decoder layer, or two dilated residual layers at
-    stride 4, less again. The digits 16-31 px high, two to four cells at stride 8, are told
-    apart only from front-end detail.)
+    stride 4, less again; full default runs gain less than such short runs suggest. The
+    digits 16-31 px high, two to four cells at stride 8, are told apart only from front-end
+    detail.)
 
     Args:
         num_classes: output channels.
