@@ -48,8 +48,30 @@ def capturing() -> bool:
         torch.compiler.is_compiling()
         or torch.jit.is_tracing()
         or torch.jit.is_scripting()
-        or torch.onnx.is_in_onnx_export()
+        or _onnx_exporting()
     )
+
+
+def _onnx_exporting() -> bool:
+    """``torch.onnx.is_in_onnx_export()``, which imports two modules on every call (a third of an
+    eager dilated conv's Python overhead): on first use, replaced by a check of the same two flags
+    (imported then, not with atrous: the exporter package is slow to import)."""
+    global _onnx_exporting
+    _onnx_exporting = _onnx_flags()
+    return _onnx_exporting()
+
+
+def _onnx_flags() -> Callable[[], bool]:
+    """A check of the flags ``torch.onnx.is_in_onnx_export`` reads, or that function itself where
+    this PyTorch keeps them elsewhere."""
+    try:
+        from torch.onnx._internal.exporter import _flags
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    except ImportError:
+        return torch.onnx.is_in_onnx_export
+    if not (hasattr(GLOBALS, "in_onnx_export") and hasattr(_flags, "_is_onnx_exporting")):
+        return torch.onnx.is_in_onnx_export
+    return lambda: GLOBALS.in_onnx_export or _flags._is_onnx_exporting
 
 
 @dataclass(frozen=True)

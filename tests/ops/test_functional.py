@@ -225,3 +225,14 @@ def test_taps_that_read_only_padding_are_skipped_exactly(monkeypatch, x_shape, k
     want = torch.autograd.grad((expected * probe).sum(), (x, weight))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+def test_capturing_sees_the_onnx_export_flags(monkeypatch):
+    # capturing() checks the flags torch.onnx.is_in_onnx_export reads without calling it each time
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+    from atrous.ops.formulations import capturing
+
+    assert not capturing() and not torch.onnx.is_in_onnx_export()
+    monkeypatch.setattr(GLOBALS, "in_onnx_export", True)
+    assert torch.onnx.is_in_onnx_export() and capturing()
