@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> str:
     lines = [
         (
             f"Trained on `digits` ({args.train_images} train / {args.val_images} val scenes, {args.epochs} epochs, "
-            f"batch {args.batch_size}, AdamW, background weight {config.background_weight}, {precision}, seed {args.seed}) on {threads} CPU thread{'s' if threads > 1 else ''}:"
+            f"batch {args.batch_size}, AdamW, background weight {config.background_weight}, {precision}, seed {args.seed}); "
+            f"runs trained by this call: {threads} CPU thread{'s' if threads > 1 else ''}, kept runs as they were trained:"
         ),
         "",
         "| model | rates | params | receptive field (px) | val mIoU (last) | val mIoU (best) | train time |",

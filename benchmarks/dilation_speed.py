@@ -317,7 +317,7 @@ def main() -> None:
     peak = gemm_peak()
     cases = QUICK if args.quick else CASES
     flags = [("--quick", args.quick), (f"--device {args.device}", DEVICE.type != "cpu"),
-             (f"--threads {args.threads}", thread_clock), ("--clock thread", thread_clock)]
+             (f"--threads {args.threads}", True), ("--clock thread", thread_clock)]
     flags = "".join(f" {flag}" for flag, on in flags if on)
     where = (torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda"
              else f"{args.threads} CPU thread{'s' if args.threads > 1 else ''}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_LR = {"adamw": 1.5e-3, "sgd": 0.01}
-_OLD_ADAMW_LR = 3e-3  # the default of runs saved before background_weight existed
+CONFIG_VERSION = 2  # 1: AdamW 3e-3 by default, context_net decoder C/4 and C/2 (saved before the field existed)
+CONTEXT_FAMILY = ("context_net", "plain_net", "gridding_net", "hdc_net")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -60,6 +62,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    config_version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
         self.scale_range = tuple(self.scale_range)
@@ -71,8 +74,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not self.background_weight > 0:
-            raise ValueError(f"background_weight must be > 0, got {self.background_weight!r}")
+        if not (math.isfinite(self.background_weight) and self.background_weight > 0):
+            raise ValueError(f"background_weight must be a finite number > 0, got {self.background_weight!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         low, high = self.scale_range
@@ -97,7 +100,24 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        values = {"precision": "fp32", **values}  # runs saved before the option trained in float32
-        if "background_weight" not in values and values.get("optimizer", "adamw") == "adamw" and values.get("lr") is None:
-            values["lr"] = _OLD_ADAMW_LR  # so such a run resumes with the rate it started with
+        # Older runs: float32; version 1 unless saved with background_weight, which came with version 2's defaults.
+        values = {"precision": "fp32", "config_version": 2 if "background_weight" in values else 1, **values}
+        if values["config_version"] == 1:  # so such a run resumes, evaluates and predicts as it was trained
+            values = _version_1_defaults(values)
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _version_1_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """The defaults a version-1 run was trained with, made explicit, and the version raised."""
+    from atrous.models.segmentation._common import scaled
+
+    values = {**values, "config_version": CONFIG_VERSION}
+    if values.get("optimizer", "adamw") == "adamw" and values.get("lr") is None:
+        values["lr"] = 3e-3
+    kwargs = dict(values.get("model_kwargs") or {})
+    if values.get("model", "context_net") in CONTEXT_FAMILY and kwargs.get("decoder", True):
+        channels = scaled(96, kwargs.get("width_multiplier", 1.0))
+        kwargs.setdefault("skip_channels", max(1, channels // 4))
+        kwargs.setdefault("fuse_channels", max(1, channels // 2))
+    values["model_kwargs"] = kwargs
+    return values

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from atrous.engine.checkpoint import load_checkpoint, read_checkpoint_meta
+from atrous.engine.config import TrainConfig
 from atrous.engine.evaluate import predict_probabilities
 from atrous.engine.prior import with_background_prior
 from atrous.engine.run_dir import BEST, LAST
@@ -47,10 +48,12 @@ def load_trained_model(path: str | Path, *, device: torch.device | str = "cpu") 
     for key in ("model", "num_classes"):
         if key not in meta:
             raise ValueError(f"checkpoint {str(folder)!r} is not a segmentation checkpoint (no {key!r} in its metadata)")
-    model = create(meta["model"], num_classes=meta["num_classes"], **meta.get("model_kwargs", {}))
+    config = TrainConfig.from_dict(meta["config"]) if "config" in meta else None  # with older runs' defaults
+    kwargs = config.model_kwargs if config is not None else meta.get("model_kwargs", {})
+    model = create(meta["model"], num_classes=meta["num_classes"], **kwargs)
     load_checkpoint(folder, model)
     # a run trained with background weighted down predicts with the weighting undone
-    model = with_background_prior(model, meta.get("config", {}).get("background_weight", 1.0))
+    model = with_background_prior(model, config.background_weight if config is not None else 1.0)
     return model.to(device).eval(), meta
 
 

@@ -28,8 +28,8 @@ class BackgroundPrior(nn.Module):
 
     def __init__(self, model: nn.Module, background_weight: float) -> None:
         super().__init__()
-        if not background_weight > 0:
-            raise ValueError(f"background_weight must be > 0, got {background_weight!r}")
+        if not (math.isfinite(background_weight) and background_weight > 0):
+            raise ValueError(f"background_weight must be a finite number > 0, got {background_weight!r}")
         self.model = model
         self.background_weight = float(background_weight)
         self.offset = -math.log(background_weight)

@@ -50,5 +50,6 @@ def test_unweighted_models_are_left_alone_and_bad_weights_refused():
     model = Constant(3)
     assert with_background_prior(model, 1.0) is model
     assert isinstance(with_background_prior(model, 0.3), BackgroundPrior)
-    with pytest.raises(ValueError, match="background_weight must be > 0"):
-        BackgroundPrior(model, 0.0)
+    for bad in (0.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="background_weight must be a finite number > 0"):
+            BackgroundPrior(model, bad)

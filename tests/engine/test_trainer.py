@@ -122,7 +122,8 @@ def test_train_defaults_weight_background_down_on_digits_only(tmp_path):
     ("field", "value", "pattern"),
     [("epochs", 0, "epochs must be an int >= 1"), ("optimizer", "adam", "optimizer must be one of"),
      ("scale_range", (2.0, 1.0), "scale_range"), ("lr", -1.0, "lr must be > 0"),
-     ("precision", "fp16", "precision must be one of"), ("background_weight", 0.0, "background_weight must be > 0")],
+     ("precision", "fp16", "precision must be one of"), ("background_weight", 0.0, "background_weight must be a finite number > 0"),
+     ("background_weight", float("inf"), "background_weight must be a finite number > 0")],
 )
 def test_config_errors_name_the_field(field, value, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -193,8 +194,33 @@ def test_runs_saved_before_the_precision_option_resume_in_float32():
 
 def test_runs_saved_before_the_lr_default_changed_resume_with_their_rate():
     values = tiny_config().to_dict()
-    del values["background_weight"]  # a run saved when AdamW defaulted to 3e-3
+    del values["background_weight"], values["config_version"]  # a run saved when AdamW defaulted to 3e-3
     old = TrainConfig.from_dict(values)
     assert old.peak_lr == 3e-3 and old.background_weight == 1.0
     assert TrainConfig.from_dict(tiny_config().to_dict()).peak_lr == tiny_config().peak_lr != 3e-3
     assert TrainConfig.from_dict(tiny_config(lr=0.02).to_dict()).peak_lr == 0.02
+
+
+def test_version_1_runs_of_context_net_load_and_resume(tmp_path):
+    # A run saved before config_version existed: context_net's decoder was C/4 and C/2 wide then,
+    # AdamW ran at 3e-3 and background was not weighted. Its checkpoints must still load and resume.
+    from atrous.engine.predict import load_trained_model
+
+    old_widths = {"width_multiplier": 0.25, "skip_channels": 6, "fuse_channels": 12}  # C = 24
+    run = tmp_path / "old"
+    train(tiny_config(model_kwargs=old_widths, epochs=1, lr=3e-3), run, progress=False)
+    for path in run.rglob("*.json"):
+        text = json.loads(path.read_text())
+        for holder in (text, text.get("meta", {}), text.get("config", {}), text.get("meta", {}).get("config", {})):
+            holder.pop("config_version", None)
+            holder.pop("background_weight", None)
+            if holder.get("lr") == 3e-3:
+                holder["lr"] = None
+            if "model_kwargs" in holder:
+                holder["model_kwargs"] = {"width_multiplier": 0.25}
+        path.write_text(json.dumps(text))
+    model, meta = load_trained_model(run)
+    assert model.skip[0].out_channels == 6 and model.fuse[0].out_channels == 12
+    assert "config_version" not in meta["config"]
+    result = train(tiny_config(), run, resume=True, epochs=2, progress=False)
+    assert [row["epoch"] for row in result["history"]] == [1, 2]

@@ -47,8 +47,8 @@ class ContextNet(nn.Module):
 
     Widths follow ``channels`` (C): the front end grows C/3 -> 2C/3 -> C, the skip carries C/2
     and the decoder 2C/3 channels. (On ``digits``, in 2,500-step runs: a front end half as wide,
-    C/6 -> C/3, trains 15% faster per step but reaches 0.05 less val mIoU; a decoder half as
-    wide, C/4 and C/2, 0.03 less; a second 3x3 decoder layer, or two dilated residual layers at
+    C/6 -> C/3, trains 15% faster per step but reaches 0.05 less val mIoU; the former narrower
+    decoder, C/4 and C/2, 0.03 less; a second 3x3 decoder layer, or two dilated residual layers at
     stride 4, less again; full default runs gain less than such short runs suggest. The
     digits 16-31 px high, two to four cells at stride 8, are told apart only from front-end
     detail.)
@@ -63,6 +63,8 @@ class ContextNet(nn.Module):
         residual: residual context layers (basic variant only).
         decoder: fuse stride-4 front-end features before the classifier; without it the
             classifier reads the stride-8 context output directly.
+        skip_channels, fuse_channels: decoder widths; default C/2 and 2C/3 (runs saved with
+            config version 1 used C/4 and C/2, which ``TrainConfig.from_dict`` passes here for them).
 
     Shape:
         ``(N, in_channels, H, W)`` -> logits ``(N, num_classes, H, W)``.
@@ -79,6 +81,8 @@ class ContextNet(nn.Module):
         norm: bool = True,
         residual: bool = True,
         decoder: bool = True,
+        skip_channels: int | None = None,
+        fuse_channels: int | None = None,
     ) -> None:
         super().__init__()
         check_int("num_classes", num_classes)
@@ -93,7 +97,8 @@ class ContextNet(nn.Module):
         self.down = ConvBNReLU(second, channels, 3, stride=2)
         self.context = ContextModule(channels, variant, rates=rates, norm=norm, residual=residual)
         if decoder:
-            skip, fused = max(1, channels // 2), max(1, 2 * channels // 3)
+            skip = max(1, channels // 2) if skip_channels is None else check_int("skip_channels", skip_channels)
+            fused = max(1, 2 * channels // 3) if fuse_channels is None else check_int("fuse_channels", fuse_channels)
             self.skip = ConvBNReLU(second, skip, 1)
             self.fuse = ConvBNReLU(channels + skip, fused, 3)
             self.classifier = nn.Conv2d(fused, num_classes, 1)
@@ -117,9 +122,9 @@ class ContextNet(nn.Module):
 
 
 def _build(rates: Sequence[int], num_classes: int, in_channels: int, width_multiplier: float, variant: str,
-           norm: bool, residual: bool = True, decoder: bool = True) -> ContextNet:
+           norm: bool, residual: bool = True, decoder: bool = True, **widths: int | None) -> ContextNet:
     return ContextNet(num_classes, in_channels, channels=scaled(96, width_multiplier), rates=rates, variant=variant,
-                      norm=norm, residual=residual and variant == "basic", decoder=decoder)
+                      norm=norm, residual=residual and variant == "basic", decoder=decoder, **widths)
 
 
 @register_model(task="segmentation")
@@ -133,27 +138,36 @@ def context_net(
     residual: bool = True,
     decoder: bool = True,
     width_multiplier: float = 1.0,
+    skip_channels: int | None = None,
+    fuse_channels: int | None = None,
 ) -> ContextNet:
     """Stride-8 front end + context module (rates 1,1,2,4,8,16,1) + stride-4 decoder: 551-pixel field."""
-    return _build(rates, num_classes, in_channels, width_multiplier, variant, norm, residual, decoder)
+    return _build(rates, num_classes, in_channels, width_multiplier, variant, norm, residual, decoder,
+                  skip_channels=skip_channels, fuse_channels=fuse_channels)
 
 
 @register_model(task="segmentation")
 def plain_net(*, num_classes: int = 11, in_channels: int = 3, norm: bool = True,
-              width_multiplier: float = 1.0) -> ContextNet:
+              width_multiplier: float = 1.0, skip_channels: int | None = None,
+              fuse_channels: int | None = None) -> ContextNet:
     """``context_net`` with every dilation 1: same parameters, 135-pixel field."""
-    return _build(PLAIN_RATES, num_classes, in_channels, width_multiplier, "basic", norm)
+    return _build(PLAIN_RATES, num_classes, in_channels, width_multiplier, "basic", norm,
+                  skip_channels=skip_channels, fuse_channels=fuse_channels)
 
 
 @register_model(task="segmentation")
 def hdc_net(*, num_classes: int = 11, in_channels: int = 3, norm: bool = True,
-            width_multiplier: float = 1.0) -> ContextNet:
+            width_multiplier: float = 1.0, skip_channels: int | None = None,
+            fuse_channels: int | None = None) -> ContextNet:
     """``context_net`` with hybrid dilated rates 1,2,5,9,2,5,9: same parameters and field, no gridding."""
-    return _build(HDC_RATES, num_classes, in_channels, width_multiplier, "basic", norm)
+    return _build(HDC_RATES, num_classes, in_channels, width_multiplier, "basic", norm,
+                  skip_channels=skip_channels, fuse_channels=fuse_channels)
 
 
 @register_model(task="segmentation")
 def gridding_net(*, num_classes: int = 11, in_channels: int = 3, norm: bool = True,
-                 width_multiplier: float = 1.0) -> ContextNet:
+                 width_multiplier: float = 1.0, skip_channels: int | None = None,
+              fuse_channels: int | None = None) -> ContextNet:
     """``context_net`` with rates 3,3,3,6,6,6,6: same parameters and field, but gridded."""
-    return _build(GRIDDING_RATES, num_classes, in_channels, width_multiplier, "basic", norm)
+    return _build(GRIDDING_RATES, num_classes, in_channels, width_multiplier, "basic", norm,
+                  skip_channels=skip_channels, fuse_channels=fuse_channels)
