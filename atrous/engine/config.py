@@ -8,7 +8,7 @@ from typing import Any
 
 OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_LR = {"adamw": 1.5e-3, "sgd": 0.01}
-CONFIG_VERSION = 2  # 1: AdamW 3e-3 by default, context_net decoder C/4 and C/2 (saved before the field existed)
+CONFIG_VERSION = 2  # 1: AdamW 3e-3 by default, context_net decoder C/4 and C/2, float32 if precision is absent
 CONTEXT_FAMILY = ("context_net", "plain_net", "gridding_net", "hdc_net")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -100,8 +100,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        # Older runs: float32; version 1 unless saved with background_weight, which came with version 2's defaults.
-        values = {"precision": "fp32", "config_version": 2 if "background_weight" in values else 1, **values}
+        # A run saved before the field is version 1, unless it has background_weight (which came with version 2)
+        values = {"config_version": 2 if "background_weight" in values else 1, **values}
         if values["config_version"] == 1:  # so such a run resumes, evaluates and predicts as it was trained
             values = _version_1_defaults(values)
         return cls(**{k: v for k, v in values.items() if k in known})
@@ -111,7 +111,7 @@ def _version_1_defaults(values: dict[str, Any]) -> dict[str, Any]:
     """The defaults a version-1 run was trained with, made explicit, and the version raised."""
     from atrous.models.segmentation._common import scaled
 
-    values = {**values, "config_version": CONFIG_VERSION}
+    values = {"precision": "fp32", **values, "config_version": CONFIG_VERSION}  # before precision: float32
     if values.get("optimizer", "adamw") == "adamw" and values.get("lr") is None:
         values["lr"] = 3e-3
     kwargs = dict(values.get("model_kwargs") or {})
