@@ -104,6 +104,51 @@ def dilated_conv(
         ``(N, C_out, *out_spatial)``.
     """
     x, weight, bias = _autocast(x, weight, bias)
+    captured = capturing()
+    key = None if captured else _plan_key(x, weight, bias, dilation, stride, padding, groups, padding_mode)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        plan = _plan(x, weight, bias, dilation, stride, padding, groups, padding_mode, drop_taps=not captured)
+        if key is not None:
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.clear()
+            _PLANS[key] = plan
+    live_taps, spec = plan
+    for dim, start, length in live_taps:
+        weight = weight.narrow(dim, start, length)
+    return run_conv(x, weight, bias, spec, check_backend(backend))
+
+
+# Checked and resolved geometry per call signature: a repeated call skips the checks and padding
+# arithmetic (about half of the Python an eager call costs). Never used while a graph is captured.
+_PLANS: dict[tuple, tuple[tuple[tuple[int, int, int], ...], ConvSpec]] = {}
+_MAX_PLANS = 4096
+
+
+def _plan_key(x, weight, bias, dilation, stride, padding, groups, padding_mode) -> tuple | None:
+    """What decides the plan of a call, or None where it cannot be a dict key (then no caching)."""
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        return None
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        return None
+    key = (x.shape, x.dtype, x.device, weight.shape, weight.dtype, weight.device,
+           None if bias is None else (bias.shape, bias.dtype, bias.device),
+           *map(_typed, (dilation, stride, padding, groups)), padding_mode)
+    try:
+        hash(key)
+    except TypeError:  # e.g. a list for dilation
+        return None
+    return key
+
+
+def _typed(value):
+    """``value`` with its type and its items' types, so that 1.0 or True never share 1's plan (and its checks)."""
+    return value, type(value), tuple(map(type, value)) if isinstance(value, tuple) else ()
+
+
+def _plan(x, weight, bias, dilation, stride, padding, groups, padding_mode, *, drop_taps: bool):
+    """Check a call and resolve it: ``(live_taps, spec)``, ``live_taps`` as ``(dim, start, length)``
+    narrowings of the weight (see :func:`_drop_padding_taps`)."""
     ndim = _check_inputs(x, weight, bias, groups)
     dilation = to_tuple(dilation, ndim, "dilation")
     stride = to_tuple(stride, ndim, "stride")
@@ -118,14 +163,17 @@ def dilated_conv(
                 f"input size {n} on spatial axis {axis} (padded to {n + lo + hi}) is smaller than the kernel's "
                 f"extent {kernel_extent(k, d)} (kernel {k}, dilation {d}) with padding={padding!r}"
             )
-    if padding_mode == "zeros" and not capturing():
-        weight, dilation, pads = _drop_padding_taps(weight, sizes, stride, dilation, pads)
-    spec = ConvSpec(stride, dilation, pads, groups, _PAD_MODES[padding_mode])
-    return run_conv(x, weight, bias, spec, check_backend(backend))
+    live_taps = ()
+    if padding_mode == "zeros" and drop_taps:
+        live_taps, dilation, pads = _drop_padding_taps(kernel, sizes, stride, dilation, pads)
+    return live_taps, ConvSpec(stride, dilation, pads, groups, _PAD_MODES[padding_mode])
 
 
-def _drop_padding_taps(weight, sizes, stride, dilation, pads):
-    """Drop the kernel taps that read only zero padding at every output position.
+def _drop_padding_taps(kernel, sizes, stride, dilation, pads):
+    """The kernel taps to keep when the others read only zero padding at every output position.
+
+    Returns ``(live_taps, dilation, pads)``: weight narrowings ``(dim, start, length)`` and the
+    dilation and padding that go with the narrowed kernel.
 
     With a rate as large as the input (rate 16 on a 16x16 feature map, DeepLab's rate 18 at
     output stride 16 on a 256-pixel image) every off-centre tap of a 3x3 kernel lands in the
@@ -136,7 +184,7 @@ def _drop_padding_taps(weight, sizes, stride, dilation, pads):
     non-negative, so no input cropping is needed. Not under tracing or export: the taps depend
     on the input size, which a graph must leave free.
     """
-    kernel = weight.shape[2:]
+    live_taps = []
     for axis, (n, k, s, d, (lo, hi)) in enumerate(zip(sizes, kernel, stride, dilation, pads)):
         last_out = conv_output_size(n, k, s, d, lo, hi) - 1
         live = [j for j in range(k) if d * j - lo < n and last_out * s + d * j - lo >= 0]
@@ -146,11 +194,11 @@ def _drop_padding_taps(weight, sizes, stride, dilation, pads):
         new_lo, new_hi = lo - d * first, hi - d * (k - 1 - last)
         if new_lo < 0 or new_hi < 0:
             continue
-        weight = weight.narrow(2 + axis, first, last - first + 1)
+        live_taps.append((2 + axis, first, last - first + 1))
         pads = (*pads[:axis], (new_lo, new_hi), *pads[axis + 1:])
         if first == last:
             dilation = (*dilation[:axis], 1, *dilation[axis + 1:])
-    return weight, dilation, pads
+    return tuple(live_taps), dilation, pads
 
 
 def atrous_conv2d(value: torch.Tensor, filters: torch.Tensor, rate: int, padding: str = "SAME") -> torch.Tensor:

@@ -236,3 +236,24 @@ def test_capturing_sees_the_onnx_export_flags(monkeypatch):
     assert not capturing() and not torch.onnx.is_in_onnx_export()
     monkeypatch.setattr(GLOBALS, "in_onnx_export", True)
     assert torch.onnx.is_in_onnx_export() and capturing()
+
+
+def test_repeated_calls_reuse_the_plan_and_still_refuse_bad_arguments():
+    from atrous.ops import functional
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 9, 11, generator=generator, dtype=torch.float64)
+    weight = torch.randn(4, 3, 3, 3, generator=generator, dtype=torch.float64)
+    functional._PLANS.clear()
+    first = dilated_conv(x, weight, dilation=2)
+    assert len(functional._PLANS) == 1
+    x2 = torch.randn(2, 3, 9, 11, generator=generator, dtype=torch.float64)  # same signature, other values
+    torch.testing.assert_close(dilated_conv(x2, weight, dilation=2), F.conv2d(x2, weight, padding=2, dilation=2))
+    torch.testing.assert_close(first, F.conv2d(x, weight, padding=2, dilation=2))
+    assert len(functional._PLANS) == 1
+    # arguments equal to the cached ones as values, but not valid, are still refused
+    for bad in (True, 2.0):
+        with pytest.raises((TypeError, ValueError), match="dilation must be an int"):
+            dilated_conv(x, weight, dilation=bad)
+    with pytest.raises(TypeError, match="dtype"):
+        dilated_conv(x.float(), weight, dilation=2)
