@@ -216,8 +216,9 @@ def run_conv(
         bias: ``(C_out,)`` or None.
         spec: stride, dilation, resolved padding and groups.
         backend: ``"auto"`` or a name in :data:`BACKENDS`; a formulation that does not apply
-            to this call (e.g. ``"gemm"`` in 2D), or whose Python depends on the input size while
-            a graph is traced, compiled or exported, runs ``native`` instead.
+            to this call (e.g. ``"gemm"`` in 2D), or whose Python depends on the input size (or
+            that is a custom autograd function) while a graph is traced, compiled or exported,
+            runs ``native`` instead.
 
     Returns:
         ``(N, C_out, *S_out)``.
@@ -231,7 +232,8 @@ def run_conv(
     return FORMULATIONS[backend](x, weight, bias, spec)
 
 
-_CAPTURE_SAFE = ("native", "pad", "channels_last")  # no branch on the input size
+# No branch on the input size and no custom autograd function (which exporters cannot see into).
+_CAPTURE_SAFE = ("native", "pad", "channels_last")
 
 
 def _auto(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> str:
@@ -248,7 +250,7 @@ def _auto(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec
     choice = CHOOSER.cache.get(key)
     if choice is not None:
         return choice
-    names = candidates(x, weight, spec)
+    names = candidates(x, weight, spec, training=any(grads))
     if len(names) == 1:
         return names[0]
     runs = {

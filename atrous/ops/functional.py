@@ -98,7 +98,8 @@ def dilated_conv(
         backend: how to execute it, all exact: ``"auto"`` (the fastest for this shape, timed on
             first use and cached; see :mod:`atrous.ops.backend`), or one formulation of
             :mod:`atrous.ops.formulations`: ``"native"`` (plain ``F.convNd``), ``"pad"``,
-            ``"channels_last"``, ``"space_to_batch"``, ``"border_split"``, ``"gemm"``.
+            ``"channels_last"``, ``"space_to_batch"``, ``"border_split"``, ``"fold"``, ``"gemm"``,
+            ``"mixed_layout"``.
 
     Returns:
         ``(N, C_out, *out_spatial)``.

@@ -9,7 +9,7 @@ from torch import nn
 from atrous import DilatedConv1d, DilatedConv2d, DilatedStack, dilated_conv
 from atrous.ops import backend_choices, clear_backend_cache, deterministic_backend
 from atrous.ops.backend import CHOOSER, Chooser
-from atrous.ops.formulations import ConvSpec, border_plan, candidates
+from atrous.ops.formulations import FORMULATIONS, ConvSpec, border_plan, candidates
 
 
 class CountingClock:
@@ -200,6 +200,70 @@ def test_cpu_candidates():
     assert candidates(x.to(memory_format=torch.channels_last), w, spec) == ["native", "border_split"]
     spec_1d = ConvSpec((1,), (4,), ((4, 0),))  # causal, k = 2: too little padding for border_split
     assert candidates(torch.zeros(1, 2, 64), torch.zeros(2, 2, 2), spec_1d) == ["native", "channels_last", "fold"]
+    # With a gradient wanted, the per-direction layouts join; not for a channels-last input.
+    assert candidates(x, w, spec, training=True) == ["native", "channels_last", "mixed_layout", "border_split"]
+    assert "mixed_layout" not in candidates(x.to(memory_format=torch.channels_last), w, spec, training=True)
+
+
+def _conv_by_hand(x, w, b, dilation, stride, pads, groups):
+    """F.pad, then F.convNd with no padding: independent of atrous's formulations."""
+    padded = F.pad(x, [amount for lo, hi in reversed(pads) for amount in (lo, hi)])
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[x.ndim - 2]
+    return conv(padded, w, b, stride, 0, dilation, groups)
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize(("stride", "groups", "bias"), [(1, 1, True), (2, 2, False), (3, 1, True)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mixed_layout_matches_the_convolution_both_ways(ndim, stride, groups, bias, channels_last):
+    # Forward, both gradients and the second derivative against F.pad + F.convNd; stride 3 leaves
+    # samples at the end that no output reads, whose gradient must be zero. Output and input
+    # gradient keep the input's layout.
+    torch.manual_seed(ndim * 10 + stride)
+    sizes = {1: (15,), 2: (9, 8), 3: (6, 5, 7)}[ndim]
+    x = torch.randn(2, 4, *sizes, dtype=torch.float64)
+    if channels_last and ndim > 1:
+        x = x.contiguous(memory_format={2: torch.channels_last, 3: torch.channels_last_3d}[ndim])
+    x.requires_grad_(True)
+    w = torch.randn(6, 4 // groups, *([3] * ndim), dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True) if bias else None
+    pads = ((2, 1),) + ((1, 2),) * (ndim - 1)
+    spec = ConvSpec((stride,) * ndim, (2,) * ndim, pads, groups)
+    inputs = (x, w) if b is None else (x, w, b)
+    y = FORMULATIONS["mixed_layout"](x, w, b, spec)
+    expected = _conv_by_hand(x, w, b, spec.dilation, spec.stride, pads, groups)
+    torch.testing.assert_close(y, expected)
+    assert y.is_contiguous(memory_format=x_layout(x))
+    probe = torch.randn_like(expected)
+    got = torch.autograd.grad(y, inputs, probe)
+    for g, e in zip(got, torch.autograd.grad(expected, inputs, probe)):
+        torch.testing.assert_close(g, e)
+    assert got[0].is_contiguous(memory_format=x_layout(x))
+    if stride == 3:
+        assert torch.autograd.gradgradcheck(lambda *t: FORMULATIONS["mixed_layout"](*t, *([None] * (3 - len(t))), spec), inputs)
+
+
+def x_layout(x):
+    if x.ndim == 4 and not x.is_contiguous():
+        return torch.channels_last
+    if x.ndim == 5 and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def test_mixed_layout_under_autocast_matches_native():
+    # Under bfloat16 autocast both run the same bfloat16 convolutions, so they agree to bf16 rounding.
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    w = torch.randn(8, 8, 3, 3, requires_grad=True)
+    results = []
+    for backend in ("native", "mixed_layout"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = dilated_conv(x, w, dilation=3, backend=backend)
+        results.append((y, *torch.autograd.grad(y.float().square().sum(), (x, w))))
+    assert results[1][0].dtype == torch.bfloat16
+    for a, b in zip(*results):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize(("size", "rate"), [(16, 16), (16, 40), (5, 5)])
