@@ -279,40 +279,41 @@ def gemm_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
 
 
 class _MixedLayoutConv(torch.autograd.Function):
-    """A convolution with no padding of its own whose forward pass and input gradient run on
+    """A convolution with symmetric zero padding whose forward pass and input gradient run on
     channels-last copies and whose weight gradient runs on the input as given. Twice
     differentiable: the backward pass is made of differentiable ops."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, dilation, groups):
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
         ndim = x.ndim - 2
         x_last = x.contiguous(memory_format=_CHANNELS_LAST[ndim])
-        y = CONV_BY_NDIM[ndim](x_last, weight, bias, stride, 0, dilation, groups)
+        y = CONV_BY_NDIM[ndim](x_last, weight, bias, stride, padding, dilation, groups)
         ctx.save_for_backward(x, weight)
-        ctx.geometry = stride, dilation, groups, bias is not None
+        ctx.geometry = stride, padding, dilation, groups, bias is not None
         return y.contiguous(memory_format=_memory_format(x))
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        (stride, dilation, groups, has_bias), ndim = ctx.geometry, x.ndim - 2
+        (stride, padding, dilation, groups, has_bias), ndim = ctx.geometry, x.ndim - 2
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            # The transposed convolution reaches input (m - 1) s + (k - 1) d at most; the samples
-            # past it feed no output, so their gradient is zero.
+            # The transposed convolution; output_padding restores the (fewer than stride) samples
+            # at the high end that no output reads (their gradient is zero).
             transpose = {2: F.conv_transpose2d, 3: F.conv_transpose3d}[ndim]
+            reached = [(m - 1) * s - 2 * p + (k - 1) * d + 1
+                       for m, s, p, k, d in zip(grad.shape[2:], stride, padding, weight.shape[2:], dilation)]
+            unread = tuple(n - r for n, r in zip(x.shape[2:], reached))
             grad_last = grad.contiguous(memory_format=_CHANNELS_LAST[ndim])
-            grad_x = transpose(grad_last, weight, None, stride, 0, 0, groups, dilation)
-            unread = [n - m for n, m in zip(x.shape[2:], grad_x.shape[2:])]
-            grad_x = _pad_high(grad_x, unread) if any(unread) else grad_x
+            grad_x = transpose(grad_last, weight, None, stride, padding, unread, groups, dilation)
             grad_x = grad_x.contiguous(memory_format=_memory_format(x))
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             _, grad_w, grad_b = torch.ops.aten.convolution_backward(
                 grad.contiguous(memory_format=_memory_format(x)), x, weight,
-                [weight.shape[0]] if has_bias else None, stride, [0] * ndim, dilation, False, [0] * ndim, groups,
+                [weight.shape[0]] if has_bias else None, stride, padding, dilation, False, [0] * ndim, groups,
                 [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
             )  # fmt: skip
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -328,7 +329,11 @@ def mixed_layout(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if spec.ndim == 1:  # as (N, C, 1, T) with a (1, k) kernel
         flat = ConvSpec((1, *spec.stride), (1, *spec.dilation), ((0, 0), *spec.pads), spec.groups, spec.pad_mode)
         return mixed_layout(x.unsqueeze(2), weight.unsqueeze(2), bias, flat).squeeze(2)
-    return _MixedLayoutConv.apply(_pad(x, spec), weight, bias, spec.stride, spec.dilation, spec.groups)
+    if spec.symmetric:  # padded by the convolutions themselves: no padded copy, no gradient for the padding
+        padding = tuple(lo for lo, _ in spec.pads)
+    else:
+        x, padding = _pad(x, spec), (0,) * spec.ndim
+    return _MixedLayoutConv.apply(x, weight, bias, spec.stride, padding, spec.dilation, spec.groups)
 
 
 Formulation = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", ConvSpec], torch.Tensor]
