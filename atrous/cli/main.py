@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from atrous import __version__
+from atrous.engine.allocator import reuse_freed_memory
 
 # subcommand name -> module under atrous.cli
 SUBCOMMANDS = {
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    reuse_freed_memory()  # tensors allocated every step stop page-faulting (atrous.engine.allocator)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

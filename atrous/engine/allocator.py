@@ -1,0 +1,50 @@
+"""Keep freed memory in the process, so that tensors allocated every step reuse it.
+
+PyTorch's CPU tensors come from ``malloc``. glibc serves large blocks with ``mmap`` and unmaps
+them when they are freed (and trims the heap's top), so every training step maps its
+activations afresh and the kernel zero-fills each page on first touch. On a virtual machine a
+page fault costs microseconds: measured on this project's 2-core machine, a WaveNet dilated
+layer's forward pass (4 x 64 x 4096 samples, kernel 2) takes 13-16 ms with glibc's defaults and
+4-5 ms when freed memory is kept, the same convolution. Settings made by the user (the
+``MALLOC_*`` environment variables, ``GLIBC_TUNABLES``, a preloaded jemalloc or tcmalloc) win:
+nothing changes then.
+
+The cost: the process keeps its peak memory mapped until it exits, as PyTorch's CUDA caching
+allocator does for GPU memory. The ``atrous`` command calls :func:`reuse_freed_memory` before
+any work (``ATROUS_MALLOC=system`` keeps glibc's defaults); a training script may call it too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+_M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 1 << 30  # blocks below 1 GiB come from the heap, where freed memory is reused
+_TRIM_THRESHOLD = 2**31 - 1  # the largest value mallopt takes: the heap is never trimmed
+_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+OPT_OUT = "ATROUS_MALLOC"  # "system": leave glibc's settings alone
+
+
+def reuse_freed_memory() -> bool:
+    """Tell glibc's ``malloc`` to keep freed memory for reuse (see the module docstring).
+
+    Returns:
+        Whether the settings were changed: False off Linux, without glibc, when the user chose
+        allocator settings or another allocator, or with ``ATROUS_MALLOC=system``.
+    """
+    if sys.platform != "linux" or os.environ.get(OPT_OUT, "").lower() == "system":
+        return False
+    if any(name in os.environ for name in _USER_SETTINGS) or "malloc" in os.environ.get("LD_PRELOAD", ""):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 (glibc only: other C libraries' mallopt differs or does nothing)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # The mmap threshold first: setting it also stops glibc from moving it after each free.
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
