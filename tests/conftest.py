@@ -1,9 +1,15 @@
 """The tests run tiny convolutions, where several OpenMP threads per test (and two pytest-xdist
 workers on two cores) cost more than they save; one thread keeps the suite fast and its timing
-stable."""
+stable. Tests that call the CLI's ``main`` in process would switch the worker's malloc to keeping
+freed memory (``atrous.engine.allocator``), so that later tests run under settings that depend on
+test order: glibc's defaults stay (the allocator's own tests run subprocesses)."""
+
+import os
 
 import pytest
 import torch
+
+os.environ.setdefault("ATROUS_MALLOC", "system")
 
 
 @pytest.fixture(autouse=True)

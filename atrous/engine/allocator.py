@@ -5,9 +5,10 @@ them when they are freed (and trims the heap's top), so every training step maps
 activations afresh and the kernel zero-fills each page on first touch. On a virtual machine a
 page fault costs microseconds: measured on this project's 2-core machine, a WaveNet dilated
 layer's forward pass (4 x 64 x 4096 samples, kernel 2) takes 13-16 ms with glibc's defaults and
-4-5 ms when freed memory is kept, the same convolution. Settings made by the user (the
-``MALLOC_*`` environment variables, ``GLIBC_TUNABLES``, a preloaded jemalloc or tcmalloc) win:
-nothing changes then.
+4-5 ms when freed memory is kept, the same convolution. Settings made by the user win, and
+nothing changes then: ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
+``MALLOC_TOP_PAD_``, ``GLIBC_TUNABLES``, or an allocator preloaded with ``LD_PRELOAD``
+(jemalloc, tcmalloc).
 
 The cost: the process keeps its peak memory mapped until it exits, as PyTorch's CUDA caching
 allocator does for GPU memory. The ``atrous`` command calls :func:`reuse_freed_memory` before
@@ -22,7 +23,8 @@ import sys
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD = 1 << 30  # blocks below 1 GiB come from the heap, where freed memory is reused
+_MMAP_THRESHOLDS = (1 << 30, 32 << 20)  # blocks below this come from the heap, where freed memory is
+# reused: 1 GiB, or 32 MiB where an older glibc refuses more (half its 64 MiB heap size)
 _TRIM_THRESHOLD = 2**31 - 1  # the largest value mallopt takes: the heap is never trimmed
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 OPT_OUT = "ATROUS_MALLOC"  # "system": leave glibc's settings alone
@@ -47,4 +49,6 @@ def reuse_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # The mmap threshold first: setting it also stops glibc from moving it after each free.
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    if not any(mallopt(_M_MMAP_THRESHOLD, threshold) for threshold in _MMAP_THRESHOLDS):
+        return False
+    return bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))

@@ -10,8 +10,9 @@ unit is forward plus backward, so training picks what is fastest for training.
 All candidates compute the same result up to floating-point rounding. ``auto`` runs ``native``
 (plain PyTorch, no timing) when nothing is dilated, when the call is too small to be worth
 timing, inside :func:`deterministic_backend`, when ``torch.use_deterministic_algorithms(True)``
-is on, and while a graph is being captured (``torch.jit.trace``, ``torch.compile``,
-``torch.export``, ONNX export), so captured graphs hold one fixed, traceable convolution.
+is on, inside ``torch.func`` transforms, and while a graph is being captured
+(``torch.jit.trace``, ``torch.compile``, ``torch.export``, ONNX export), so captured graphs
+hold one fixed, traceable convolution.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from atrous.ops.formulations import FORMULATIONS, ConvSpec, applicable, candidates, capturing
+from atrous.ops.formulations import FORMULATIONS, ConvSpec, applicable, candidates, capturing, functorch_wrapped
 
 BACKENDS = ("auto", *FORMULATIONS)
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}  # by tensor rank
@@ -242,6 +243,8 @@ def _auto(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec
         or all(d == 1 for d in spec.dilation)
         or x.device.type not in ("cpu", "cuda")
         or fixed()
+        or functorch_wrapped(x)  # inside torch.func transforms: timing would need a graph of its own
+        or functorch_wrapped(weight)
         or _conv_macs(x, weight, spec) < CHOOSER.min_macs
     ):
         return "native"

@@ -119,6 +119,20 @@ class ConvSpec:
         return all(s == 1 for s in self.stride)
 
 
+def autocast_inputs(x, weight, bias):
+    """Under ``torch.autocast`` a convolution runs in the autocast dtype, as ``F.convNd`` does:
+    the inputs cast once (the formulations are built from ops autocast may leave alone)."""
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        return x, weight, bias  # the caller's checks name the argument
+    device = x.device.type
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        return x, weight, bias
+    if not (x.is_floating_point() and weight.is_floating_point()) or torch.float64 in (x.dtype, weight.dtype):
+        return x, weight, bias  # autocast leaves float64 alone
+    dtype = torch.get_autocast_dtype(device)
+    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
 def _pad(x: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
     if spec.fixed_pads and not any(lo or hi for lo, hi in spec.pads):
         return x
@@ -280,17 +294,27 @@ def gemm_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
 
 class _MixedLayoutConv(torch.autograd.Function):
     """A convolution with symmetric zero padding whose forward pass and input gradient run on
-    channels-last copies and whose weight gradient runs on the input as given. Twice
-    differentiable: the backward pass is made of differentiable ops."""
+    channels-last copies and whose weight gradient runs on the input as given.
+
+    Twice differentiable (the backward pass is made of differentiable ops), with forward-mode AD
+    (``jvp``) and ``torch.func`` transforms; under ``vmap`` (batched gradients, vectorised
+    Jacobians) the layouts are left as they come.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+    def forward(x, weight, bias, stride, padding, dilation, groups):
         ndim = x.ndim - 2
-        x_last = x.contiguous(memory_format=_CHANNELS_LAST[ndim])
-        y = CONV_BY_NDIM[ndim](x_last, weight, bias, stride, padding, dilation, groups)
+        y = CONV_BY_NDIM[ndim](_as_layout(x, _CHANNELS_LAST[ndim]), weight, bias, stride, padding, dilation, groups)
+        return _as_layout(y, _memory_format(x))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, stride, padding, dilation, groups = inputs
         ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
         ctx.geometry = stride, padding, dilation, groups, bias is not None
-        return y.contiguous(memory_format=_memory_format(x))
 
     @staticmethod
     def backward(ctx, grad):
@@ -304,22 +328,52 @@ class _MixedLayoutConv(torch.autograd.Function):
             reached = [(m - 1) * s - 2 * p + (k - 1) * d + 1
                        for m, s, p, k, d in zip(grad.shape[2:], stride, padding, weight.shape[2:], dilation)]
             unread = tuple(n - r for n, r in zip(x.shape[2:], reached))
-            grad_last = grad.contiguous(memory_format=_CHANNELS_LAST[ndim])
+            grad_last = _as_layout(grad, _CHANNELS_LAST[ndim])
             grad_x = transpose(grad_last, weight, None, stride, padding, unread, groups, dilation)
-            grad_x = grad_x.contiguous(memory_format=_memory_format(x))
+            grad_x = _as_layout(grad_x, _memory_format(x))
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad.contiguous(memory_format=_memory_format(x)), x, weight,
+                _as_layout(grad, _memory_format(x)), x, weight,
                 [weight.shape[0]] if has_bias else None, stride, padding, dilation, False, [0] * ndim, groups,
                 [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
             )  # fmt: skip
         return grad_x, grad_w, grad_b, None, None, None, None
 
+    @staticmethod
+    def jvp(ctx, x_dot, weight_dot, bias_dot, *_):
+        # Linear in each input: d(conv(x, w) + b) = conv(dx, w) + conv(x, dw) + db.
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups, _ = ctx.geometry
+        conv = CONV_BY_NDIM[x.ndim - 2]
+        terms = []
+        if x_dot is not None:
+            terms.append(conv(x_dot, weight, None, stride, padding, dilation, groups))
+        if weight_dot is not None:
+            terms.append(conv(x, weight_dot, None, stride, padding, dilation, groups))
+        out = sum(terms[1:], terms[0]) if terms else None
+        if bias_dot is not None:
+            shape = (-1, *[1] * (x.ndim - 2))
+            out = bias_dot.reshape(shape) if out is None else out + bias_dot.reshape(shape)
+        return out
+
+
+def functorch_wrapped(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a ``torch.func`` wrapper or a batched tensor of the older vmap behind
+    ``jacobian(vectorize=True)`` (under vmap a layout cannot be queried)."""
+    functorch = torch._C._functorch
+    legacy = getattr(functorch, "is_legacy_batchedtensor", None)
+    return functorch.is_functorch_wrapped_tensor(t) or functorch.is_batchedtensor(t) or bool(legacy and legacy(t))
+
+
+def _as_layout(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``t`` in ``memory_format``; unchanged inside ``torch.func`` transforms (a layout is speed only)."""
+    return t if functorch_wrapped(t) else t.contiguous(memory_format=memory_format)
+
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
     """``x``'s memory format: channels-last when it is laid out so (and not also plainly contiguous)."""
     last = _CHANNELS_LAST.get(x.ndim - 2)
-    if last is not None and not x.is_contiguous() and x.is_contiguous(memory_format=last):
+    if last is not None and not functorch_wrapped(x) and not x.is_contiguous() and x.is_contiguous(memory_format=last):
         return last
     return torch.contiguous_format
 
@@ -329,6 +383,7 @@ def mixed_layout(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if spec.ndim == 1:  # as (N, C, 1, T) with a (1, k) kernel
         flat = ConvSpec((1, *spec.stride), (1, *spec.dilation), ((0, 0), *spec.pads), spec.groups, spec.pad_mode)
         return mixed_layout(x.unsqueeze(2), weight.unsqueeze(2), bias, flat).squeeze(2)
+    x, weight, bias = autocast_inputs(x, weight, bias)  # its backward runs in the forward's dtype
     if spec.symmetric:  # padded by the convolutions themselves: no padded copy, no gradient for the padding
         padding = tuple(lo for lo, _ in spec.pads)
     else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from atrous.ops.backend import check_backend, run_conv
-from atrous.ops.formulations import CONV_BY_NDIM, ConvSpec, capturing
+from atrous.ops.formulations import CONV_BY_NDIM, ConvSpec, autocast_inputs, capturing
 from atrous.ops.padding import PaddingSpec, conv_output_size, kernel_extent, resolve_padding, to_tuple
 
 __all__ = ["CONV_BY_NDIM", "atrous_conv2d", "dilated_conv"]
@@ -56,20 +56,6 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return ndim
 
 
-def _autocast(x, weight, bias):
-    """Under ``torch.autocast`` a convolution runs in the autocast dtype, as ``F.convNd`` does
-    (its formulations are built from ops autocast may leave alone, so cast once here)."""
-    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
-        return x, weight, bias  # _check_inputs names the argument
-    device = x.device.type
-    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
-        return x, weight, bias
-    if not (x.is_floating_point() and weight.is_floating_point()) or torch.float64 in (x.dtype, weight.dtype):
-        return x, weight, bias  # autocast leaves float64 alone
-    dtype = torch.get_autocast_dtype(device)
-    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
-
-
 def dilated_conv(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -104,7 +90,7 @@ def dilated_conv(
     Returns:
         ``(N, C_out, *out_spatial)``.
     """
-    x, weight, bias = _autocast(x, weight, bias)
+    x, weight, bias = autocast_inputs(x, weight, bias)
     captured = capturing()
     key = None if captured else _plan_key(x, weight, bias, dilation, stride, padding, groups, padding_mode)
     plan = _PLANS.get(key) if key is not None else None

@@ -288,3 +288,62 @@ def test_border_runs_cover_every_output_and_every_real_tap(size, kernel, rate, p
         for i in range(start, stop):
             real = [j for j in range(kernel) if 0 <= i + rate * j - pads[0] < size]
             assert all(first <= j < last for j in real)
+
+
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_mixed_layout_under_torch_func_forward_ad_and_batched_gradients(ndim):
+    # Whatever auto picks must work under the autograd transforms: torch.func.grad, forward-mode AD, vectorised Jacobians and is_grads_batched (vmap over the backward), equal
+    # to native's results.
+    torch.manual_seed(ndim)
+    sizes = (11,) if ndim == 1 else (6, 5)
+    x = torch.randn(2, 4, *sizes, dtype=torch.float64)
+    w = torch.randn(6, 2, *([3] * ndim), dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64)
+
+    def conv(backend):
+        return lambda x, w, b: dilated_conv(x, w, b, dilation=2, stride=2, padding="same", groups=2, backend=backend)
+
+    mixed, native = conv("mixed_layout"), conv("native")
+    grads = torch.func.grad(lambda *t: mixed(*t).square().sum(), argnums=(0, 1, 2))(x, w, b)
+    expected = torch.func.grad(lambda *t: native(*t).square().sum(), argnums=(0, 1, 2))(x, w, b)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+    tangents = (torch.randn_like(x), torch.randn_like(w), torch.randn_like(b))
+    torch.testing.assert_close(torch.func.jvp(mixed, (x, w, b), tangents), torch.func.jvp(native, (x, w, b), tangents))
+    jacobian = torch.autograd.functional.jacobian
+    torch.testing.assert_close(jacobian(lambda t: mixed(t, w, b), x, vectorize=True), jacobian(lambda t: native(t, w, b), x))
+    torch.testing.assert_close(jacobian(lambda t: mixed(x, t, b), w, vectorize=True), jacobian(lambda t: native(x, t, b), w))
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y = mixed(xg, wg, b)
+    probes = torch.randn(3, *y.shape, dtype=torch.float64)
+    batched = torch.autograd.grad(y, (xg, wg), probes, is_grads_batched=True)
+    y_native = native(xg, wg, b)
+    for i in range(3):
+        for got, want in zip(batched, torch.autograd.grad(y_native, (xg, wg), probes[i], retain_graph=True)):
+            torch.testing.assert_close(got[i], want)
+
+
+def test_auto_inside_torch_func_runs_native_untimed(clock):
+    # Timing needs tensors of its own that require grad, which torch.func transforms forbid.
+    torch.manual_seed(0)
+    x, w = torch.randn(1, 2, 12, 12, dtype=torch.float64), torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    grad = torch.func.grad(lambda w: dilated_conv(x, w, dilation=2).square().sum())(w)
+    expected = torch.func.grad(lambda w: F.conv2d(x, w, padding=2, dilation=2).square().sum())(w)
+    torch.testing.assert_close(grad, expected)
+    assert clock.reads == 0 and backend_choices() == {}
+
+
+def test_mixed_layout_called_directly_under_autocast():
+    # The formulation casts its inputs itself, so its backward runs in the forward's dtype.
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 9, 9, requires_grad=True)
+    w = torch.randn(4, 4, 3, 3, requires_grad=True)
+    spec = ConvSpec((1, 1), (2, 2), ((2, 2), (2, 2)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = FORMULATIONS["mixed_layout"](x, w, None, spec)
+        expected = FORMULATIONS["native"](x, w, None, spec)
+    assert y.dtype == torch.bfloat16
+    gx, gw = torch.autograd.grad(y.float().sum(), (x, w))
+    ex, ew = torch.autograd.grad(expected.float().sum(), (x, w))
+    torch.testing.assert_close(gx, ex, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(gw, ew, rtol=2e-2, atol=2e-2)
