@@ -290,6 +290,7 @@ def test_border_runs_cover_every_output_and_every_real_tap(size, kernel, rate, p
             assert all(first <= j < last for j in real)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # inside torch's vmap
 @pytest.mark.parametrize("ndim", [1, 2])
 def test_mixed_layout_under_torch_func_forward_ad_and_batched_gradients(ndim):
     # Whatever auto picks must work under the autograd transforms: torch.func.grad, forward-mode AD, vectorised Jacobians and is_grads_batched (vmap over the backward), equal
