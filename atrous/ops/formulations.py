@@ -23,8 +23,8 @@ in how the work reaches the kernel library, so their results agree to floating-p
   padded input, with no im2col copy and no layout reorder.
 * ``mixed_layout``: each direction of training in the layout oneDNN runs it fastest in on the
   CPU: the forward pass and the input gradient in channels-last, the weight gradient in the
-  input's own layout (where oneDNN's channels-last dilated weight gradient is up to 1.7x slower).
-  The same as ``channels_last`` when no gradient is needed.
+  standard contiguous layout (oneDNN's channels-last dilated weight gradient is up to 1.8x
+  slower). The same as ``channels_last`` when no gradient is needed.
 
 ``same_rate_stack`` is the stack-level formulation used by ``DilatedStack``: a run of layers
 that share a rate, executed once in the space_to_batch domain.
@@ -293,8 +293,9 @@ def gemm_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
 
 
 class _MixedLayoutConv(torch.autograd.Function):
-    """A convolution with symmetric zero padding whose forward pass and input gradient run on
-    channels-last copies and whose weight gradient runs on the input as given.
+    """A convolution with symmetric zero padding whose forward pass and input gradient run in
+    channels-last layout and whose weight gradient runs in the standard contiguous layout
+    (converting what is not already so); output and input gradient come back in ``x``'s layout.
 
     Twice differentiable (the backward pass is made of differentiable ops), with forward-mode AD
     (``jvp``) and ``torch.func`` transforms; under ``vmap`` (batched gradients, vectorised
@@ -332,8 +333,9 @@ class _MixedLayoutConv(torch.autograd.Function):
             grad_x = transpose(grad_last, weight, None, stride, padding, unread, groups, dilation)
             grad_x = _as_layout(grad_x, _memory_format(x))
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            plain = torch.contiguous_format  # a copy of x only when the caller's x is channels-last
             _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                _as_layout(grad, _memory_format(x)), x, weight,
+                _as_layout(grad, plain), _as_layout(x, plain), weight,
                 [weight.shape[0]] if has_bias else None, stride, padding, dilation, False, [0] * ndim, groups,
                 [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
             )  # fmt: skip
@@ -379,7 +381,7 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
 
 
 def mixed_layout(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
-    """Forward pass and input gradient in channels-last, weight gradient in ``x``'s own layout."""
+    """Forward pass and input gradient in channels-last, weight gradient in the contiguous layout."""
     if spec.ndim == 1:  # as (N, C, 1, T) with a (1, k) kernel
         flat = ConvSpec((1, *spec.stride), (1, *spec.dilation), ((0, 0), *spec.pads), spec.groups, spec.pad_mode)
         return mixed_layout(x.unsqueeze(2), weight.unsqueeze(2), bias, flat).squeeze(2)
@@ -422,13 +424,13 @@ def candidates(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, training: 
 
     Args:
         training: whether a gradient is wanted (``mixed_layout`` differs from ``channels_last``
-            only in the backward pass).
+            only in the backward pass; for a channels-last input, from ``native``).
     """
     names = ["native"]
     if spec.ndim == 1 or not x.is_contiguous(memory_format=_CHANNELS_LAST[spec.ndim]):
         names.append("channels_last")
-        if training:
-            names.append("mixed_layout")
+    if training:
+        names.append("mixed_layout")
     if applicable("border_split", x, weight, spec) and border_plan(x.shape[2:], weight.shape[2:], spec)[1] < 0.9:
         names.append("border_split")
     if applicable("fold", x, weight, spec) and spec.dilation[0] > 1:
