@@ -316,6 +316,7 @@ class _MixedLayoutConv(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.save_for_forward(x, weight)
         ctx.geometry = stride, padding, dilation, groups, bias is not None
+        ctx.output_shape = output.shape
 
     @staticmethod
     def backward(ctx, grad):
@@ -352,11 +353,9 @@ class _MixedLayoutConv(torch.autograd.Function):
             terms.append(conv(x_dot, weight, None, stride, padding, dilation, groups))
         if weight_dot is not None:
             terms.append(conv(x, weight_dot, None, stride, padding, dilation, groups))
-        out = sum(terms[1:], terms[0]) if terms else None
         if bias_dot is not None:
-            shape = (-1, *[1] * (x.ndim - 2))
-            out = bias_dot.reshape(shape) if out is None else out + bias_dot.reshape(shape)
-        return out
+            terms.append(bias_dot.reshape(-1, *[1] * (x.ndim - 2)).expand(ctx.output_shape))
+        return sum(terms[1:], terms[0])
 
 
 def functorch_wrapped(t: torch.Tensor) -> bool:

@@ -313,6 +313,8 @@ def test_mixed_layout_under_torch_func_forward_ad_and_batched_gradients(ndim):
         torch.testing.assert_close(got, want)
     tangents = (torch.randn_like(x), torch.randn_like(w), torch.randn_like(b))
     torch.testing.assert_close(torch.func.jvp(mixed, (x, w, b), tangents), torch.func.jvp(native, (x, w, b), tangents))
+    bias_only = (lambda b: mixed(x, w, b), lambda b: native(x, w, b))  # the tangent of a bias alone fills the output
+    torch.testing.assert_close(*(torch.func.jvp(f, (b,), (tangents[2],)) for f in bias_only))
     jacobian = torch.autograd.functional.jacobian
     torch.testing.assert_close(jacobian(lambda t: mixed(t, w, b), x, vectorize=True), jacobian(lambda t: native(t, w, b), x))
     torch.testing.assert_close(jacobian(lambda t: mixed(x, t, b), w, vectorize=True), jacobian(lambda t: native(x, t, b), w))
