@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Callable
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
@@ -37,18 +38,29 @@ def reuse_freed_memory() -> bool:
         Whether the settings were changed: False off Linux, without glibc, when the user chose
         allocator settings or another allocator, or with ``ATROUS_MALLOC=system``.
     """
-    if sys.platform != "linux" or os.environ.get(OPT_OUT, "").lower() == "system":
+    if os.environ.get(OPT_OUT, "").lower() == "system":
         return False
     if any(name in os.environ for name in _USER_SETTINGS) or "malloc" in os.environ.get("LD_PRELOAD", ""):
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 (glibc only: other C libraries' mallopt differs or does nothing)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = glibc_mallopt()
+    if mallopt is None:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # The mmap threshold first: setting it also stops glibc from moving it after each free.
     if not any(mallopt(_M_MMAP_THRESHOLD, threshold) for threshold in _MMAP_THRESHOLDS):
         return False
     return bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
+def glibc_mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt``, or None on another platform or C library (whose mallopt differs or
+    does nothing)."""
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 (only glibc has it)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt

@@ -1,7 +1,6 @@
 """reuse_freed_memory: freed tensors' pages are reused instead of faulted in again, and the
 user's own allocator settings win."""
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -9,16 +8,7 @@ import textwrap
 
 import pytest
 
-from atrous.engine.allocator import OPT_OUT, reuse_freed_memory
-
-
-def _glibc() -> bool:
-    try:
-        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018
-    except (OSError, AttributeError):
-        return False
-    return sys.platform == "linux"
-
+from atrous.engine.allocator import OPT_OUT, glibc_mallopt, reuse_freed_memory
 
 _FAULTS = textwrap.dedent("""
     import resource, torch
@@ -43,7 +33,7 @@ def _page_faults(env: dict[str, str]) -> tuple[str, int]:
     return out[0], int(out[1])
 
 
-@pytest.mark.skipif(not _glibc(), reason="glibc's malloc only")
+@pytest.mark.skipif(glibc_mallopt() is None, reason="glibc's malloc only")
 def test_freed_tensors_are_reused_without_page_faults():
     # With glibc's defaults each call maps its buffers afresh: at least the 12.5 MiB of padded
     # input and output, 3,200 pages of 4 KiB, fault in per call. Kept memory is reused, so
