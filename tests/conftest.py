@@ -5,6 +5,7 @@ freed memory (``atrous.engine.allocator``), so that later tests run under settin
 test order: glibc's defaults stay (the allocator's own tests run subprocesses)."""
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -18,3 +19,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+# Cached compiled kernels and tuning records go to a folder of this test process, never the user's.
+os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="atrous-test-cache-"))

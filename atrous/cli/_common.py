@@ -43,3 +43,20 @@ def parse_key_values(items: list[str] | None, name: str) -> dict:
 
 def add_device_argument(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+
+
+def add_checkpoint_arguments(parser) -> None:
+    group = parser.add_argument_group("checkpoints (a save also ends every epoch; SIGINT/SIGTERM save and exit)")
+    group.add_argument("--checkpoint-minutes", type=float, default=5.0, metavar="M",
+                       help="save at least every M minutes of training (default 5)")
+    group.add_argument("--checkpoint-steps", type=int, default=None, metavar="N",
+                       help="also save every N optimizer steps")
+
+
+def checkpoint_every(args):
+    from atrous.engine.loop import CheckpointEvery
+
+    try:
+        return CheckpointEvery(minutes=args.checkpoint_minutes, steps=args.checkpoint_steps)
+    except ValueError as error:
+        raise ValueError(f"--{str(error).replace('checkpoint ', 'checkpoint-', 1)}") from None

@@ -19,6 +19,11 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--scales", default="1", help="input scales to average, e.g. 0.75,1,1.25")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--max-pixels", type=int, default=None, metavar="N",
+        help="refuse images and masks with more pixels, from their headers, before decoding them "
+             "(default: atrous.data.folders.DEFAULT_MAX_PIXELS, 100 million)",
+    )
     add_device_argument(parser)
     parser.set_defaults(run=run)
 
@@ -37,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     config = meta.get("config", {})
     data = args.data or meta.get("data", "digits")
     kwargs = {}
+    if args.max_pixels is not None and data != "digits":  # digits are drawn, not read from files
+        kwargs["max_pixels"] = args.max_pixels
     if data == "digits":
         kwargs["seed"] = config.get("seed", 0)
         size = config.get({"train": "train_images", "val": "val_images"}.get(args.split, ""))

@@ -56,18 +56,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _environment_error(error: OSError) -> str:
+    """A failure of the disk or the system (full, read-only, denied) as one line naming the path."""
+    reason = error.strerror or str(error) or type(error).__name__
+    path = error.filename if error.filename is not None else None
+    return f"atrous: error: {path}: {reason}" if path else f"atrous: error: {reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    reuse_freed_memory()  # tensors allocated every step stop page-faulting (atrous.engine.allocator)
+    """Run the ``atrous`` command; every error is one line on stderr.
+
+    Exit codes: 0 done; 2 a usage or input error (a bad option, a missing or malformed file);
+    1 a failure of the environment or the run (disk full, read-only folder, permission denied,
+    a diverged training, a run folder in use); 130/143 stopped by SIGINT/SIGTERM after saving.
+    ``--traceback`` shows the full trace instead, for bug reports.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    show_trace = "--traceback" in argv
+    argv = [arg for arg in argv if arg != "--traceback"]
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 0
+        if args.command in ("train", "train-seq", "generate"):
+            reuse_freed_memory()  # tensors allocated every step stop page-faulting (atrous.engine.allocator)
         return int(args.run(args) or 0)
-    except (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, FileExistsError) as error:
-        print(one_line(error), file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("atrous: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if show_trace:
+            raise
+        exit_code = getattr(error, "exit_code", None)
+        if isinstance(exit_code, int):  # a run stopped by a signal after saving
+            print(f"atrous: {error}", file=sys.stderr)
+            return exit_code
+        if isinstance(error, (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError,
+                              FileExistsError, IsADirectoryError)):
+            print(one_line(error), file=sys.stderr)
+            return 2
+        if isinstance(error, ImportError):
+            print(one_line(error), file=sys.stderr)
+            return 2
+        if isinstance(error, OSError):
+            print(_environment_error(error), file=sys.stderr)
+            return 1
+        print(f"{one_line(error)} (run again with --traceback for the full trace)", file=sys.stderr)
+        return 1

@@ -16,6 +16,11 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--flip", action="store_true", help="average with horizontally flipped input")
     parser.add_argument("--scales", default="1", help="input scales to average, e.g. 0.75,1,1.25")
+    parser.add_argument(
+        "--max-pixels", type=int, default=None, metavar="N",
+        help="refuse images with more pixels, from their headers, before decoding them "
+             "(default: atrous.data.folders.DEFAULT_MAX_PIXELS, 100 million)",
+    )
     add_device_argument(parser)
     parser.set_defaults(run=run)
 
@@ -25,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from atrous.engine.predict import load_trained_model, predict_files
 
     scales = parse_floats(args.scales, "--scales")
+    limit = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
     device = resolve_device(args.device)
     model, meta = load_trained_model(args.checkpoint, device=device)
     written = predict_files(
@@ -37,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         scales=scales,
         device=device,
         progress=sys.stderr.isatty(),
+        **limit,
     )
     print(f"wrote {len(written)} files to {args.out}")
     return 0

@@ -5,14 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from atrous.cli._common import add_device_argument, parse_floats, parse_key_values
-
-# digits: 5 passes over 10,000 generated scenes fit in 10 minutes on 2 CPU cores with bf16; folders: a longer schedule
-DEFAULT_EPOCHS = {"digits": 5, "folder": 20}
-# digits: strokes are 8% of the labelled pixels; weighting background down makes training find them
-# (inference undoes it: atrous.engine.prior)
-DEFAULT_BACKGROUND_WEIGHT = {"digits": 0.3, "folder": 1.0}
-
+from atrous.cli._common import add_checkpoint_arguments, add_device_argument, checkpoint_every, parse_floats, parse_key_values
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser = subparsers.add_parser(
@@ -23,7 +16,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--data", default="digits", help="'digits' (built in) or a VOC / {train,val}/{images,masks} folder")
     parser.add_argument("--model", default="context_net", help="registered segmentation model (default context_net; see atrous.models.list_models())")
     parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model builder argument")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 5 for digits, 20 for folders)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 5 for digits, 20 for folders; "
+                        "with --resume: train up to this many)")
     parser.add_argument("--batch-size", type=int, default=8, help="global batch size (default 8)")
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (adamw 1.5e-3, sgd 0.01)")
@@ -47,46 +41,40 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     )
     parser.add_argument("--out", default=None, help="run folder (default: runs/MODEL_DATA, numbered if taken)")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing atrous run folder")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
 
 def config_from_args(args: argparse.Namespace):
+    """The TrainConfig of these arguments: :func:`~atrous.engine.config.train_config`'s preset for
+    ``--data`` with every option given on the command line taking precedence."""
     from pathlib import Path
 
-    from atrous.engine.config import TrainConfig
+    from atrous.engine.config import train_config
 
-    folder_data = args.data != "digits"
-    kind = "folder" if folder_data else "digits"
-    scale = parse_floats(args.scale, "--scale") if args.scale else ((0.5, 2.0) if folder_data else (1.0, 1.0))
-    if len(scale) != 2:
-        raise ValueError(f"--scale must be two numbers LOW,HIGH, got {args.scale!r}")
-    if folder_data and not Path(args.data).exists():
+    if args.data != "digits" and not Path(args.data).exists():
         raise FileNotFoundError(f"--data {args.data!r}: no such folder (the built-in dataset is 'digits')")
-    return TrainConfig(
-        data=args.data,
-        model=args.model,
-        epochs=DEFAULT_EPOCHS[kind] if args.epochs is None else args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        background_weight=(
-            DEFAULT_BACKGROUND_WEIGHT[kind] if args.background_weight is None else args.background_weight
-        ),
-        crop_size=(320 if folder_data else None) if args.crop_size is None else args.crop_size,
-        scale_range=scale,
-        flip=args.flip if args.flip is not None else folder_data,
-        num_classes=args.num_classes,
-        train_images=args.train_images,
-        val_images=args.val_images,
-        workers=args.workers if args.workers is not None else (2 if folder_data else 0),
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-        model_kwargs=parse_key_values(args.model_arg, "--model-arg"),
-    )
+    given = {
+        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
+        "lr": args.lr, "weight_decay": args.weight_decay, "background_weight": args.background_weight,
+        "crop_size": args.crop_size, "flip": args.flip, "num_classes": args.num_classes,
+        "train_images": args.train_images, "val_images": args.val_images, "workers": args.workers,
+        "seed": args.seed, "device": args.device, "precision": args.precision,
+    }
+    overrides = {key: value for key, value in given.items() if value is not None}
+    if args.scale is not None:
+        overrides["scale_range"] = parse_floats(args.scale, "--scale")
+        if len(overrides["scale_range"]) != 2:
+            raise ValueError(f"--scale must be two numbers LOW,HIGH, got {args.scale!r}")
+    if args.model_arg:
+        overrides["model_kwargs"] = parse_key_values(args.model_arg, "--model-arg")
+    try:
+        return train_config(args.data, **overrides)
+    except ValueError as error:  # name the option, not the config field
+        field = str(error).split(" ", 1)[0]
+        raise ValueError(f"--{field.replace('_', '-')}{str(error)[len(field):]}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,28 +82,30 @@ def run(args: argparse.Namespace) -> int:
 
     from atrous.engine.run_dir import next_run_dir
     from atrous.engine.trainer import train
-    from atrous.models import list_models
 
     if args.resume:
         if args.out and args.out != args.resume:
             raise ValueError("--resume RUN_DIR continues that folder; do not also pass a different --out")
         out, resume = args.resume, True
+        config = None
     else:
-        if args.model not in list_models(task="segmentation"):
-            raise ValueError(
-                f"unknown model {args.model!r}; segmentation models: {', '.join(list_models(task='segmentation'))}"
-            )
+        config = config_from_args(args)
         resume = False
-        data_name = "digits" if args.data == "digits" else os.path.basename(os.path.normpath(args.data))
-        out = args.out or str(next_run_dir("runs", f"{args.model}_{data_name}"))
-    config = config_from_args(args)
+        out = args.out
+        if out is None:
+            data_name = "digits" if args.data == "digits" else os.path.basename(os.path.normpath(args.data))
+            default = os.path.join("runs", f"{config.model}_{data_name}")
+            out = str(next_run_dir("runs", f"{config.model}_{data_name}"))
+            if out != default:
+                print(f"{default} is taken (continue it with --resume {default}); this run goes to {out}")
     result = train(
-        config,
+        config if config is not None else config_from_args(args),
         out,
         resume=resume,
         overwrite=args.overwrite,
         progress=not args.no_progress and sys.stderr.isatty(),
         epochs=args.epochs if resume else None,
+        every=checkpoint_every(args),
     )
     if int(os.environ.get("RANK", "0")) == 0 and result["best"] is not None:
         best = result["best"]

@@ -83,6 +83,15 @@ def _windows(top: int, left: int, shape: tuple[int, int], size: int) -> tuple[tu
     return canvas, patch
 
 
+@functools.lru_cache(maxsize=64)
+def _disc(radius: int) -> np.ndarray:
+    """(K, 2) integer offsets of a disc of ``radius`` pixels around the origin (the pen of a stroke)."""
+    offsets = np.stack(np.mgrid[-radius : radius + 1, -radius : radius + 1], axis=-1).reshape(-1, 2)
+    offsets = offsets[(offsets**2).sum(axis=1) <= radius**2 + radius]
+    offsets.flags.writeable = False
+    return offsets
+
+
 def _crop_to_ink(digit: np.ndarray) -> np.ndarray:
     rows, cols = np.nonzero(digit)
     return digit[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
@@ -119,7 +128,8 @@ class SceneRenderer:
         dark = rng.random() < 0.5  # dark background with light ink, or the reverse
         image = self._background(rng, dark)
         for _ in range(rng.integers(self.strokes[0], self.strokes[1] + 1)):
-            self._paint(image, self._stroke_alpha(rng), 0, 0, self._ink(rng, dark))
+            alpha, top, left = self._stroke_alpha(rng)
+            self._paint(image, alpha, top, left, self._ink(rng, dark))
         fragment_sources = []
         for _ in range(rng.integers(self.fragments[0], self.fragments[1] + 1)):
             source = int(rng.choice(pool))
@@ -168,10 +178,14 @@ class SceneRenderer:
         region = image[(slice(None), *canvas_window)]
         region += (colour[:, None, None] - region) * alpha[alpha_window][None]
 
-    def _stroke_alpha(self, rng: np.random.Generator) -> np.ndarray:
-        """A random bent quadratic Bezier arc, about as thick as a digit stroke, as a (size, size) alpha.
+    def _stroke_alpha(self, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+        """A random bent quadratic Bezier arc, about as thick as a digit stroke, as an alpha patch.
 
         Arcs are always bent so that they do not pass for a digit 1.
+
+        Returns:
+            ``(alpha, top, left)``: the alpha of the arc's bounding box (blur included) and where the
+            box sits on the canvas; the alpha is 0 everywhere else.
         """
         size = self.size
         length = rng.uniform(self.scale_range[0], min(size, 0.8 * self.scale_range[1]))
@@ -184,15 +198,24 @@ class SceneRenderer:
         t = np.linspace(0.0, 1.0, int(length * 2) + 2)[:, None]
         points = np.round((1 - t) ** 2 * start + 2 * (1 - t) * t * control + t**2 * end).astype(np.int64)
         radius = max(1, int(round(length * rng.uniform(0.03, 0.07))))
-        offsets = np.stack(np.mgrid[-radius : radius + 1, -radius : radius + 1], axis=-1).reshape(-1, 2)
-        offsets = offsets[(offsets**2).sum(axis=1) <= radius**2 + radius]  # a disc of the stroke's radius
-        pixels = (np.unique(points, axis=0)[:, None, :] + offsets[None]).reshape(-1, 2)
-        pixels = pixels[((pixels >= 0) & (pixels < size)).all(axis=1)]
-        canvas = np.zeros((size + 2, size + 2), np.float32)  # one pixel of margin for the blur
-        canvas[pixels[:, 0] + 1, pixels[:, 1] + 1] = 1.0
-        # a 3x3 box blur softens the edge like the anti-aliased rim of a digit stroke
-        blurred = sum(canvas[dy : dy + size, dx : dx + size] for dy in range(3) for dx in range(3))
-        return blurred / 9.0
+        points = points[np.r_[True, (points[1:] != points[:-1]).any(axis=1)]]  # neighbours often round alike
+        pen = _disc(radius)
+        # A patch around the arc, two pixels wider on each side: one for the blur's reach, one for its input.
+        corner = points.min(axis=0) - radius - 2
+        patch = np.zeros(points.max(axis=0) + radius + 3 - corner, np.float32)
+        rows = (points[:, None, 0] - corner[0] + pen[None, :, 0]).ravel()
+        cols = (points[:, None, 1] - corner[1] + pen[None, :, 1]).ravel()
+        patch[rows, cols] = 1.0
+        # The pen's pixels off the canvas are dropped, so that they do not blur into it.
+        patch[: max(0, -corner[0])] = 0.0
+        patch[max(0, size - corner[0]) :] = 0.0
+        patch[:, : max(0, -corner[1])] = 0.0
+        patch[:, max(0, size - corner[1]) :] = 0.0
+        # A 3x3 box blur softens the edge like the anti-aliased rim of a digit stroke. It sums 0s and
+        # 1s, exact in float32 in any order, so it runs as two 3-tap passes.
+        rows_blurred = patch[:-2] + patch[1:-1] + patch[2:]
+        blurred = rows_blurred[:, :-2] + rows_blurred[:, 1:-1] + rows_blurred[:, 2:]
+        return blurred / 9.0, int(corner[0]) + 1, int(corner[1]) + 1
 
     def _paint_fragment(self, rng: np.random.Generator, image: np.ndarray, ink: np.ndarray, dark: bool) -> None:
         """Paint 25-50% of a digit, cut along a random line with a soft edge: strokes that are background."""

@@ -3,14 +3,16 @@
 A checkpoint is a directory holding ``model.safetensors``, optionally ``optimizer.safetensors``
 (the optimizer's tensors) and ``checkpoint.json`` (metadata, the optimizer's non-tensor state,
 RNG states). Every file is written to a temporary name and moved into place with
-``os.replace``, so no file is ever half written. Each save stamps one random id into all its
-files (the safetensors metadata and the JSON) and loading checks them, so files from two
-different saves, left by a crash between two replaces, are refused instead of paired.
+``os.replace``, so no file is ever half written. The JSON records the SHA-256 of each tensor
+file and every load checks it, so a flipped byte, a truncated file or a file of another save is
+refused with the file's name instead of loaded. (Run folders go further and write each save
+into a new folder: :mod:`atrous.engine.run_dir`.)
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import random
@@ -70,8 +72,9 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
 def rng_state() -> dict[str, Any]:
     """Python, NumPy and torch RNG states as JSON-able values."""
     np_state = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
     state = {
-        "python": base64.b64encode(repr(random.getstate()).encode()).decode(),
+        "python": [version, list(internal), gauss_next],
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
     }
@@ -80,18 +83,49 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
-    import ast
+def _python_rng(value: Any) -> tuple:
+    if isinstance(value, str):  # checkpoints before the JSON form: base64 of repr(random.getstate())
+        import ast
 
-    random.setstate(ast.literal_eval(base64.b64decode(state["python"]).decode()))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
+        value = ast.literal_eval(base64.b64decode(value, validate=True).decode())
+    version, internal, gauss_next = value
+    return (version, tuple(internal), gauss_next)
+
+
+def set_rng_state(state: dict[str, Any], *, source: str = "rng") -> None:
+    """Restore what :func:`rng_state` captured.
+
+    Raises:
+        ValueError: a state that is not what :func:`rng_state` writes, naming ``source`` and the field.
+    """
+    parsed = {}
+    for name, parse in (
+        ("python", _python_rng),
+        ("numpy", lambda v: (v[0], np.asarray(v[1], dtype=np.uint32), *v[2:])),
+        ("torch", lambda v: torch.frombuffer(bytearray(base64.b64decode(v, validate=True)), dtype=torch.uint8)),
+    ):
+        try:
+            parsed[name] = parse(state[name])
+        except Exception:  # any malformed value: the message names the field
+            raise ValueError(f"{source}: field rng.{name} is not a saved random-number state") from None
+    try:
+        random.setstate(parsed["python"])
+        np.random.set_state(parsed["numpy"])
+        torch.set_rng_state(parsed["torch"])
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{source}: field rng is not a saved random-number state ({error})") from None
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(
             [torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8) for s in state["cuda"]]
         )
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def save_checkpoint(
@@ -112,28 +146,36 @@ def save_checkpoint(
     Returns:
         The path of ``checkpoint.json``.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stamp = {"checkpoint_id": uuid.uuid4().hex}
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(directory / MODEL_FILE, lambda tmp: save_file(weights, tmp, metadata=stamp))
-    record: dict[str, Any] = {"meta": meta or {}, "rng": rng_state(), "files": [MODEL_FILE], **stamp}
+    record: dict[str, Any] = {"meta": meta or {}, "rng": rng_state(), "files": {}, **stamp}
+    payloads = {MODEL_FILE: save(weights, metadata=stamp)}
     if optimizer is not None:
         tensors, rest = _split_optimizer_state(optimizer.state_dict())
-        atomic_write(directory / OPTIMIZER_FILE, lambda tmp: save_file(tensors, tmp, metadata=stamp))
+        payloads[OPTIMIZER_FILE] = save(tensors, metadata=stamp)
         record["optimizer"] = rest
-        record["files"].append(OPTIMIZER_FILE)
+    for name, data in payloads.items():
+        _write_bytes(directory / name, data)
+        record["files"][name] = _sha256(data)
     text = json.dumps(record, indent=1)
     atomic_write(directory / META_FILE, lambda tmp: Path(tmp).write_text(text))
     return directory / META_FILE
 
 
-def _checkpoint_dir(path: str | os.PathLike) -> Path:
+def checkpoint_dir(path: str | os.PathLike) -> Path:
+    """A checkpoint folder, its ``checkpoint.json``/``model.safetensors``, or a run folder (its newest
+    best save, else its newest last one) -> the checkpoint folder."""
+    from atrous.engine.run_dir import newest_checkpoint
+
     path = Path(path)
     if path.is_file() and path.name in (META_FILE, MODEL_FILE):
         path = path.parent
+    if path.is_dir() and not (path / META_FILE).is_file():  # a run folder: its best save, else its last
+        path = newest_checkpoint(path, "best") or newest_checkpoint(path, "last") or path
     if not (path / META_FILE).is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} has no {META_FILE}; expected a run folder or checkpoint folder")
     return path
@@ -141,23 +183,47 @@ def _checkpoint_dir(path: str | os.PathLike) -> Path:
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The full JSON record of a checkpoint (``meta``, ``rng``, ``optimizer``, ``files``)."""
-    directory = _checkpoint_dir(path)
+    directory = checkpoint_dir(path)
+    file = directory / META_FILE
     try:
-        return json.loads((directory / META_FILE).read_text())
+        record = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"checkpoint file {str(directory / META_FILE)!r} is corrupt: {error}") from None
+        raise ValueError(f"checkpoint file {str(file)!r} is corrupt: {error}") from None
+    expected = {"meta": dict, "rng": dict, "files": (dict, list), "optimizer": dict, "checkpoint_id": str}
+    if not isinstance(record, dict):
+        raise ValueError(f"checkpoint file {str(file)!r} must hold a JSON object, got {type(record).__name__}")
+    for key, kind in expected.items():
+        if key in record and not isinstance(record[key], kind):
+            raise ValueError(f"checkpoint file {str(file)!r}: field {key!r} has the wrong type ({type(record[key]).__name__})")
+    files = record.get("files", {})
+    if isinstance(files, dict) and not all(isinstance(v, str) and len(v) == 64 for v in files.values()):
+        raise ValueError(f"checkpoint file {str(file)!r}: field 'files' must map file names to SHA-256 digests")
+    return record
 
 
 def _load_tensors(path: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Tensors of one checkpoint file, refusing corrupt files and files of another save."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            stamp = (handle.metadata() or {}).get("checkpoint_id")
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"checkpoint file {str(path)!r} is unreadable or corrupt: {error}") from None
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"checkpoint file {str(path)!r} is unreadable: {error.strerror or error}") from None
+    digests = record.get("files")
+    if isinstance(digests, dict):  # checkpoints before digests listed the names only
+        if path.name not in digests:
+            raise ValueError(f"checkpoint file {str(path)!r} is not listed in {META_FILE} beside it")
+        if _sha256(data) != digests[path.name]:
+            raise ValueError(
+                f"checkpoint file {str(path)!r} is corrupt or was changed: its SHA-256 differs from the one "
+                f"recorded in {META_FILE}"
+            )
+    try:
+        stamp = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__", {}).get("checkpoint_id")
+        tensors = load(data)
+    except (SafetensorError, ValueError, OverflowError, AttributeError) as error:
+        raise ValueError(f"checkpoint file {str(path)!r} is corrupt: {error}") from None
     if "checkpoint_id" in record and stamp != record["checkpoint_id"]:
         raise ValueError(
             f"checkpoint file {str(path)!r} belongs to another save than {META_FILE} beside it "
@@ -184,7 +250,7 @@ def load_checkpoint(
     Returns:
         The ``meta`` dict given to :func:`save_checkpoint`.
     """
-    directory = _checkpoint_dir(path)
+    directory = checkpoint_dir(path)
     record = read_checkpoint_meta(directory)
     if model is not None:
         weights = _load_tensors(directory / MODEL_FILE, record)
@@ -199,5 +265,5 @@ def load_checkpoint(
         tensors = _load_tensors(directory / OPTIMIZER_FILE, record)
         optimizer.load_state_dict(_join_optimizer_state(tensors, record["optimizer"]))
     if restore_rng:
-        set_rng_state(record["rng"])
-    return record["meta"]
+        set_rng_state(record.get("rng", {}), source=str(directory / META_FILE))
+    return record.get("meta", {})

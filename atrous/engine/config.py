@@ -8,9 +8,24 @@ from typing import Any
 
 OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_LR = {"adamw": 1.5e-3, "sgd": 0.01}
-CONFIG_VERSION = 2  # 1: AdamW 3e-3 by default, context_net decoder C/4 and C/2, float32 if precision is absent
+# 1: AdamW 3e-3 by default, context_net decoder C/4 and C/2, float32 if precision is absent;
+# 2: 20 epochs and background weight 1 by default (the digits recipe then lived in the CLI)
+CONFIG_VERSION = 3
 CONTEXT_FAMILY = ("context_net", "plain_net", "gridding_net", "hdc_net")
 PRECISIONS = ("auto", "fp32", "bf16")
+_OPTIONAL = ("crop_size", "num_classes", "train_images", "val_images")
+_INT_RANGES = {  # bounds that no real run reaches, so a crafted config cannot ask for absurd work
+    "epochs": (1, 100_000), "batch_size": (1, 65_536), "crop_size": (8, 65_536), "num_classes": (1, 255),
+    "train_images": (1, 10**8), "val_images": (1, 10**8), "workers": (0, 256), "seed": (0, 2**63 - 1),
+    "config_version": (1, CONFIG_VERSION),
+}
+_FLOAT_RANGES = {  # name: (low, high, low excluded)
+    "lr": (0.0, 1e3, True), "weight_decay": (0.0, 1e3, False), "background_weight": (0.0, 1e3, True),
+    "momentum": (0.0, 1.0, False), "poly_power": (0.0, 100.0, False),
+}
+# What `atrous train --data FOLDER` changes from the digits defaults of TrainConfig()
+FOLDER_PRESET = {"epochs": 20, "background_weight": 1.0, "crop_size": 320, "scale_range": (0.5, 2.0), "flip": True,
+                 "workers": 2}
 
 
 @dataclass
@@ -43,12 +58,12 @@ class TrainConfig:
 
     data: str = "digits"
     model: str = "context_net"
-    epochs: int = 20
+    epochs: int = 5
     batch_size: int = 8
     optimizer: str = "adamw"
     lr: float | None = None
     weight_decay: float = 1e-4
-    background_weight: float = 1.0
+    background_weight: float = 0.3
     momentum: float = 0.9
     poly_power: float = 0.9
     crop_size: int | None = None
@@ -65,30 +80,38 @@ class TrainConfig:
     config_version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
+        if not isinstance(self.scale_range, (tuple, list)) or len(self.scale_range) != 2:
+            raise ValueError(f"scale_range must be a pair (low, high), got {self.scale_range!r}")
         self.scale_range = tuple(self.scale_range)
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
-        for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("data", "model", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a string, got {getattr(self, name)!r}")
+        for name, (low, high) in _INT_RANGES.items():
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be an int in {low}..{high}, got {value!r}")
+        for name, (low, high, open_low) in _FLOAT_RANGES.items():
+            value = getattr(self, name)
+            if value is None and name == "lr":
+                continue
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value > high or value < low or (open_low and value == low):
+                bound = f"> {low}" if open_low else f">= {low}"
+                raise ValueError(f"{name} must be a finite number {bound} and <= {high}, got {value!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not (math.isfinite(self.background_weight) and self.background_weight > 0):
-            raise ValueError(f"background_weight must be a finite number > 0, got {self.background_weight!r}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
         low, high = self.scale_range
-        if not 0 < low <= high:
-            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range!r}")
-        if self.crop_size is not None and self.crop_size < 8:
-            raise ValueError(f"crop_size must be >= 8 pixels, got {self.crop_size!r}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers!r}")
-        for name in ("num_classes", "train_images", "val_images"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value!r}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)) \
+                or not 0 < low <= high <= 10:
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high <= 10, got {self.scale_range!r}")
+        if not isinstance(self.flip, bool):
+            raise TypeError(f"flip must be True or False, got {self.flip!r}")
+        if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
+            raise TypeError(f"model_kwargs must be a dict with string keys, got {self.model_kwargs!r}")
 
     @property
     def peak_lr(self) -> float:
@@ -98,20 +121,43 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """A saved config, with the defaults of the version it was saved under.
+
+        Raises:
+            ValueError: naming ``source`` and the field that is missing, of the wrong type or out of range.
+        """
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: the config must be a JSON object, got {type(values).__name__}")
         known = {f.name for f in fields(cls)}
         # A run saved before the field is version 1, unless it has background_weight (which came with version 2)
-        values = {"config_version": 2 if "background_weight" in values else 1, **values}
-        if values["config_version"] == 1:  # so such a run resumes, evaluates and predicts as it was trained
+        version = values.get("config_version", 2 if "background_weight" in values else 1)
+        if version == 1:
             values = _version_1_defaults(values)
-        return cls(**{k: v for k, v in values.items() if k in known})
+        if version in (1, 2):  # so such a run resumes, evaluates and predicts as it was trained
+            values = {"epochs": 20, "background_weight": 1.0, **values, "config_version": CONFIG_VERSION}
+        try:
+            return cls(**{k: v for k, v in values.items() if k in known})
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: {error}") from None
+
+
+def train_config(data: str = "digits", **overrides: Any) -> TrainConfig:
+    """The recipe of ``atrous train --data DATA``: ``TrainConfig()`` for digits, :data:`FOLDER_PRESET` for a folder.
+
+    Args:
+        data: ``"digits"`` or a folder.
+        **overrides: any :class:`TrainConfig` field, taking precedence over the preset.
+    """
+    preset = {} if data == "digits" else FOLDER_PRESET
+    return TrainConfig(data=data, **{**preset, **overrides})
 
 
 def _version_1_defaults(values: dict[str, Any]) -> dict[str, Any]:
     """The defaults a version-1 run was trained with, made explicit, and the version raised."""
     from atrous.models.segmentation._common import scaled
 
-    values = {"precision": "fp32", **values, "config_version": CONFIG_VERSION}  # before precision: float32
+    values = {"precision": "fp32", **values}  # before precision: float32
     if values.get("optimizer", "adamw") == "adamw" and values.get("lr") is None:
         values["lr"] = 3e-3
     kwargs = dict(values.get("model_kwargs") or {})

@@ -6,14 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from atrous.engine.checkpoint import load_checkpoint, read_checkpoint_meta
+from atrous.data.folders import DEFAULT_MAX_PIXELS, read_image
+from atrous.engine.checkpoint import checkpoint_dir, load_checkpoint, read_checkpoint_meta
 from atrous.engine.config import TrainConfig
 from atrous.engine.evaluate import predict_probabilities
 from atrous.engine.prior import with_background_prior
-from atrous.engine.run_dir import BEST, LAST
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -21,12 +22,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if path.is_dir():
-        for sub in (BEST, LAST):
-            if (path / sub / "checkpoint.json").is_file():
-                return path / sub
-    read_checkpoint_meta(path)  # raises a clear error when it is not a checkpoint
-    return path.parent if path.is_file() else path
+    return checkpoint_dir(path)
 
 
 def load_trained_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -41,6 +37,7 @@ def load_trained_model(path: str | Path, *, device: torch.device | str = "cpu") 
         in :class:`~atrous.engine.prior.BackgroundPrior`. ``meta`` holds ``num_classes``, ``class_names``,
         ``mean``, ``std``, ``config``...
     """
+    from atrous.engine.trainer import check_model_size
     from atrous.models import create
 
     folder = resolve_checkpoint(path)
@@ -50,6 +47,7 @@ def load_trained_model(path: str | Path, *, device: torch.device | str = "cpu") 
             raise ValueError(f"checkpoint {str(folder)!r} is not a segmentation checkpoint (no {key!r} in its metadata)")
     config = TrainConfig.from_dict(meta["config"]) if "config" in meta else None  # with older runs' defaults
     kwargs = config.model_kwargs if config is not None else meta.get("model_kwargs", {})
+    check_model_size(meta["model"], num_classes=meta["num_classes"], **kwargs)  # a crafted file allocates nothing
     model = create(meta["model"], num_classes=meta["num_classes"], **kwargs)
     load_checkpoint(folder, model)
     # a run trained with background weighted down predicts with the weighting undone
@@ -57,12 +55,12 @@ def load_trained_model(path: str | Path, *, device: torch.device | str = "cpu") 
     return model.to(device).eval(), meta
 
 
-def read_rgb(path: str | Path) -> torch.Tensor:
-    """An image file as ``(3, H, W)`` float32 in [0, 1]; errors name the file."""
-    from atrous.data.folders import read_image
-
-    array = read_image(path)
-    return torch.from_numpy(array.transpose(2, 0, 1).copy()).float() / 255.0
+def read_rgb(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """An image file as ``(3, H, W)`` float32 in [0, 1], read as datasets read it
+    (:func:`atrous.data.folders.read_image`: any mode, 16 bits kept); errors name the file."""
+    array = read_image(path, max_pixels=max_pixels)
+    # the division the datasets do (SegmentationDataset.__getitem__), so training and prediction see the same numbers
+    return torch.from_numpy(np.divide(array.transpose(2, 0, 1), np.float32(255.0), dtype=np.float32, order="C"))
 
 
 def predict_files(
@@ -76,9 +74,11 @@ def predict_files(
     scales: Sequence[float] = (1.0,),
     device: torch.device | str = "cpu",
     progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[Path]:
     """Write ``STEM.png`` (palette PNG whose pixel values are class indices) and
-    ``STEM_overlay.png`` for each image into ``out_dir``.
+    ``STEM_overlay.png`` for each image into ``out_dir``; images with more than ``max_pixels``
+    pixels are refused before they are decoded.
 
     Raises:
         FileExistsError: an output exists and ``overwrite`` is false (checked before any work).
@@ -110,7 +110,7 @@ def predict_files(
         bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True)
     written = []
     for path, (mask_path, overlay_path) in zip(paths, targets):
-        image = read_rgb(path)
+        image = read_rgb(path, max_pixels=max_pixels)
         probs = predict_probabilities(
             model, image[None].to(device), flip=flip, scales=scales, mean=meta.get("mean"), std=meta.get("std")
         )

@@ -4,30 +4,48 @@ The synthetic tasks and their losses follow Bai, Kolter & Koltun (2018), "An emp
 evaluation of generic convolutional and recurrent networks for sequence modeling": mean squared
 error on the last step for the adding problem, cross-entropy over every step for copy memory.
 Audio modelling follows WaveNet (van den Oord et al. 2016): cross-entropy of the next mu-law
-sample, scored only where the output sees a full receptive field. Synthetic batches are drawn
-fresh at every step; the evaluation batch is fixed by the seed.
+sample, scored only where the output sees a full receptive field. The batch of step ``s`` is a
+function of (seed, s) alone (so the run engine resumes at any step exactly); the evaluation
+batch is fixed by the seed. One "epoch" of the run engine is ``log_every`` steps.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from atrous.data.sequence import adding_problem, copy_memory, one_hot_symbols
+from atrous.engine.loop import optimizer_step
 
 TASKS = ("adding", "copy", "audio")
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
+MODELS = ("tcn", "wavenet")
+# Bai et al. (2018): adding T=600 (k=8, 8 levels, 24 hidden, Adam 2e-3); copy T=1000 (k=8, 8 levels,
+# 10 hidden, dropout 0.05, RMSprop 5e-4, clip 1.0). Audio: WaveNet, Adam 2e-3, 256 scored samples a window.
+TASK_PRESETS: dict[str, dict[str, Any]] = {
+    "adding": {"length": 600, "lr": 2e-3, "optimizer": "adam", "grad_clip": 0.0, "model": "tcn"},
+    "copy": {"length": 1000, "lr": 5e-4, "optimizer": "rmsprop", "grad_clip": 1.0, "model": "tcn"},
+    "audio": {"length": 256, "lr": 2e-3, "optimizer": "adam", "grad_clip": 0.0, "model": "wavenet"},
+}
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "adding": {"in_channels": 2, "out_channels": 1, "hidden": 24, "levels": 8, "kernel_size": 8, "dropout": 0.0,
+               "init_std": 0.01},
+    "copy": {"in_channels": 10, "out_channels": 10, "hidden": 10, "levels": 8, "kernel_size": 8, "dropout": 0.05,
+             "init_std": 0.01},
+    "audio": {"blocks": 3, "layers": 10, "residual_channels": 64, "gate_channels": 128, "skip_channels": 64},
+}
 
 
 @dataclass
 class SequenceTrainConfig:
-    """Settings of :func:`train_sequence`.
+    """Settings of a sequence run (:func:`train_sequence`, ``atrous train-seq``).
 
     Attributes:
         task: ``"adding"``, ``"copy"`` or ``"audio"``.
@@ -38,8 +56,11 @@ class SequenceTrainConfig:
         optimizer: ``"adam"``, ``"rmsprop"`` or ``"sgd"``.
         grad_clip: max gradient norm (0 disables clipping).
         eval_size: sequences in the fixed evaluation batch (synthetic tasks).
-        log_every: steps between evaluations.
-        seed: seeds the training batches and (with seed + 1) the evaluation batch.
+        log_every: steps between evaluations (an "epoch" of the run engine).
+        seed: seeds the initialisation, the training batches and (with seed + 1) the evaluation batch.
+        model: ``"tcn"`` or ``"wavenet"`` (audio).
+        model_kwargs: arguments of the model builder.
+        data: audio only: a folder of mono WAV files.
     """
 
     task: str = "adding"
@@ -52,20 +73,67 @@ class SequenceTrainConfig:
     eval_size: int = 256
     log_every: int = 100
     seed: int = 0
+    model: str = "tcn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
-        for name in ("steps", "batch_size", "length", "eval_size", "log_every"):
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        limits = {"steps": 10**9, "batch_size": 65_536, "length": 10**7, "eval_size": 10**6, "log_every": 10**9}
+        for name, high in limits.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if self.grad_clip < 0:
-            raise ValueError(f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+                raise ValueError(f"{name} must be an int in 1..{high}, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**62:
+            raise ValueError(f"seed must be an int in 0..{2**62 - 1}, got {self.seed!r}")
+        for name, low_open in (("lr", True), ("grad_clip", False)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (low_open and value == 0) or value > 1e3:
+                bound = "> 0" if low_open else ">= 0 (0 disables it)"
+                raise ValueError(f"{name} must be a finite number {bound} and <= 1000, got {value!r}")
+        if (self.model == "wavenet") != (self.task == "audio"):
+            raise ValueError(f"task {self.task!r} needs model {'wavenet' if self.task == 'audio' else 'tcn'}, "
+                             f"got {self.model!r} (a TCN does not output mu-law classes; WaveNet models audio only)")
+        if self.task == "audio" and not isinstance(self.data, str):
+            raise ValueError("task 'audio' needs data, a folder of mono WAV files")
+        if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
+            raise TypeError(f"model_kwargs must be a dict with string keys, got {self.model_kwargs!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> SequenceTrainConfig:
+        """A saved config; errors name ``source`` and the field."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: the config must be a JSON object, got {type(values).__name__}")
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in values.items() if k in known})
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: {error}") from None
+
+
+def sequence_config(task: str, *, model_kwargs: dict[str, Any] | None = None, **overrides: Any) -> SequenceTrainConfig:
+    """The recipe of ``atrous train-seq --task TASK``: :data:`TASK_PRESETS` and :data:`MODEL_PRESETS`.
+
+    Args:
+        task: ``"adding"``, ``"copy"`` or ``"audio"``.
+        model_kwargs: model arguments, each taking precedence over the task's preset.
+        **overrides: any other :class:`SequenceTrainConfig` field.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    preset = dict(TASK_PRESETS[task])
+    model = overrides.get("model", preset["model"])
+    base = MODEL_PRESETS[task] if model == preset["model"] else {}
+    return SequenceTrainConfig(task=task, **{**preset, **overrides}, model_kwargs={**base, **(model_kwargs or {})})
 
 
 def synthetic_batch(
@@ -104,68 +172,148 @@ def task_loss(task: str, output: torch.Tensor, target: torch.Tensor, *, scored: 
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
-def _endless(loader) -> Iterator:
-    while True:
-        yield from loader
+class SequenceJob:
+    """A sequence task as a job for :func:`~atrous.engine.loop.run_job`.
+
+    Args:
+        config: the settings.
+        model: a model to train in place; default: built from ``config.model``/``model_kwargs``.
+    """
+
+    kind = "sequence"
+
+    def __init__(self, config: SequenceTrainConfig, model: nn.Module | None = None) -> None:
+        from atrous.models import create
+
+        self.config = config
+        torch.manual_seed(config.seed)
+        if model is None:
+            from atrous.engine.trainer import check_model_size
+
+            check_model_size(config.model, **config.model_kwargs)
+            model = create(config.model, **config.model_kwargs)
+        self.model = model
+        self.optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=config.lr)
+        self.epochs = -(-config.steps // config.log_every)
+        self.evaluation = None
+        self.audio = None
+        if config.task == "audio":
+            from atrous.data.sequence import WavFolderDataset
+
+            window = model.receptive_field - 1 + config.length
+            self.audio = WavFolderDataset(config.data, window, items=config.steps * config.batch_size, seed=config.seed)
+        else:
+            held_out = torch.Generator().manual_seed(config.seed + 1)
+            self.evaluation = synthetic_batch(config.task, config.eval_size, config.length, held_out)
+
+    def steps_in(self, epoch: int) -> int:
+        return min(self.config.log_every, self.config.steps - epoch * self.config.log_every)
+
+    def lr(self, step: int) -> float:
+        return self.config.lr
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of step ``step`` (0-based), a function of (seed, step) alone."""
+        config = self.config
+        if self.audio is not None:
+            items = [self.audio[step * config.batch_size + i] for i in range(config.batch_size)]
+            return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        return synthetic_batch(config.task, config.batch_size, config.length, generator)
+
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        first = epoch * self.config.log_every
+        return (self.batch(step) for step in range(first + start, first + self.steps_in(epoch)))
+
+    def step(self, batch, step: int) -> float:
+        x, y = batch
+        self.model.train()
+        loss = task_loss(self.config.task, self.model(x), y, scored=self.config.length)
+        return optimizer_step(self.model, self.optimizer, loss, step=step + 1, lr=self.config.lr,
+                              clip=self.config.grad_clip)
+
+    def evaluate(self) -> dict[str, float]:
+        if self.evaluation is None:
+            return {}
+        return {"eval_loss": evaluate_synthetic(self.model, self.config.task, *self.evaluation)}
+
+    def score(self, row: dict[str, Any]) -> float:
+        return -row.get("eval_loss", row["train_loss"])
+
+    def meta(self) -> dict[str, Any]:
+        meta = {"model": self.config.model, "model_kwargs": self.config.model_kwargs, "task": self.config.task,
+                "train": self.config.to_dict(),
+                "receptive_field": self.model.receptive_field}
+        if self.audio is not None:
+            meta["sample_rate"] = self.audio.sample_rate
+        return meta
+
+    def describe(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters())
+        return (f"{self.config.model} ({params:,} parameters, receptive field {self.model.receptive_field}) | "
+                f"task {self.config.task}, batch {self.config.batch_size}, length {self.config.length}")
+
+    def write_outputs(self, folder: Path, history: list[dict[str, Any]]) -> None:
+        from atrous.engine.history import plot_curves, write_metrics
+
+        score = "eval_loss" if "eval_loss" in history[-1] else "train_loss"
+        best = max(history, key=self.score)
+        params = sum(p.numel() for p in self.model.parameters())
+        write_metrics(folder, history, config=self.config.to_dict(), best=best,
+                      extra={"task": self.config.task, "model": self.config.model, "parameters": params,
+                             "final": history[-1]})
+        plot_curves(folder, history, score=score)
 
 
 def train_sequence(
     model: nn.Module,
     config: SequenceTrainConfig,
     *,
-    audio_batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None,
     on_log: Callable[[dict], None] | None = None,
 ) -> tuple[list[dict], torch.optim.Optimizer]:
-    """Train ``model`` on a sequence task.
+    """Train ``model`` in place on a synthetic sequence task, with no run folder.
 
     Args:
-        model: adding: ``(B, 2, T) -> (B, 1, T)``; copy: ``(B, 10, T + 20) -> (B, 10, T + 20)``;
-            audio: ``(B, W)`` ids ``-> (B, classes, W)`` logits.
+        model: adding: ``(B, 2, T) -> (B, 1, T)``; copy: ``(B, 10, T + 20) -> (B, 10, T + 20)``.
         config: the settings.
-        audio_batches: for ``task="audio"``, an iterable of ``(x (B, W), y (B, W))`` id batches
-            (e.g. a DataLoader over :class:`~atrous.data.sequence.WavFolderDataset`); cycled.
-        on_log: called with each history record.
+        on_log: called with each history record (every ``log_every`` steps).
 
     Returns:
-        ``(history, optimizer)``; each record holds ``step``, ``loss`` (mean over the last
-        ``log_every`` steps), ``eval_loss`` (synthetic tasks) and ``seconds``.
+        ``(history, optimizer)``; each record holds ``step``, ``train_loss`` (mean over the last
+        ``log_every`` steps), ``eval_loss`` and ``seconds``.
     """
-    if config.task == "audio" and audio_batches is None:
-        raise ValueError("task='audio' needs audio_batches (e.g. a DataLoader over WavFolderDataset)")
-    optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
-    evaluation = None
-    if config.task != "audio":
-        held_out = torch.Generator().manual_seed(config.seed + 1)
-        evaluation = synthetic_batch(config.task, config.eval_size, config.length, held_out)
-    batches = _endless(audio_batches) if config.task == "audio" else None
-    history: list[dict] = []
-    running, count, start = 0.0, 0, time.perf_counter()
-    for step in range(1, config.steps + 1):
-        model.train()
-        if batches is not None:
-            x, y = next(batches)
-        else:
-            x, y = synthetic_batch(config.task, config.batch_size, config.length, generator)
-        loss = task_loss(config.task, model(x), y, scored=config.length)
-        if not math.isfinite(loss.item()):
-            raise ValueError(f"training diverged at step {step}: loss is {loss.item()}; lower lr (got {config.lr})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        running, count = running + loss.item(), count + 1
-        if step % config.log_every == 0 or step == config.steps:
-            record = {"step": step, "loss": running / count, "seconds": round(time.perf_counter() - start, 3)}
-            if evaluation is not None:
-                record["eval_loss"] = evaluate_synthetic(model, config.task, *evaluation)
-            history.append(record)
-            if on_log is not None:
-                on_log(record)
-            running, count = 0.0, 0
+    from atrous.engine.loop import LoopState, run_job
+
+    job = SequenceJob(config, model)
+    state = run_job(job, None, LoopState(), log=lambda _line: None, on_epoch=on_log)
     model.eval()
-    return history, optimizer
+    return state.history, job.optimizer
+
+
+def train_sequence_run(
+    config: SequenceTrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    every=None,
+    log=print,
+) -> list[dict]:
+    """A sequence run in the run folder ``out`` (``atrous train-seq``); see :func:`atrous.engine.trainer.train`.
+
+    Returns:
+        The history, one row per ``log_every`` steps.
+    """
+    from atrous.engine import distributed
+    from atrous.engine.loop import execute
+
+    state = execute(
+        SequenceJob, config, Path(out), kind="sequence", load_config=SequenceTrainConfig.from_dict, resume=resume,
+        overwrite=overwrite, progress=progress, epochs=None, every=every, log=log,
+        context=distributed.DistributedContext(), precision=lambda job: "float32",
+    )
+    return state.history
 
 
 @torch.no_grad()

@@ -1,32 +1,32 @@
-"""Training loop for semantic segmentation: poly schedule, per-epoch validation, exact resume.
+"""Semantic segmentation training: the DeepLab recipe as a job for the run engine.
 
 The DeepLab recipe (Chen et al. 2017): cross-entropy with the ignore label left out, SGD with
-momentum or AdamW, learning rate ``lr * (1 - step / total) ** 0.9``. A checkpoint is written
-after every epoch; ``resume`` restores weights, optimizer, step and RNG state, and the data
-order is a function of (seed, epoch), so a resumed run continues exactly as if never stopped.
+momentum or AdamW, learning rate ``lr * (1 - step / total) ** 0.9``, validation after every
+epoch. The data order is a function of (seed, epoch) and each training item's augmentation a
+function of (seed, epoch, index), so any batch can be recomputed without the ones before it:
+the run engine (:mod:`atrous.engine.loop`) resumes mid-epoch exactly.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import Dataset
 
 from atrous.engine import distributed
-from atrous.engine.checkpoint import atomic_write, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from atrous.engine.config import TrainConfig
 from atrous.engine.evaluate import evaluate
 from atrous.engine.history import TensorBoardLogger, plot_curves, write_metrics
+from atrous.engine.loop import optimizer_step
 from atrous.engine.preprocess import MEAN, STD, normalize
 from atrous.engine.prior import with_background_prior
-from atrous.engine.run_dir import BEST, LAST, prepare_run_dir
+
+MAX_PARAMETERS = 10**9  # a model_kwargs asking for more is refused before anything is allocated
 
 
 def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
@@ -34,11 +34,12 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     from atrous.data import build_dataset
     from atrous.data.transforms import train_transform
 
-    transform = None
+    transform, generator = None, torch.Generator()
     if config.crop_size is not None or config.scale_range != (1.0, 1.0) or config.flip:
         if config.crop_size is None:
             raise ValueError("crop_size is needed when scale_range or flip augment the training images")
-        transform = train_transform(config.crop_size, scale_range=config.scale_range, flip=config.flip)
+        transform = train_transform(config.crop_size, scale_range=config.scale_range, flip=config.flip,
+                                    generator=generator)
     sizes = {"train": config.train_images, "val": config.val_images}
     datasets = []
     for split in ("train", "val"):
@@ -54,17 +55,57 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
             f"train split has {train_set.num_classes} classes but val split has {val_set.num_classes}; "
             f"pass --num-classes to fix the count"
         )
-    return train_set, val_set
+    return SeededItems(train_set, generator, config.seed), val_set
+
+
+class SeededItems(Dataset):
+    """Item ``epoch * N + i`` is item ``i`` with its augmentation drawn from a generator seeded by (seed, epoch, i).
+
+    So an item never depends on which items came before it, in this process or a worker.
+    """
+
+    def __init__(self, dataset: Dataset, generator: torch.Generator, seed: int) -> None:
+        self.dataset, self.generator, self.seed = dataset, generator, seed
+        self.num_classes, self.class_names = dataset.num_classes, dataset.class_names
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int):
+        epoch, index = divmod(key, len(self.dataset))
+        self.generator.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_033 + index) % 2**63)
+        return self.dataset[index]
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    """The model of ``config``, after checking on the meta device that its size is sane."""
     from atrous.models import create, list_models
 
     if config.model not in list_models(task="segmentation"):
         raise ValueError(
             f"unknown segmentation model {config.model!r}; choose one of: {', '.join(list_models(task='segmentation'))}"
         )
+    check_model_size(config.model, num_classes=num_classes, **config.model_kwargs)
     return create(config.model, num_classes=num_classes, **config.model_kwargs)
+
+
+def check_model_size(name: str, **kwargs: Any) -> int:
+    """Build ``name`` on the meta device (no memory) and return its parameter count.
+
+    Raises:
+        ValueError: the arguments do not build a model, or ask for more than :data:`MAX_PARAMETERS`.
+    """
+    from atrous.models import create
+
+    try:
+        with torch.device("meta"):
+            probe = create(name, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"model {name!r}: {error}") from None
+    count = sum(p.numel() for p in probe.parameters())
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"model {name!r} with {kwargs} would have {count:,} parameters; the limit is {MAX_PARAMETERS:,}")
+    return count
 
 
 def poly_lr(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -134,38 +175,122 @@ def train_step(
     lr: float,
     autocast: torch.dtype | None = None,
     background_weight: float = 1.0,
-) -> torch.Tensor:
+    *,
+    step: int = 0,
+) -> float:
     """One optimizer step on a batch ``images (N, 3, H, W)`` in [0, 1], ``masks (N, H, W)``; returns the loss.
 
     ``autocast``: run the forward under ``torch.autocast`` in this dtype (the loss in float32).
     ``background_weight``: loss weight of class 0 (see :func:`segmentation_loss`).
+
+    Raises:
+        TrainingDiverged: the loss or gradient is not finite (the weights are left as they were).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
         logits = model(normalize(images))
     loss = segmentation_loss(logits.float(), masks, background_weight)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+    return optimizer_step(model, optimizer, loss, step=step, lr=lr)
 
 
-def _train_loader(dataset: Dataset, config: TrainConfig, context, epoch: int) -> DataLoader:
-    """This process's loader for one epoch: a shard of a (seed, epoch)-determined order."""
+def epoch_order(size: int, config: TrainConfig, context, epoch: int) -> list[int]:
+    """This process's item order for one epoch: its shard of a (seed, epoch)-determined permutation.
+
+    Under torchrun the shards follow ``DistributedSampler``; alone, a permutation from a
+    generator seeded by (seed, epoch).
+    """
     if config.batch_size % context.world_size:
         raise ValueError(
             f"batch_size {config.batch_size} is the global batch and must be a multiple of the "
             f"{context.world_size} processes"
         )
-    per_process = config.batch_size // context.world_size
-    if context.enabled:
-        sampler = DistributedSampler(dataset, context.world_size, context.rank, shuffle=True, seed=config.seed)
-        sampler.set_epoch(epoch)
-    else:
+    if not context.enabled:
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        sampler = RandomSampler(dataset, generator=generator)
-    return DataLoader(dataset, batch_size=per_process, sampler=sampler, num_workers=config.workers, drop_last=True)
+        return torch.randperm(size, generator=generator).tolist()
+    generator = torch.Generator().manual_seed(config.seed + epoch)
+    order = torch.randperm(size, generator=generator).tolist()
+    per_rank = -(-size // context.world_size)
+    order += order[: per_rank * context.world_size - size]  # pad to equal shards, as DistributedSampler does
+    return order[context.rank :: context.world_size]
+
+
+class SegmentationJob:
+    """``config`` as a job for :func:`~atrous.engine.loop.run_job`; builds and checks everything up front."""
+
+    kind = "segmentation"
+
+    def __init__(self, config: TrainConfig, context) -> None:
+        self.config, self.context = config, context
+        self.train_set, self.val_set = build_datasets(config)
+        self.num_classes = self.train_set.num_classes
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, self.num_classes).to(context.device)
+        self.optimizer = build_optimizer(config, self.model)
+        self.trained = wrap_for_distributed(self.model, context)
+        self.per_process = config.batch_size // context.world_size
+        self.epochs = config.epochs
+        self.steps_per_epoch = len(epoch_order(len(self.train_set), config, context, 0)) // self.per_process
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the training set has {len(self.train_set)} images, fewer than one batch of {config.batch_size}; "
+                f"lower --batch-size or add data"
+            )
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.autocast = autocast_dtype(config.precision, context.device)
+        self.board = None
+
+    def steps_in(self, epoch: int) -> int:
+        return self.steps_per_epoch
+
+    def lr(self, step: int) -> float:
+        return poly_lr(self.config, step, self.total_steps)
+
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from atrous.data.loader import batch_stream
+
+        size = len(self.train_set)
+        order = epoch_order(size, self.config, self.context, epoch)[: self.steps_per_epoch * self.per_process]
+        keys = [epoch * size + index for index in order[start * self.per_process :]]
+        return batch_stream(self.train_set, keys, self.per_process, workers=self.config.workers)
+
+    def step(self, batch, step: int) -> float:
+        images, masks = batch
+        self.trained.train()
+        device = self.context.device
+        return train_step(self.trained, self.optimizer, images.to(device), masks.to(device), self.lr(step),
+                          self.autocast, self.config.background_weight, step=step + 1)
+
+    def evaluate(self) -> dict[str, float]:
+        scores = evaluate(
+            with_background_prior(self.model, self.config.background_weight), self.val_set,
+            batch_size=self.config.batch_size, device=self.context.device, context=self.context,
+        )
+        return {"val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"]}
+
+    def score(self, row: dict[str, Any]) -> float:
+        return row["val_miou"]
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "model": self.config.model, "model_kwargs": self.config.model_kwargs, "num_classes": self.num_classes,
+            "class_names": list(self.train_set.class_names), "data": self.config.data, "mean": MEAN, "std": STD,
+            "config": self.config.to_dict(),
+        }
+
+    def describe(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters())
+        return (f"{self.config.model} ({params:,} parameters, {self.num_classes} classes) | data {self.config.data}: "
+                f"{len(self.train_set):,} train / {len(self.val_set):,} val images, batch {self.config.batch_size}")
+
+    def write_outputs(self, folder: Path, history: list[dict[str, Any]]) -> None:
+        best = max(history, key=self.score)
+        write_metrics(folder, history, config=self.config.to_dict(), best=best,
+                      extra={"class_names": list(self.train_set.class_names)})
+        plot_curves(folder, history, score="val_miou")
+        if self.board is None:
+            self.board = TensorBoardLogger(folder)
+        self.board.log(history[-1])
 
 
 def train(
@@ -176,147 +301,40 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     epochs: int | None = None,
+    every=None,
+    log=print,
 ) -> dict[str, Any]:
-    """Train ``config.model`` on ``config.data``, writing checkpoints and metrics into ``out``.
+    """Train ``config.model`` on ``config.data`` into the run folder ``out``.
 
     Args:
-        config: the run's settings (ignored when resuming, except ``epochs``).
+        config: the run's settings (ignored when resuming: the run's own ``config.json`` is used).
         out: the run folder.
-        resume: continue the run in ``out`` from its last checkpoint.
-        overwrite: replace an existing run in ``out``.
+        resume: continue the run in ``out`` from its newest checkpoint.
+        overwrite: replace an existing atrous run in ``out``.
         progress: show a progress bar.
         epochs: when resuming, train up to this many epochs instead of the saved count.
+        every: a :class:`~atrous.engine.loop.CheckpointEvery` (default: every 5 minutes).
+        log: receives the start-up line and each epoch's line.
 
     Returns:
-        The contents of ``metrics.json``.
+        ``{"history": [...], "best": best row}``.
+
+    Raises:
+        TrainingDiverged, TrainingInterrupted: see :func:`~atrous.engine.loop.run_job`.
     """
+    from atrous.engine.loop import execute
+
     context = distributed.setup(config.device)
     try:
-        result = _train(config, Path(out), resume, overwrite, progress, epochs, context)
+        state = execute(
+            lambda cfg: SegmentationJob(cfg, context), config, Path(out), kind="segmentation",
+            load_config=TrainConfig.from_dict, resume=resume, overwrite=overwrite, progress=progress, epochs=epochs,
+            every=every, log=log, context=context,
+            precision=lambda job: str(job.autocast or torch.float32).removeprefix("torch."),
+        )
         # Leave together: a process that tears its group down while rank 0 still writes the last
         # checkpoint can make gloo abort on the way out.
         distributed.barrier(context)
-        return result
     finally:
         distributed.teardown(context)
-
-
-def _train(config, run_dir, resume, overwrite, progress, epochs, context) -> dict[str, Any]:
-    start_epoch, step, history = 0, 0, []
-    run_dir = Path(distributed.broadcast_object(str(run_dir), context))
-    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, dry_run=True)
-    distributed.barrier(context)
-    if resume:
-        config = TrainConfig.from_dict(read_checkpoint_meta(run_dir / LAST)["meta"]["config"])
-        if epochs is not None:
-            config.epochs = epochs
-    if context.is_main:
-        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-        text = json.dumps(config.to_dict(), indent=1)
-        atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(text))
-    torch.manual_seed(config.seed)
-    train_set, val_set = build_datasets(config)
-    num_classes = train_set.num_classes
-    model = build_model(config, num_classes).to(context.device)
-    optimizer = build_optimizer(config, model)
-    if resume:
-        meta = load_checkpoint(run_dir / LAST, model, optimizer=optimizer, restore_rng=True)
-        start_epoch, step, history = meta["epoch"], meta["step"], meta["history"]
-        if meta["num_classes"] != num_classes:
-            raise ValueError(f"checkpoint in {run_dir} has {meta['num_classes']} classes, the data has {num_classes}")
-    trained = wrap_for_distributed(model, context)
-    steps_per_epoch = len(_train_loader(train_set, config, context, 0))
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"the training set has {len(train_set)} images, fewer than one batch of {config.batch_size}; "
-            f"lower --batch-size or add data"
-        )
-    total_steps = steps_per_epoch * config.epochs
-    autocast = autocast_dtype(config.precision, context.device)
-    board = TensorBoardLogger(run_dir) if context.is_main else None
-    best = max((row["val_miou"] for row in history), default=-math.inf)
-    run_start = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs):
-        epoch_start = time.perf_counter()
-        loader = _train_loader(train_set, config, context, epoch)
-        trained.train()
-        bar = _progress_bar(len(loader), epoch, config.epochs, progress and context.is_main)
-        loss_sum, batches = torch.zeros((), dtype=torch.float64), 0
-        for images, masks in loader:
-            lr = poly_lr(config, step, total_steps)
-            loss = train_step(
-                trained, optimizer, images.to(context.device), masks.to(context.device), lr, autocast,
-                config.background_weight,
-            )
-            step += 1
-            loss_sum += loss.double().cpu()
-            batches += 1
-            if bar is not None:
-                elapsed = time.perf_counter() - run_start
-                done = (epoch - start_epoch) * steps_per_epoch + batches
-                remaining = elapsed / done * ((config.epochs - start_epoch) * steps_per_epoch - done)
-                bar.set_postfix(loss=f"{loss_sum.item() / batches:.4f}", lr=f"{lr:.2e}", run_eta=_clock(remaining))
-                bar.update()
-        if bar is not None:
-            bar.close()
-        totals = distributed.all_reduce_sum(torch.tensor([float(loss_sum), batches], dtype=torch.float64), context)
-        scores = evaluate(
-            with_background_prior(model, config.background_weight), val_set, batch_size=config.batch_size,
-            device=context.device, context=context,
-        )
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": float(totals[0] / max(totals[1], 1)),
-            "val_miou": scores["miou"],
-            "val_pixel_acc": scores["pixel_acc"],
-            "lr": poly_lr(config, step, total_steps),
-            "seconds": round(time.perf_counter() - epoch_start, 2),
-        }
-        history.append(row)
-        if context.is_main:
-            _save(run_dir, model, optimizer, config, train_set, epoch + 1, step, history, scores, best)
-            best = max(best, scores["miou"])
-            board.log(row)
-            print(
-                f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f}  val mIoU {row['val_miou']:.4f}  "
-                f"pixel acc {row['val_pixel_acc']:.4f}  ({row['seconds']:.1f} s)",
-                flush=True,
-            )
-    if board is not None:
-        board.close()
-    return {"history": history, "best": max(history, key=lambda r: r["val_miou"]) if history else None}
-
-
-def _save(run_dir, model, optimizer, config, train_set, epoch, step, history, scores, best) -> None:
-    meta = {
-        "model": config.model,
-        "model_kwargs": config.model_kwargs,
-        "num_classes": train_set.num_classes,
-        "class_names": list(train_set.class_names),
-        "data": config.data,
-        "mean": MEAN,
-        "std": STD,
-        "epoch": epoch,
-        "step": step,
-        "history": history,
-        "config": config.to_dict(),
-    }
-    # Best first: if the process dies between the two writes, "last" still points one epoch back.
-    if scores["miou"] > best:
-        save_checkpoint(run_dir / BEST, model, meta=meta)
-    save_checkpoint(run_dir / LAST, model, optimizer=optimizer, meta=meta)
-    write_metrics(run_dir, history, config=config.to_dict(), extra={"class_names": meta["class_names"]})
-    plot_curves(run_dir, history)
-
-
-def _progress_bar(total: int, epoch: int, epochs: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", dynamic_ncols=True, leave=False)
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 60}:{seconds % 60:02d}"
+    return {"history": state.history, "best": max(state.history, key=lambda r: r["val_miou"]) if state.history else None}

@@ -30,6 +30,7 @@ import torch
 from atrous.ops.formulations import FORMULATIONS, ConvSpec, applicable, candidates, capturing, functorch_wrapped
 
 BACKENDS = ("auto", *FORMULATIONS)
+STACK_CHOICES = ("layers", "space_to_batch")  # what DilatedStack times for a run of equal rates
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}  # by tensor rank
 _FIXED = contextvars.ContextVar("atrous_fixed_backend", default=False)
 
@@ -87,6 +88,7 @@ class Chooser:
     margin: float = 0.05
     timer: Callable[[], float] = time.perf_counter
     cache: dict[Hashable, str] = field(default_factory=dict)
+    preset: dict[str, str] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def choose(
@@ -107,7 +109,8 @@ class Chooser:
             if key not in self.cache:
                 if len(self.cache) >= self.max_keys:
                     return names[0]
-                self.cache[key] = self._measure(names, run, device)
+                replayed = self.preset.get(repr(key))
+                self.cache[key] = replayed if replayed in names else self._measure(names, run, device)
             return self.cache[key]
 
     def _time(self, run: Callable[[str], object], name: str, device: torch.device) -> float:
@@ -156,12 +159,38 @@ def clear_backend_cache() -> None:
     """Forget every cached choice (the next call of each key times again)."""
     with CHOOSER.lock:
         CHOOSER.cache.clear()
+        CHOOSER.preset.clear()
 
 
 def backend_choices() -> dict[Hashable, str]:
     """A copy of the cache: key -> chosen formulation."""
     with CHOOSER.lock:
         return dict(CHOOSER.cache)
+
+
+def export_choices() -> dict[str, str]:
+    """The choices made so far (and those replayed), as JSON-able ``{repr(key): formulation}``.
+
+    Different formulations round differently, so a run that must repeat bit for bit records
+    these and gives them to :func:`replay_choices` in the next process.
+    """
+    with CHOOSER.lock:
+        return {**CHOOSER.preset, **{repr(key): name for key, name in CHOOSER.cache.items()}}
+
+
+def replay_choices(choices: dict[str, str]) -> int:
+    """Use these recorded choices instead of timing when their keys come up; returns how many were taken.
+
+    Entries naming no known formulation are ignored; a choice that is not a candidate for its
+    call when it comes up is timed as usual.
+    """
+    if not isinstance(choices, dict):
+        raise TypeError(f"choices must be a dict of str -> formulation name, got {type(choices).__name__}")
+    known = (*FORMULATIONS, *STACK_CHOICES)
+    valid = {key: name for key, name in choices.items() if isinstance(key, str) and name in known}
+    with CHOOSER.lock:
+        CHOOSER.preset.update(valid)
+    return len(valid)
 
 
 def _conv_macs(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec) -> int:

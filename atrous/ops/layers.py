@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from atrous.ops.backend import CHOOSER, check_backend, fixed, layout_key
+from atrous.ops.backend import CHOOSER, STACK_CHOICES, check_backend, fixed, layout_key
 from atrous.ops.formulations import same_rate_stack
 from atrous.ops.functional import dilated_conv
 from atrous.ops.padding import (
@@ -264,7 +264,7 @@ class DilatedStack(nn.Module):
         choice = CHOOSER.cache.get(key)
         if choice is None:
             # "layers" first: the plain-PyTorch way is kept unless space_to_batch is clearly faster.
-            choice = CHOOSER.choose(key, ("layers", "space_to_batch"), self._timed_run(x, start, stop, grad), x.device)
+            choice = CHOOSER.choose(key, STACK_CHOICES, self._timed_run(x, start, stop, grad), x.device)
         return choice == "space_to_batch"
 
     def _timed_run(self, x: torch.Tensor, start: int, stop: int, grad: bool) -> Callable[[str], None]:

@@ -58,7 +58,7 @@ def test_predict_writes_index_png_and_overlay(run_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "--model", "nope"], "unknown model 'nope'"),
+        (["train", "--model", "nope"], "unknown segmentation model 'nope'"),
         (["train", "--data", "/no/such/folder"], "no such folder"),
         (["train", "--epochs", "x"], "invalid int value"),
         (["eval", "--checkpoint", "/no/such/run"], "does not exist"),

@@ -73,15 +73,15 @@ def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     model, _ = _trained_pair()
     save_checkpoint(tmp_path, model, meta={"epoch": 1})
     before = (tmp_path / MODEL_FILE).read_bytes()
-    import safetensors.torch
+    from pathlib import Path
 
-    def broken(tensors, path, **kwargs):
-        with open(path, "wb") as handle:
-            handle.write(b"partial")
-        raise OSError("disk full")
+    def broken(self, data):
+        with open(self, "wb") as handle:
+            handle.write(data[:7])
+        raise OSError(28, "No space left on device", str(self))
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(Path, "write_bytes", broken)
+    with pytest.raises(OSError, match="No space left"):
         save_checkpoint(tmp_path, model, meta={"epoch": 2})
     assert (tmp_path / MODEL_FILE).read_bytes() == before
     assert load_checkpoint(tmp_path) == {"epoch": 1}
@@ -94,10 +94,32 @@ def test_corrupt_or_mismatched_weight_files_are_refused(tmp_path):
     save_checkpoint(tmp_path / "b", model, optimizer=optimizer)
     # Weights of one save beside the metadata of another: what a crash between replaces leaves.
     (tmp_path / "a" / MODEL_FILE).write_bytes((tmp_path / "b" / MODEL_FILE).read_bytes())
-    with pytest.raises(ValueError, match="belongs to another save"):
+    with pytest.raises(ValueError, match="model.safetensors' is corrupt or was changed: its SHA-256"):
         load_checkpoint(tmp_path / "a", model)
     (tmp_path / "b" / MODEL_FILE).write_bytes(b"\x00\x01truncated")
-    with pytest.raises(ValueError, match="unreadable or corrupt"):
+    with pytest.raises(ValueError, match="corrupt or was changed"):
+        load_checkpoint(tmp_path / "b", model)
+
+
+def test_a_flipped_byte_is_refused_and_old_checkpoints_still_check_their_stamp(tmp_path):
+    import json
+
+    model, optimizer = _trained_pair()
+    save_checkpoint(tmp_path / "a", model, optimizer=optimizer)
+    data = bytearray((tmp_path / "a" / MODEL_FILE).read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor's values: safetensors alone would load it
+    (tmp_path / "a" / MODEL_FILE).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256"):
+        load_checkpoint(tmp_path / "a", model)
+    # A checkpoint from before the digests (files listed by name) is still paired by its stamp.
+    save_checkpoint(tmp_path / "b", model)
+    save_checkpoint(tmp_path / "c", model)
+    record = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
+    record["files"] = list(record["files"])
+    (tmp_path / "b" / "checkpoint.json").write_text(json.dumps(record))
+    assert load_checkpoint(tmp_path / "b", model) == {}
+    (tmp_path / "b" / MODEL_FILE).write_bytes((tmp_path / "c" / MODEL_FILE).read_bytes())
+    with pytest.raises(ValueError, match="belongs to another save"):
         load_checkpoint(tmp_path / "b", model)
 
 

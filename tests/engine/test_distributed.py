@@ -63,23 +63,23 @@ def test_two_processes_equal_one(tmp_path):
     assert changed  # the step really moved the weights
 
 
-def test_loader_shards_partition_each_epoch_and_batch_is_global():
+def test_epoch_shards_partition_each_epoch_like_distributed_sampler():
     from atrous.engine.config import TrainConfig
-    from atrous.engine.trainer import _train_loader
+    from atrous.engine.trainer import epoch_order
 
     config = TrainConfig(batch_size=4, seed=3)
-    data = torch.utils.data.TensorDataset(torch.arange(12))
     shards = []
     for rank in range(2):
-        loader = _train_loader(data, config, DistributedContext(rank=rank, world_size=2), epoch=4)
-        batches = [batch.tolist() for (batch,) in loader]
-        assert all(len(b) == 2 for b in batches)  # 2 processes x 2 = the global batch of 4
-        shards.append(sum(batches, []))
+        order = epoch_order(12, config, DistributedContext(rank=rank, world_size=2), epoch=4)
+        sampler = torch.utils.data.DistributedSampler(range(12), 2, rank, shuffle=True, seed=3)
+        sampler.set_epoch(4)
+        assert order == list(sampler)  # the same shards as torch's own sampler
+        shards.append(order)
     assert sorted(shards[0] + shards[1]) == list(range(12))
-    alone = [i for (batch,) in _train_loader(data, config, DistributedContext(), epoch=4) for i in batch.tolist()]
-    assert sorted(alone) == list(range(12))
+    alone = epoch_order(12, config, DistributedContext(), epoch=4)
+    assert sorted(alone) == list(range(12)) and alone != epoch_order(12, config, DistributedContext(), epoch=5)
     with pytest.raises(ValueError, match="multiple of the 3 processes"):
-        _train_loader(data, config, DistributedContext(rank=0, world_size=3), epoch=0)
+        epoch_order(12, config, DistributedContext(rank=0, world_size=3), epoch=0)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import torch
 
 from atrous.engine.checkpoint import load_checkpoint
 from atrous.engine.config import TrainConfig
+from atrous.engine.run_dir import newest_checkpoint
 from atrous.engine.trainer import poly_lr, segmentation_loss, train
 
 
@@ -34,25 +35,29 @@ def _weights(path):
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
-    from atrous.engine import trainer
+    from atrous.engine.loop import CheckpointEvery
+    from atrous.engine.run_dir import RunDir
 
     train(tiny_config(), tmp_path / "straight", progress=False)
-    # Kill the second run right after its first checkpoint, as a crash or Ctrl-C would.
-    real_save = trainer._save
+    # Kill the second run right after its second save (mid-epoch 1), as a crash would.
+    real_save, saves = RunDir.save, []
 
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
+    def save_then_die(self, *args, **kwargs):
+        path = real_save(self, *args, **kwargs)
+        saves.append(path)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+        return path
 
-    monkeypatch.setattr(trainer, "_save", save_then_die)
+    monkeypatch.setattr(RunDir, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(), tmp_path / "split", progress=False)
-    monkeypatch.setattr(trainer, "_save", real_save)
+        train(tiny_config(), tmp_path / "split", progress=False, every=CheckpointEvery(steps=1))
+    monkeypatch.setattr(RunDir, "save", real_save)
     torch.manual_seed(999)  # a fresh process would start from some other RNG state
     result = train(tiny_config(), tmp_path / "split", resume=True, progress=False)
     assert [row["epoch"] for row in result["history"]] == [1, 2]
-    straight = _weights(tmp_path / "straight" / "checkpoint")
-    resumed = _weights(tmp_path / "split" / "checkpoint")
+    straight = _weights(tmp_path / "straight" / "checkpoints" / "last-000003")
+    resumed = _weights(newest_checkpoint(tmp_path / "split"))
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
     metrics = json.loads((tmp_path / "split" / "metrics.json").read_text())
@@ -63,11 +68,12 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 def test_run_leaves_metrics_curves_and_checkpoints(tmp_path):
     train(tiny_config(epochs=1), tmp_path / "run", progress=False)
     run = tmp_path / "run"
-    for name in ("metrics.json", "metrics.csv", "curves.png", "config.json", "checkpoint/model.safetensors", "best/model.safetensors"):
+    for name in ("metrics.json", "metrics.csv", "curves.png", "config.json", "checkpoints/last-000002/model.safetensors",
+                 "checkpoints/last-000002/optimizer.safetensors", "checkpoints/best-000001/model.safetensors"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["last"]["val_miou"] <= 1.0
-    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,val_miou")
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss,val_miou")
 
 
 def test_existing_run_is_never_overwritten_silently(tmp_path):
@@ -79,7 +85,7 @@ def test_existing_run_is_never_overwritten_silently(tmp_path):
     with pytest.raises(ValueError, match="not an atrous run folder"):
         train(tiny_config(epochs=1), run, overwrite=True, progress=False)
     assert (run / "notes.txt").read_text() == "mine"
-    with pytest.raises(FileNotFoundError, match="cannot resume"):
+    with pytest.raises(ValueError, match="cannot resume .* not an atrous run folder"):
         train(tiny_config(epochs=1), run, resume=True, progress=False)
 
 
@@ -120,8 +126,9 @@ def test_train_defaults_weight_background_down_on_digits_only(tmp_path):
 
 @pytest.mark.parametrize(
     ("field", "value", "pattern"),
-    [("epochs", 0, "epochs must be an int >= 1"), ("optimizer", "adam", "optimizer must be one of"),
-     ("scale_range", (2.0, 1.0), "scale_range"), ("lr", -1.0, "lr must be > 0"),
+    [("epochs", 0, "epochs must be an int in 1..100000"), ("optimizer", "adam", "optimizer must be one of"),
+     ("scale_range", (2.0, 1.0), "scale_range"), ("lr", -1.0, "lr must be a finite number > 0"), ("lr", float("inf"), "lr must be a finite"),
+     ("seed", -1, "seed must be an int in 0.."), ("num_classes", 300, "num_classes must be an int in 1..255"),
      ("precision", "fp16", "precision must be one of"), ("background_weight", 0.0, "background_weight must be a finite number > 0"),
      ("background_weight", float("inf"), "background_weight must be a finite number > 0")],
 )
@@ -141,18 +148,21 @@ def test_a_batch_larger_than_the_data_is_an_error(tmp_path):
 
 
 def test_overwrite_deletes_only_run_folders(tmp_path):
-    from atrous.engine.run_dir import prepare_run_dir
+    from atrous.engine.run_dir import RunDir
 
     folder = tmp_path / "thesis"
     folder.mkdir()
-    (folder / "config.json").write_text("{}")  # a config.json alone does not make a run
+    (folder / "checkpoint").mkdir()
+    (folder / "checkpoint" / "checkpoint.json").write_text("{}")  # looking like a run does not make one
     with pytest.raises(ValueError, match="not an atrous run folder"):
-        prepare_run_dir(folder, resume=False, overwrite=True)
+        RunDir(folder, "segmentation", create=True, overwrite=True)
     run = tmp_path / "run"
-    prepare_run_dir(run, resume=False, overwrite=False)
+    RunDir(run, "segmentation", create=True).close()
     (run / "metrics.json").write_text("{}")
-    prepare_run_dir(run, resume=False, overwrite=True)
-    assert sorted(p.name for p in run.iterdir()) == [".atrous-run"]
+    said = []
+    RunDir(run, "segmentation", create=True, overwrite=True, announce=said.append).close()
+    assert sorted(p.name for p in run.iterdir()) == [".atrous-run", ".lock"]
+    assert said and "removed the previous run" in said[0]
 
 
 def test_bf16_step_tracks_the_float32_step():
@@ -177,11 +187,10 @@ def test_bf16_step_tracks_the_float32_step():
         model.register_forward_hook(lambda module, inputs, output: logits.append(output.dtype))
         loss = train_step(model, optimizer, images, masks, lr=0.1, autocast=dtype)
         assert logits == [dtype or torch.float32]  # the forward really ran in the asked dtype
-        assert loss.dtype == torch.float32
         assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
         results[dtype] = loss, torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
     (loss32, step32), (loss16, step16) = results[None], results[torch.bfloat16]
-    assert abs(loss16.item() - loss32.item()) < 0.02 * loss32.item()
+    assert abs(loss16 - loss32) < 0.02 * loss32
     assert torch.nn.functional.cosine_similarity(step16, step32, dim=0) > 0.98
 
 

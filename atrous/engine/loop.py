@@ -1,0 +1,433 @@
+"""The run engine: one training loop for every task, resumable at any step.
+
+A :class:`Job` says what to train (model, optimizer, batches, one step, validation, what a
+checkpoint records); :func:`run_job` runs it in epochs of steps with everything a run needs
+around it: a start-up line, a progress bar with an ETA that leaves out one-off tuning,
+checkpoints at the end of every epoch and every few minutes in between, SIGINT/SIGTERM that
+save the current step and exit, a stop with no non-finite weights saved when the loss or the
+gradient stops being finite, and exact resume: batch ``b`` of epoch ``e`` is a function of
+(seed, e, b) only, and weights, optimizer, loop counters, RNG states and the backend's
+formulation choices are all restored, so a resumed run ends bit-identical to one that never
+stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from atrous.engine import distributed
+from atrous.engine.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from atrous.engine.run_dir import KEEP_LAST, RunDir, newest_checkpoint
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient stopped being finite; nothing from that step on was saved."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after saving its current step.
+
+    Attributes:
+        exit_code: 130 for SIGINT, 143 for SIGTERM (128 + the signal number).
+        checkpoint: the save written on the way out, or None without a run folder.
+    """
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        name = signal.Signals(signum).name
+        where = f"; resume with --resume {checkpoint.parent.parent}" if checkpoint is not None else ""
+        super().__init__(f"{name} received: stopped after saving the current step{where}")
+        self.exit_code, self.checkpoint = 128 + signum, checkpoint
+
+
+@dataclass
+class CheckpointEvery:
+    """When to save during an epoch (a save also ends every epoch).
+
+    Attributes:
+        minutes: wall-clock minutes of training between saves (None: never by time).
+        steps: optimizer steps between saves (None: never by count).
+    """
+
+    minutes: float | None = 5.0
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.minutes is not None and not (isinstance(self.minutes, (int, float)) and math.isfinite(self.minutes)
+                                             and self.minutes > 0):
+            raise ValueError(f"checkpoint minutes must be a finite number > 0, got {self.minutes!r}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"checkpoint steps must be an int >= 1, got {self.steps!r}")
+
+
+@dataclass
+class LoopState:
+    """Where a run is: saved with every checkpoint, validated when read back.
+
+    Attributes:
+        epoch: epochs completed.
+        batch: batches done in the current epoch.
+        step: optimizer steps done in all.
+        loss_sum: sum of the current epoch's batch losses so far.
+        history: one row per completed epoch.
+        best: the best validation score so far (higher is better), or None.
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: float | None = None
+
+    @classmethod
+    def from_dict(cls, values: Any, *, source: str, epochs: int, steps_in: Callable[[int], int]) -> LoopState:
+        """A state read from a checkpoint, checked against the run's own schedule."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: field 'loop' must be an object")
+
+        def field_of(name, kinds, check, allowed):
+            value = values.get(name)
+            if isinstance(value, bool) or not isinstance(value, kinds) or not check(value):
+                raise ValueError(f"{source}: field loop.{name} must be {allowed}, got {value!r}")
+            return value
+
+        epoch = field_of("epoch", int, lambda v: 0 <= v <= epochs, f"an int in 0..{epochs}")
+        limit = steps_in(epoch) if epoch < epochs else 0
+        batch = field_of("batch", int, lambda v: 0 <= v <= limit, f"an int in 0..{limit}")
+        done = sum(steps_in(e) for e in range(epoch)) + batch
+        step = field_of("step", int, lambda v: v == done, f"{done} (epochs and batches done)")
+        loss_sum = field_of("loss_sum", (int, float), math.isfinite, "a finite number")
+        history = field_of("history", list, lambda v: len(v) == epoch and all(isinstance(r, dict) for r in v),
+                           f"a list of {epoch} rows")
+        best = values.get("best")
+        if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best)):
+            raise ValueError(f"{source}: field loop.best must be a number or null, got {best!r}")
+        return cls(epoch, batch, step, float(loss_sum), history, best)
+
+
+class Job(Protocol):
+    """What :func:`run_job` trains. ``model`` is what checkpoints hold (unwrapped from DDP)."""
+
+    kind: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    epochs: int
+
+    def steps_in(self, epoch: int) -> int: ...
+
+    def batches(self, epoch: int, start: int) -> Iterator[Any]: ...
+
+    def step(self, batch: Any, step: int) -> float: ...
+
+    def lr(self, step: int) -> float: ...
+
+    def evaluate(self) -> dict[str, float]: ...
+
+    def score(self, row: dict[str, Any]) -> float: ...
+
+    def meta(self) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
+
+    def write_outputs(self, folder: Path, history: list[dict[str, Any]]) -> None: ...
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, *, step: int, lr: float,
+                   clip: float = 0.0) -> float:
+    """Backward and update, unless the loss or gradient is not finite; returns the loss.
+
+    The check comes before ``optimizer.step()``, so the weights never take a non-finite update
+    from this step (a finite but huge update shows up as a non-finite loss one step later).
+
+    Raises:
+        TrainingDiverged: naming the step and the learning rate.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf) if params else torch.zeros(())
+    value = loss.item()
+    if not (math.isfinite(value) and math.isfinite(float(norm))):
+        what = f"the loss is {value}" if not math.isfinite(value) else f"the gradient norm is {float(norm)}"
+        raise TrainingDiverged(
+            f"training diverged at step {step} (learning rate {lr:.3g}): {what}; the last checkpoint before it "
+            f"is kept; lower the learning rate"
+        )
+    optimizer.step()
+    return value
+
+
+class _StopRequests:
+    """SIGINT/SIGTERM during the loop: remembered, acted on at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for signum in EXIT_CODES:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _all_nonfinite_free(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
+class _Eta:
+    """Seconds left: the median time of recent steps (the first ones after a start tune backends
+    and are left out) times the steps left, plus the last validation's time per epoch left."""
+
+    def __init__(self, skip: int = 2) -> None:
+        self.skip, self.durations, self.validation = skip, [], 0.0
+
+    def add(self, seconds: float) -> None:
+        if self.skip > 0:
+            self.skip -= 1
+            return
+        self.durations = (self.durations + [seconds])[-50:]
+
+    def left(self, steps: int, epochs: int) -> float | None:
+        if not self.durations:
+            return None
+        ordered = sorted(self.durations)
+        return ordered[len(ordered) // 2] * steps + self.validation * epochs
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def read_state(run_dir: Path, job: Job) -> tuple[LoopState, dict[str, Any] | None]:
+    """The loop state of the newest complete save (and its record), or a fresh state if there is none."""
+    folder = newest_checkpoint(run_dir, "last")
+    if folder is None:
+        return LoopState(), None
+    record = read_checkpoint_meta(folder)
+    source = str(folder / "checkpoint.json")
+    state = LoopState.from_dict(record.get("meta", {}).get("loop"), source=source, epochs=job.epochs,
+                                steps_in=job.steps_in)
+    load_checkpoint(folder, job.model, optimizer=job.optimizer)
+    return state, record
+
+
+def run_job(
+    job: Job,
+    run: RunDir | None,
+    state: LoopState,
+    *,
+    context=None,
+    progress: bool = False,
+    every: CheckpointEvery | None = None,
+    log: Callable[[str], None] = print,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> LoopState:
+    """Train ``job`` from ``state`` to its last epoch.
+
+    Args:
+        job: what to train.
+        run: the run folder to save into, or None (nothing saved; SIGINT then raises KeyboardInterrupt).
+        state: where to start (:class:`LoopState` fresh or from :func:`read_state`).
+        context: the :mod:`~atrous.engine.distributed` context (rank 0 writes).
+        progress: show a progress bar.
+        every: when to save within an epoch.
+        log: receives each epoch's line.
+        on_epoch: receives each epoch's row.
+
+    Raises:
+        TrainingDiverged: a non-finite loss or gradient.
+        TrainingInterrupted: SIGINT/SIGTERM, after the current step was saved.
+    """
+    from atrous.ops.backend import export_choices
+
+    every = every or CheckpointEvery()
+    context = context or distributed.DistributedContext()
+    writes = run is not None and context.is_main
+    total = sum(job.steps_in(e) for e in range(job.epochs))
+    eta = _Eta()
+
+    def save(best: bool = False) -> Path | None:
+        if not writes:
+            return None
+        if not _all_nonfinite_free(job.model):  # never reached through optimizer_step; a guard for custom jobs
+            raise TrainingDiverged(f"the weights are not finite at step {state.step}; nothing saved")
+        meta = {**job.meta(), "loop": asdict(state), "backend_choices": export_choices()}
+        if best:
+            run.save("best", lambda folder: save_checkpoint(folder, job.model, meta=meta), keep=1)
+        return run.save("last", lambda folder: save_checkpoint(folder, job.model, optimizer=job.optimizer, meta=meta),
+                        keep=KEEP_LAST)
+
+    last_save = time.monotonic()
+    with _StopRequests() as stop:
+        while state.epoch < job.epochs:
+            steps, epoch_start = job.steps_in(state.epoch), time.monotonic()
+            bar = _bar(steps, state, job.epochs, progress and context.is_main)
+            for batch in job.batches(state.epoch, state.batch):
+                began = time.perf_counter()
+                loss = job.step(batch, state.step)
+                state.step, state.batch, state.loss_sum = state.step + 1, state.batch + 1, state.loss_sum + loss
+                eta.add(time.perf_counter() - began)
+                if bar is not None:
+                    left = eta.left(total - state.step, job.epochs - state.epoch)
+                    bar.set_postfix(loss=f"{state.loss_sum / state.batch:.4g}", lr=f"{job.lr(state.step):.2e}",
+                                    run_eta=_clock(left))
+                    bar.update()
+                due = (every.steps is not None and state.step % every.steps == 0) or (
+                    every.minutes is not None and time.monotonic() - last_save >= 60 * every.minutes)
+                flags = distributed.all_reduce_sum(torch.tensor([float(stop.signum or 0), float(due)]), context)
+                if flags[0] > 0:
+                    if bar is not None:
+                        bar.close()
+                    if run is None:
+                        raise KeyboardInterrupt
+                    where = save()
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, where)
+                if flags[1] > 0 and state.batch < steps:
+                    save()
+                    last_save = time.monotonic()
+            if bar is not None:
+                bar.close()
+            began = time.perf_counter()
+            scores = job.evaluate()
+            eta.validation = time.perf_counter() - began
+            row = {"epoch": state.epoch + 1, "step": state.step, "train_loss": state.loss_sum / max(state.batch, 1),
+                   **scores, "lr": job.lr(state.step), "seconds": round(time.monotonic() - epoch_start, 2)}
+            state.history.append(row)
+            state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
+            score = job.score(row)
+            improved = state.best is None or score > state.best
+            if improved:
+                state.best = score
+            save(best=improved)
+            last_save = time.monotonic()
+            if writes:
+                job.write_outputs(run.path, state.history)
+            log(_epoch_line(row, job.epochs))
+            if on_epoch is not None:
+                on_epoch(row)
+            if stop.signum is not None and state.epoch < job.epochs and run is not None:
+                raise TrainingInterrupted(stop.signum, newest_checkpoint(run.path))
+    return state
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}:"]
+    for key, value in row.items():
+        if key not in ("epoch", "step") and isinstance(value, float):
+            parts.append(f"{key.replace('_', ' ')} {value:.4g}")
+    return "  ".join(parts)
+
+
+def _bar(total: int, state: LoopState, epochs: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=state.batch, desc=f"epoch {state.epoch + 1}/{epochs}", unit="step",
+                dynamic_ncols=True, leave=False)
+
+
+def describe_run(run: RunDir | None, job: Job, *, device: torch.device, precision: str, replayed: int) -> str:
+    """The start-up line: folder, model, data, steps, device, threads, precision, backend mode."""
+    from atrous.ops.backend import fixed
+
+    total = sum(job.steps_in(e) for e in range(job.epochs))
+    backend = "fixed (deterministic)" if fixed() else f"auto, {replayed} recorded choices replayed"
+    where = f"run folder {run.path}" if run is not None else "no run folder"
+    return (f"{where} | {job.describe()} | {total:,} steps ({job.epochs} epochs) | device {device}, "
+            f"{torch.get_num_threads()} threads, {precision} | backend {backend}")
+
+
+def execute(
+    make_job: Callable[[Any], Job],
+    config: Any,
+    out: Path,
+    *,
+    kind: str,
+    load_config: Callable[..., Any],
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    epochs: int | None,
+    every: CheckpointEvery | None,
+    log: Callable[[str], None],
+    context,
+    precision: Callable[[Job], str],
+) -> LoopState:
+    """A whole run: validate, build, open (or create) the run folder, restore, train, record.
+
+    Everything that can be checked (arguments, data, model) is built before the folder is
+    created, so a failed start leaves nothing behind. Resuming reads the run's ``config.json``
+    and its newest complete checkpoint (a run with none starts from step 0), restores the RNG
+    states and replays the backend choices the run recorded; a fresh run replays this
+    machine's tuning record (:mod:`atrous.engine.tuning`), so two fresh runs choose alike.
+    """
+    import json
+
+    from atrous.engine import tuning
+    from atrous.engine.checkpoint import set_rng_state
+    from atrous.engine.run_dir import check_new_run_dir, check_resumable, write_text
+    from atrous.ops.backend import export_choices, replay_choices
+
+    out = Path(distributed.broadcast_object(str(out), context))
+    if resume:
+        check_resumable(out)
+        source = out / "config.json"
+        try:
+            saved = json.loads(source.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"cannot resume {str(out)!r}: it has no config.json") from None
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{source}: unreadable or not JSON ({error})") from None
+        config = load_config(saved, source=str(source))
+        if epochs is not None:
+            config = replace(config, epochs=epochs)
+    else:
+        check_new_run_dir(out, overwrite=overwrite)
+    job = make_job(config)
+    run = RunDir(out, kind, create=not resume, overwrite=overwrite, announce=log) if context.is_main else None
+    try:
+        distributed.barrier(context)
+        if run is not None:
+            write_text(run.path / "config.json", json.dumps(config.to_dict(), indent=1))
+        state, record = read_state(out, job) if resume else (LoopState(), None)
+        if record is not None:
+            set_rng_state(record.get("rng", {}), source=str(newest_checkpoint(out) / "checkpoint.json"))
+            choices = record.get("meta", {}).get("backend_choices", {})
+        else:
+            choices = tuning.load()
+        replayed = replay_choices(choices if isinstance(choices, dict) else {})
+        if context.is_main:
+            log(describe_run(run, job, device=context.device, precision=precision(job), replayed=replayed))
+        try:
+            state = run_job(job, run, state, context=context, progress=progress, every=every, log=log if context.is_main else lambda _: None)
+        finally:
+            if context.is_main:
+                tuning.store(export_choices())
+    finally:
+        if run is not None:
+            run.close()
+    return state
