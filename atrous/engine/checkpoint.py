@@ -35,7 +35,12 @@ def atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError as error:  # name the file the user knows, not the temporary one
+            if error.filename is None or error.filename == tmp:
+                raise OSError(error.errno, error.strerror or str(error), str(path)) from None
+            raise
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
@@ -196,7 +201,8 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
         if key in record and not isinstance(record[key], kind):
             raise ValueError(f"checkpoint file {str(file)!r}: field {key!r} has the wrong type ({type(record[key]).__name__})")
     files = record.get("files", {})
-    if isinstance(files, dict) and not all(isinstance(v, str) and len(v) == 64 for v in files.values()):
+    if isinstance(files, dict) and not all(isinstance(v, str) and len(v) == 64 for v in files.values()) or \
+            isinstance(files, list) and not all(isinstance(v, str) for v in files):
         raise ValueError(f"checkpoint file {str(file)!r}: field 'files' must map file names to SHA-256 digests")
     return record
 

@@ -13,6 +13,7 @@ stopped.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import threading
@@ -221,6 +222,19 @@ def _clock(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def saved_config(run_dir: Path) -> tuple[dict[str, Any], str]:
+    """The config a run continues with, and where it was read: its newest save's, else its marker's."""
+    from atrous.engine.run_dir import MARKER, read_marker
+
+    folder = newest_checkpoint(run_dir, "last")
+    if folder is not None:
+        return read_checkpoint_meta(folder).get("meta", {}).get("config"), str(folder / "checkpoint.json")
+    config = read_marker(run_dir).get("config")
+    if config is None:
+        raise ValueError(f"cannot resume {str(run_dir)!r}: it has no checkpoint and its {MARKER} records no config")
+    return config, str(Path(run_dir) / MARKER)
+
+
 def read_state(run_dir: Path, job: Job) -> tuple[LoopState, dict[str, Any] | None]:
     """The loop state of the newest complete save (and its record), or a fresh state if there is none."""
     folder = newest_checkpoint(run_dir, "last")
@@ -380,13 +394,12 @@ def execute(
     """A whole run: validate, build, open (or create) the run folder, restore, train, record.
 
     Everything that can be checked (arguments, data, model) is built before the folder is
-    created, so a failed start leaves nothing behind. Resuming reads the run's ``config.json``
-    and its newest complete checkpoint (a run with none starts from step 0), restores the RNG
+    created, so a failed start leaves nothing behind. Resuming reads the config and state of the
+    run's newest complete checkpoint (a run with none starts from step 0 with the config its
+    marker recorded at creation; ``config.json`` is a copy for people), restores the RNG
     states and replays the backend choices the run recorded; a fresh run replays this
     machine's tuning record (:mod:`atrous.engine.tuning`), so two fresh runs choose alike.
     """
-    import json
-
     from atrous.engine import tuning
     from atrous.engine.checkpoint import set_rng_state
     from atrous.engine.run_dir import check_new_run_dir, check_resumable, write_text
@@ -394,21 +407,21 @@ def execute(
 
     out = Path(distributed.broadcast_object(str(out), context))
     if resume:
-        check_resumable(out)
-        source = out / "config.json"
-        try:
-            saved = json.loads(source.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"cannot resume {str(out)!r}: it has no config.json") from None
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{source}: unreadable or not JSON ({error})") from None
-        config = load_config(saved, source=str(source))
+        check_resumable(out, kind)
+        values, source = saved_config(out)
+        config = load_config(values, source=source)
         if epochs is not None:
             config = replace(config, epochs=epochs)
     else:
         check_new_run_dir(out, overwrite=overwrite)
-    job = make_job(config)
-    run = RunDir(out, kind, create=not resume, overwrite=overwrite, announce=log) if context.is_main else None
+    try:
+        job = make_job(config)
+    except ValueError as error:
+        if not resume:
+            raise
+        raise ValueError(f"{source}: {error}") from None  # the saved config names a model or data that fails
+    run = RunDir(out, kind, create=not resume, overwrite=overwrite, config=config.to_dict(), announce=log) \
+        if context.is_main else None
     try:
         distributed.barrier(context)
         if run is not None:

@@ -84,14 +84,26 @@ def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
             )
 
 
-def check_resumable(run_dir: Path) -> None:
-    """Raise unless ``run_dir`` is a run folder atrous created (it may have no checkpoint yet)."""
+def check_resumable(run_dir: Path, kind: str) -> None:
+    """Raise unless ``run_dir`` is a run folder atrous created for ``kind`` (it may have no checkpoint yet)."""
     run_dir = Path(run_dir)
     _check_not_symlink(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"cannot resume {str(run_dir)!r}: no such run folder")
     if not is_run_dir(run_dir) and not (run_dir / LAST / "checkpoint.json").is_file():
         raise ValueError(f"cannot resume {str(run_dir)!r}: it is not an atrous run folder (no {MARKER} marker)")
+    found = read_marker(run_dir).get("kind")
+    if found is not None and found != kind:
+        raise ValueError(f"{str(run_dir)!r} is a {found} run; it cannot be resumed as a {kind} run")
+
+
+def read_marker(run_dir: Path) -> dict:
+    """What a run's marker records (``kind`` and the initial ``config``); empty for runs before it did."""
+    try:
+        value = json.loads((Path(run_dir) / MARKER).read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _saves(run_dir: Path, kind: str) -> list[Path]:
@@ -118,7 +130,7 @@ class RunDir:
     """
 
     def __init__(self, path: str | os.PathLike, kind: str, *, create: bool, overwrite: bool = False,
-                 announce: Callable[[str], None] = print) -> None:
+                 config: dict | None = None, announce: Callable[[str], None] = print) -> None:
         self.path, self.kind = Path(path), kind
         if create:
             check_new_run_dir(self.path, overwrite=overwrite)
@@ -128,23 +140,34 @@ class RunDir:
                 shutil.rmtree(self.path)
                 self._release()
                 announce(f"removed the previous run in {self.path} ({files} files)")
-            self.path.mkdir(parents=True, exist_ok=True)
-            marker = json.dumps({"kind": kind, "id": uuid.uuid4().hex})
-            write_text(self.path / MARKER, marker)
+            self._create(config or {})
         else:
-            check_resumable(self.path)
-            found = self.marker_kind()
-            if found is not None and found != kind:
-                raise ValueError(f"{str(self.path)!r} is a {found} run; it cannot be resumed as a {kind} run")
+            check_resumable(self.path, kind)
         self._lock_file = self._lock()
         self._remove_leftovers()
 
-    def marker_kind(self) -> str | None:
+    def _create(self, config: dict) -> None:
+        """The folder appears whole, marker and config inside, or not at all (renamed from a hidden sibling)."""
+        parent = self.path.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        for stale in parent.glob(f".{self.path.name}{_TMP_PREFIX}*"):  # a creation killed half-way
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+        staging = parent / f".{self.path.name}{_TMP_PREFIX}{uuid.uuid4().hex}"
+        staging.mkdir()
         try:
-            value = json.loads((self.path / MARKER).read_text() or "{}")
-        except (OSError, ValueError):
-            return None
-        return value.get("kind") if isinstance(value, dict) else None
+            write_text(staging / MARKER, json.dumps({"kind": self.kind, "config": config}, indent=1))
+            _fsync_dir(staging)
+            try:
+                os.rename(staging, self.path)  # also replaces an empty folder the user made
+            except OSError as error:
+                if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise FileExistsError(f"run folder {str(self.path)!r} was created by another process meanwhile") from None
+                raise
+            _fsync_dir(parent)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
     def _lock(self):
         handle = open(self.path / LOCK, "a")  # noqa: SIM115 - held open for the run's lifetime

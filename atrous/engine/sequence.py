@@ -242,7 +242,7 @@ class SequenceJob:
 
     def meta(self) -> dict[str, Any]:
         meta = {"model": self.config.model, "model_kwargs": self.config.model_kwargs, "task": self.config.task,
-                "train": self.config.to_dict(),
+                "config": self.config.to_dict(),
                 "receptive_field": self.model.receptive_field}
         if self.audio is not None:
             meta["sample_rate"] = self.audio.sample_rate

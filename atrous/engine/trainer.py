@@ -102,6 +102,9 @@ def check_model_size(name: str, **kwargs: Any) -> int:
             probe = create(name, **kwargs)
     except (TypeError, ValueError) as error:
         raise ValueError(f"model {name!r}: {error}") from None
+    except (RuntimeError, OverflowError, MemoryError):  # sizes past what a tensor can even describe
+        raise ValueError(f"model {name!r} with {kwargs} would have more parameters than a tensor can hold; "
+                         f"the limit is {MAX_PARAMETERS:,}") from None
     count = sum(p.numel() for p in probe.parameters())
     if count > MAX_PARAMETERS:
         raise ValueError(f"model {name!r} with {kwargs} would have {count:,} parameters; the limit is {MAX_PARAMETERS:,}")

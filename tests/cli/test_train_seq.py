@@ -37,7 +37,7 @@ def test_adding_run_writes_checkpoint_and_metrics(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["step"] for r in metrics["history"]] == [2, 4] and metrics["final"]["eval_loss"] > 0
     meta = load_checkpoint(out)
-    assert meta["model"] == "tcn" and meta["task"] == "adding" and meta["train"]["length"] == 20
+    assert meta["model"] == "tcn" and meta["task"] == "adding" and meta["config"]["length"] == 20
     model = create(meta["model"], **meta["model_kwargs"])
     load_checkpoint(out, model)
     assert model.receptive_field == meta["receptive_field"] == 1 + 2 * 2 * 3
@@ -55,7 +55,7 @@ def test_copy_run_uses_the_paper_optimiser(tmp_path):
             "--length", "10", *TINY_TCN]
     assert cli_main.main(argv) == 0
     meta = load_checkpoint(out)
-    assert meta["train"]["optimizer"] == "rmsprop" and meta["model_kwargs"]["in_channels"] == 10
+    assert meta["config"]["optimizer"] == "rmsprop" and meta["model_kwargs"]["in_channels"] == 10
 
 
 def write_tone(path, rate=8000, seconds=0.5):
