@@ -13,6 +13,7 @@ stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -28,6 +29,7 @@ from torch import nn
 
 from atrous.engine import distributed
 from atrous.engine.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from atrous.engine.history import TensorBoardLogger
 from atrous.engine.run_dir import KEEP_LAST, RunDir, newest_checkpoint
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -294,8 +296,9 @@ def run_job(
         return run.save("last", lambda folder: save_checkpoint(folder, job.model, optimizer=job.optimizer, meta=meta),
                         keep=KEEP_LAST)
 
-    last_save = time.monotonic()
-    with _StopRequests() as stop:
+    last_save, board = time.monotonic(), None
+    with contextlib.ExitStack() as cleanup, _StopRequests() as stop:
+        cleanup.callback(lambda: board is not None and board.close())
         while state.epoch < job.epochs:
             steps, epoch_start = job.steps_in(state.epoch), time.monotonic()
             bar = _bar(steps, state, job.epochs, progress and context.is_main)
@@ -339,6 +342,9 @@ def run_job(
             last_save = time.monotonic()
             if writes:
                 job.write_outputs(run.path, state.history)
+                if board is None:
+                    board = TensorBoardLogger(run.path)
+                board.log(row)
             log(_epoch_line(row, job.epochs))
             if on_epoch is not None:
                 on_epoch(row)

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from atrous.engine import distributed
 from atrous.engine.config import TrainConfig
 from atrous.engine.evaluate import evaluate
-from atrous.engine.history import TensorBoardLogger, plot_curves, write_metrics
+from atrous.engine.history import plot_curves, write_metrics
 from atrous.engine.loop import optimizer_step
 from atrous.engine.preprocess import MEAN, STD, normalize
 from atrous.engine.prior import with_background_prior
@@ -241,7 +241,6 @@ class SegmentationJob:
             )
         self.total_steps = self.steps_per_epoch * config.epochs
         self.autocast = autocast_dtype(config.precision, context.device)
-        self.board = None
 
     def steps_in(self, epoch: int) -> int:
         return self.steps_per_epoch
@@ -291,9 +290,6 @@ class SegmentationJob:
         write_metrics(folder, history, config=self.config.to_dict(), best=best,
                       extra={"class_names": list(self.train_set.class_names)})
         plot_curves(folder, history, score="val_miou")
-        if self.board is None:
-            self.board = TensorBoardLogger(folder)
-        self.board.log(history[-1])
 
 
 def train(
