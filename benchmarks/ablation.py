@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from atrous.cli.train import DEFAULT_EPOCHS
+from atrous.engine.config import TrainConfig
 
 MODELS = ("plain_net", "context_net", "gridding_net", "hdc_net")
 START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> str:
     import atrous
     from atrous.cli.main import build_parser
     from atrous.cli.train import config_from_args
-    from atrous.engine.run_dir import LAST
+    from atrous.engine.run_dir import is_run_dir
     from atrous.engine.trainer import autocast_dtype, train
     from atrous.models import create
 
@@ -45,10 +45,9 @@ def run(args: argparse.Namespace) -> str:
         config = config_from_args(build_parser().parse_args([str(a) for a in argv]))
         with tempfile.TemporaryDirectory() as scratch:
             run_dir = Path(args.keep or scratch) / name
-            # A kept run with a checkpoint is continued where it stopped (or just read back when
-            # finished), so an interrupted ablation picks up; one that died before its first
-            # checkpoint starts again.
-            resume = (run_dir / LAST / "checkpoint.json").is_file()
+            # A kept run is continued where it stopped (or just read back when finished), so an
+            # interrupted ablation picks up.
+            resume = is_run_dir(run_dir)
             if resume:
                 _check_kept(run_dir, config)
             result = train(config, run_dir, progress=False, resume=resume, overwrite=bool(args.keep) and not resume,
@@ -110,7 +109,7 @@ def write_readme(table: str, readme: Path, *, start: str = START, end: str = END
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS["digits"], help="default: atrous train's for digits")
+    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="default: atrous train's for digits")
     parser.add_argument("--train-images", type=int, default=10_000)
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from atrous.cli._common import add_checkpoint_arguments, add_device_argument, checkpoint_every, parse_floats, parse_key_values
+from atrous.cli._common import (
+    add_checkpoint_arguments,
+    checkpoint_every,
+    parse_floats,
+    parse_key_values,
+    refuse_recipe_options,
+)
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser = subparsers.add_parser(
@@ -13,15 +19,15 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         help="train a segmentation model",
         description="Train a segmentation model. With no arguments, trains context_net on the built-in digits data.",
     )
-    parser.add_argument("--data", default="digits", help="'digits' (built in) or a VOC / {train,val}/{images,masks} folder")
-    parser.add_argument("--model", default="context_net", help="registered segmentation model (default context_net; see atrous.models.list_models())")
+    parser.add_argument("--data", default=None, help="'digits' (built in, the default) or a VOC / {train,val}/{images,masks} folder")
+    parser.add_argument("--model", default=None, help="registered segmentation model (default context_net; see atrous.models.list_models())")
     parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model builder argument")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 5 for digits, 20 for folders; "
                         "with --resume: train up to this many)")
-    parser.add_argument("--batch-size", type=int, default=8, help="global batch size (default 8)")
-    parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default 8)")
+    parser.add_argument("--optimizer", choices=("adamw", "sgd"), default=None, help="default adamw")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (adamw 1.5e-3, sgd 0.01)")
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--weight-decay", type=float, default=None, help="default 1e-4")
     parser.add_argument(
         "--background-weight", type=float, default=None,
         help="loss weight of class 0 against 1 for the others (default 0.3 for digits, 1 for folders)",
@@ -33,11 +39,11 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--train-images", type=int, default=None, help="digits: number of training scenes (default 10000)")
     parser.add_argument("--val-images", type=int, default=None, help="digits: number of validation scenes")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 for digits, 2 else)")
-    parser.add_argument("--seed", type=int, default=0)
-    add_device_argument(parser)
+    parser.add_argument("--seed", type=int, default=None, help="seeds data order, augmentation and initialisation (default 0)")
+    parser.add_argument("--device", default=None, help="auto (CUDA when available, the default), cpu or cuda[:N]")
     parser.add_argument(
-        "--precision", choices=("auto", "fp32", "bf16"), default="auto",
-        help="training forward in bfloat16 autocast ('auto': where the CPU or GPU has native bf16)",
+        "--precision", choices=("auto", "fp32", "bf16"), default=None,
+        help="training forward in bfloat16 autocast ('auto', the default: where the CPU or GPU has native bf16)",
     )
     parser.add_argument("--out", default=None, help="run folder (default: runs/MODEL_DATA, numbered if taken)")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
@@ -54,8 +60,9 @@ def config_from_args(args: argparse.Namespace):
 
     from atrous.engine.config import train_config
 
-    if args.data != "digits" and not Path(args.data).exists():
-        raise FileNotFoundError(f"--data {args.data!r}: no such folder (the built-in dataset is 'digits')")
+    data = args.data or "digits"
+    if data != "digits" and not Path(data).exists():
+        raise FileNotFoundError(f"--data {data!r}: no such folder (the built-in dataset is 'digits')")
     given = {
         "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
         "lr": args.lr, "weight_decay": args.weight_decay, "background_weight": args.background_weight,
@@ -71,10 +78,15 @@ def config_from_args(args: argparse.Namespace):
     if args.model_arg:
         overrides["model_kwargs"] = parse_key_values(args.model_arg, "--model-arg")
     try:
-        return train_config(args.data, **overrides)
+        return train_config(data, **overrides)
     except ValueError as error:  # name the option, not the config field
         field = str(error).split(" ", 1)[0]
         raise ValueError(f"--{field.replace('_', '-')}{str(error)[len(field):]}") from None
+
+
+# what a resumed run may be told: how long to train, and how to run (not what to train)
+RESUME_OPTIONS = {"epochs", "resume", "out", "no_progress", "checkpoint_minutes", "checkpoint_steps", "run",
+                  "command", "overwrite"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,30 +95,27 @@ def run(args: argparse.Namespace) -> int:
     from atrous.engine.run_dir import next_run_dir
     from atrous.engine.trainer import train
 
-    if args.resume:
+    if args.resume is not None:
+        if not args.resume.strip():
+            raise ValueError("--resume needs the run folder to continue")
         if args.out and args.out != args.resume:
             raise ValueError("--resume RUN_DIR continues that folder; do not also pass a different --out")
-        out, resume = args.resume, True
-        config = None
+        refuse_recipe_options(args, RESUME_OPTIONS)
+        result = train(None, args.resume, resume=True, progress=not args.no_progress and sys.stderr.isatty(),
+                       epochs=args.epochs, every=checkpoint_every(args))
+        out = args.resume
     else:
         config = config_from_args(args)
-        resume = False
         out = args.out
         if out is None:
-            data_name = "digits" if args.data == "digits" else os.path.basename(os.path.normpath(args.data))
+            data = config.data
+            data_name = "digits" if data == "digits" else os.path.basename(os.path.normpath(data))
             default = os.path.join("runs", f"{config.model}_{data_name}")
             out = str(next_run_dir("runs", f"{config.model}_{data_name}"))
             if out != default:
                 print(f"{default} is taken (continue it with --resume {default}); this run goes to {out}")
-    result = train(
-        config if config is not None else config_from_args(args),
-        out,
-        resume=resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress and sys.stderr.isatty(),
-        epochs=args.epochs if resume else None,
-        every=checkpoint_every(args),
-    )
+        result = train(config, out, overwrite=args.overwrite, progress=not args.no_progress and sys.stderr.isatty(),
+                       every=checkpoint_every(args))
     if int(os.environ.get("RANK", "0")) == 0 and result["best"] is not None:
         best = result["best"]
         print(f"best val mIoU {best['val_miou']:.4f} at epoch {best['epoch']}; run folder: {out}")

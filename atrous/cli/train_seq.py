@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from atrous.cli._common import add_checkpoint_arguments, checkpoint_every
+from atrous.cli._common import add_checkpoint_arguments, checkpoint_every, refuse_recipe_options
 
 TASKS = ("adding", "copy", "audio")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
+# what a resumed run may be told: how long to train, and how to run (not what to train)
+RESUME_OPTIONS = {"steps", "resume", "out", "no_progress", "checkpoint_minutes", "checkpoint_steps", "run", "command",
+                  "overwrite"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
@@ -29,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing atrous run folder")
     parser.add_argument("--data", help="folder of WAV files (task audio)")
     parser.add_argument("--model", choices=("tcn", "wavenet"), help="default: tcn for adding/copy, wavenet for audio")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000; with --resume: "
+                        "train up to this many)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 32")
     parser.add_argument("--length", type=int, default=None,
                         help="T for adding (default 600) and copy (default 1000); scored samples per audio window "
@@ -82,15 +86,19 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from atrous.engine.sequence import SequenceTrainConfig, train_sequence_run
 
-    if args.resume:
+    if args.resume is not None:
+        if not args.resume.strip():
+            raise ValueError("--resume needs the run folder to continue")
         if args.out and args.out != args.resume:
             raise ValueError("--resume RUN_DIR continues that folder; do not also pass a different --out")
+        refuse_recipe_options(args, RESUME_OPTIONS)
         out, config = args.resume, SequenceTrainConfig()
     else:
         if not args.out:
             raise ValueError("--out is required for a new run: the run folder to create")
         out, config = args.out, config_from_args(args)
-    history = train_sequence_run(config, out, resume=bool(args.resume), overwrite=args.overwrite,
-                                 progress=not args.no_progress and sys.stderr.isatty(), every=checkpoint_every(args))
+    history = train_sequence_run(config, out, resume=args.resume is not None, overwrite=args.overwrite,
+                                 progress=not args.no_progress and sys.stderr.isatty(),
+                                 steps=args.steps if args.resume is not None else None, every=checkpoint_every(args))
     print(f"wrote {out}: {history[-1]}" if history else f"wrote {out}")
     return 0

@@ -74,6 +74,35 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], rest: Any, source: str) -> None:
+    """Load the saved per-parameter state; the hyperparameters stay those ``optimizer`` was built with
+    (they come from the run's config), so a crafted ``param_groups`` cannot change them."""
+    import copy
+
+    fresh = optimizer.state_dict()
+    groups = rest.get("param_groups") if isinstance(rest, dict) else None
+    slots = rest.get("state") if isinstance(rest, dict) else None
+    if not isinstance(groups, list) or [g.get("params") if isinstance(g, dict) else None for g in groups] != \
+            [g["params"] for g in fresh["param_groups"]]:
+        raise ValueError(f"{source}: field optimizer.param_groups does not describe this model's parameters")
+    if not isinstance(slots, dict) or not all(k.isdigit() and isinstance(v, dict) for k, v in slots.items()):
+        raise ValueError(f"{source}: field optimizer.state must map parameter numbers to their state")
+    numbers = {p for g in fresh["param_groups"] for p in g["params"]}
+    for name in tensors:
+        number, _, key = name.partition(".")
+        if not number.isdigit() or int(number) not in numbers or not key:
+            raise ValueError(f"{source}: the optimizer file holds a tensor {name!r} for no parameter of this model")
+    for number, values in slots.items():
+        if int(number) not in numbers or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 for v in values.values()):
+            raise ValueError(f"{source}: field optimizer.state.{number} must hold numbers for a parameter of this model")
+    state = _join_optimizer_state(tensors, {"state": slots, "param_groups": copy.deepcopy(fresh["param_groups"])})
+    try:
+        optimizer.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{source}: field optimizer does not fit this model's optimizer ({error})") from None
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy and torch RNG states as JSON-able values."""
     np_state = np.random.get_state()
@@ -217,7 +246,10 @@ def _load_tensors(path: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]
     except OSError as error:
         raise ValueError(f"checkpoint file {str(path)!r} is unreadable: {error.strerror or error}") from None
     digests = record.get("files")
-    if isinstance(digests, dict):  # checkpoints before digests listed the names only
+    if not isinstance(digests, dict) and "checkpoint_id" not in record:
+        raise ValueError(f"checkpoint file {str(path)!r} has no SHA-256 digest in {META_FILE} beside it "
+                         f"(field 'files') to be checked against")
+    if isinstance(digests, dict):  # checkpoints before digests listed the names only (and were stamped)
         if path.name not in digests:
             raise ValueError(f"checkpoint file {str(path)!r} is not listed in {META_FILE} beside it")
         if _sha256(data) != digests[path.name]:
@@ -250,7 +282,8 @@ def load_checkpoint(
     Args:
         path: the checkpoint directory, or its ``checkpoint.json`` / ``model.safetensors``.
         model: receives the weights (strict: every key must match).
-        optimizer: receives the optimizer state.
+        optimizer: receives the per-parameter state (moments, step counts); its hyperparameters
+            (learning rate, betas, weight decay...) stay those it was built with.
         restore_rng: also restore the Python, NumPy and torch RNG states.
 
     Returns:
@@ -263,13 +296,14 @@ def load_checkpoint(
         try:
             model.load_state_dict(weights)
         except RuntimeError as error:
-            first = str(error).strip().splitlines()[0:2]
-            raise ValueError(f"checkpoint {str(directory)!r} does not fit the model: {' '.join(first)}") from None
+            first = " ".join(str(error).strip().splitlines()[0:2])
+            first = first if len(first) <= 300 else first[:300] + "..."
+            raise ValueError(f"checkpoint {str(directory)!r} does not fit the model: {first}") from None
     if optimizer is not None:
         if "optimizer" not in record:
             raise ValueError(f"checkpoint {str(directory)!r} holds no optimizer state")
         tensors = _load_tensors(directory / OPTIMIZER_FILE, record)
-        optimizer.load_state_dict(_join_optimizer_state(tensors, record["optimizer"]))
+        _load_optimizer(optimizer, tensors, record["optimizer"], str(directory / META_FILE))
     if restore_rng:
         set_rng_state(record.get("rng", {}), source=str(directory / META_FILE))
     return record.get("meta", {})

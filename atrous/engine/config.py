@@ -16,7 +16,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 _OPTIONAL = ("crop_size", "num_classes", "train_images", "val_images")
 _INT_RANGES = {  # bounds that no real run reaches, so a crafted config cannot ask for absurd work
     "epochs": (1, 100_000), "batch_size": (1, 65_536), "crop_size": (8, 65_536), "num_classes": (1, 255),
-    "train_images": (1, 10**8), "val_images": (1, 10**8), "workers": (0, 256), "seed": (0, 2**63 - 1),
+    "train_images": (1, 10**8), "val_images": (1, 10**8), "workers": (0, 256), "seed": (0, 2**32 - 1),
     "config_version": (1, CONFIG_VERSION),
 }
 _FLOAT_RANGES = {  # name: (low, high, low excluded)

@@ -36,7 +36,9 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or the gradient stopped being finite; nothing from that step on was saved."""
+    """The loss, the gradient or the weights stopped being finite; nothing from that step on was saved."""
+
+    exit_code = 1
 
 
 class TrainingInterrupted(Exception):
@@ -164,12 +166,16 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: tor
     value = loss.item()
     if not (math.isfinite(value) and math.isfinite(float(norm))):
         what = f"the loss is {value}" if not math.isfinite(value) else f"the gradient norm is {float(norm)}"
-        raise TrainingDiverged(
-            f"training diverged at step {step} (learning rate {lr:.3g}): {what}; the last checkpoint before it "
-            f"is kept; lower the learning rate"
-        )
+        raise TrainingDiverged(_diverged(step, lr, what))
     optimizer.step()
+    if not all(bool(torch.isfinite(p).all()) for p in params):  # a finite gradient, an update too large
+        raise TrainingDiverged(_diverged(step, lr, "the update made the weights non-finite"))
     return value
+
+
+def _diverged(step: int, lr: float, what: str) -> str:
+    return (f"training diverged at step {step} (learning rate {lr:.3g}): {what}; nothing from this step on is "
+            f"saved; start again with a lower learning rate")
 
 
 class _StopRequests:
@@ -186,15 +192,13 @@ class _StopRequests:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now, unsaved
+            raise KeyboardInterrupt
         self.signum = signum
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
-
-
-def _all_nonfinite_free(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
 class _Eta:
@@ -244,8 +248,19 @@ def read_state(run_dir: Path, job: Job) -> tuple[LoopState, dict[str, Any] | Non
         return LoopState(), None
     record = read_checkpoint_meta(folder)
     source = str(folder / "checkpoint.json")
-    state = LoopState.from_dict(record.get("meta", {}).get("loop"), source=source, epochs=job.epochs,
-                                steps_in=job.steps_in)
+    loop = record.get("meta", {}).get("loop")
+    done = loop.get("epoch") if isinstance(loop, dict) else None
+    if isinstance(done, int) and not isinstance(done, bool) and job.epochs < done <= 10**6:
+        raise ValueError(f"{source}: the run has done {done} epochs (loop.epoch); asking for {job.epochs} "
+                         f"cannot shorten it")
+    state = LoopState.from_dict(loop, source=source, epochs=job.epochs, steps_in=job.steps_in)
+    for row in state.history:
+        try:
+            score = float(job.score(row))
+        except (KeyError, TypeError, ValueError):
+            score = math.nan
+        if math.isnan(score):
+            raise ValueError(f"{source}: field loop.history holds a row without a numeric score: {row!r:.200}")
     load_checkpoint(folder, job.model, optimizer=job.optimizer)
     return state, record
 
@@ -281,6 +296,7 @@ def run_job(
 
     every = every or CheckpointEvery()
     context = context or distributed.DistributedContext()
+    log = quiet_on_closed_pipe(log)
     writes = run is not None and context.is_main
     total = sum(job.steps_in(e) for e in range(job.epochs))
     eta = _Eta()
@@ -288,14 +304,14 @@ def run_job(
     def save(best: bool = False) -> Path | None:
         if not writes:
             return None
-        if not _all_nonfinite_free(job.model):  # never reached through optimizer_step; a guard for custom jobs
-            raise TrainingDiverged(f"the weights are not finite at step {state.step}; nothing saved")
         meta = {**job.meta(), "loop": asdict(state), "backend_choices": export_choices()}
         if best:
             run.save("best", lambda folder: save_checkpoint(folder, job.model, meta=meta), keep=1)
         return run.save("last", lambda folder: save_checkpoint(folder, job.model, optimizer=job.optimizer, meta=meta),
                         keep=KEEP_LAST)
 
+    if writes and state.history:  # outputs of a resumed run, in case the last ones were not written
+        job.write_outputs(run.path, state.history)
     last_save, board = time.monotonic(), None
     with contextlib.ExitStack() as cleanup, _StopRequests() as stop:
         cleanup.callback(lambda: board is not None and board.close())
@@ -318,10 +334,9 @@ def run_job(
                 if flags[0] > 0:
                     if bar is not None:
                         bar.close()
-                    if run is None:
+                    if run is None and not context.enabled:
                         raise KeyboardInterrupt
-                    where = save()
-                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, where)
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, save())
                 if flags[1] > 0 and state.batch < steps:
                     save()
                     last_save = time.monotonic()
@@ -348,8 +363,9 @@ def run_job(
             log(_epoch_line(row, job.epochs))
             if on_epoch is not None:
                 on_epoch(row)
-            if stop.signum is not None and state.epoch < job.epochs and run is not None:
-                raise TrainingInterrupted(stop.signum, newest_checkpoint(run.path))
+            stopping = distributed.all_reduce_sum(torch.tensor([float(stop.signum or 0)]), context)[0] > 0
+            if stopping and state.epoch < job.epochs and (run is not None or context.enabled):
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM, newest_checkpoint(run.path) if run else None)
     return state
 
 
@@ -368,6 +384,22 @@ def _bar(total: int, state: LoopState, epochs: int, enabled: bool):
 
     return tqdm(total=total, initial=state.batch, desc=f"epoch {state.epoch + 1}/{epochs}", unit="step",
                 dynamic_ncols=True, leave=False)
+
+
+def quiet_on_closed_pipe(write: Callable[[str], None] = print) -> Callable[[str], None]:
+    """``write``, but silent once its reader has gone (``atrous train | head -1`` must not stop the run)."""
+    closed = False
+
+    def log(line: str) -> None:
+        nonlocal closed
+        if closed:
+            return
+        try:
+            write(line)
+        except BrokenPipeError:
+            closed = True
+
+    return log
 
 
 def describe_run(run: RunDir | None, job: Job, *, device: torch.device, precision: str, replayed: int) -> str:
@@ -391,18 +423,19 @@ def execute(
     resume: bool,
     overwrite: bool,
     progress: bool,
-    epochs: int | None,
     every: CheckpointEvery | None,
     log: Callable[[str], None],
     context,
     precision: Callable[[Job], str],
+    extend: dict[str, Any] | None = None,
 ) -> LoopState:
     """A whole run: validate, build, open (or create) the run folder, restore, train, record.
 
     Everything that can be checked (arguments, data, model) is built before the folder is
     created, so a failed start leaves nothing behind. Resuming reads the config and state of the
     run's newest complete checkpoint (a run with none starts from step 0 with the config its
-    marker recorded at creation; ``config.json`` is a copy for people), restores the RNG
+    marker recorded at creation; ``config.json`` is a copy for people) with ``extend`` applied
+    (``{"epochs": N}`` or ``{"steps": N}``: train longer), restores the RNG
     states and replays the backend choices the run recorded; a fresh run replays this
     machine's tuning record (:mod:`atrous.engine.tuning`), so two fresh runs choose alike.
     """
@@ -411,13 +444,14 @@ def execute(
     from atrous.engine.run_dir import check_new_run_dir, check_resumable, write_text
     from atrous.ops.backend import export_choices, replay_choices
 
+    log = quiet_on_closed_pipe(log)
     out = Path(distributed.broadcast_object(str(out), context))
     if resume:
         check_resumable(out, kind)
         values, source = saved_config(out)
         config = load_config(values, source=source)
-        if epochs is not None:
-            config = replace(config, epochs=epochs)
+        if extend:  # the one setting a resumed run may change: how long it trains
+            config = replace(config, **extend)
     else:
         check_new_run_dir(out, overwrite=overwrite)
     try:
@@ -430,9 +464,9 @@ def execute(
         if context.is_main else None
     try:
         distributed.barrier(context)
+        state, record = read_state(out, job) if resume else (LoopState(), None)
         if run is not None:
             write_text(run.path / "config.json", json.dumps(config.to_dict(), indent=1))
-        state, record = read_state(out, job) if resume else (LoopState(), None)
         if record is not None:
             set_rng_state(record.get("rng", {}), source=str(newest_checkpoint(out) / "checkpoint.json"))
             choices = record.get("meta", {}).get("backend_choices", {})

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -35,10 +36,13 @@ LOCK = ".lock"
 CHECKPOINTS = "checkpoints"
 KEEP_LAST = 2
 _TMP_PREFIX = ".tmp-"
+OUTPUTS = ("config.json", "metrics.json", "metrics.csv", "curves.png")  # the files a run writes at its top
 
 
 class RunLockedError(RuntimeError):
     """Another process is writing this run folder."""
+
+    exit_code = 1
 
 
 def is_run_dir(path: Path) -> bool:
@@ -61,6 +65,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _check_not_cwd(run_dir: Path) -> None:
+    try:
+        inside = Path.cwd().resolve().is_relative_to(run_dir.resolve())
+    except OSError:
+        return
+    if inside:
+        raise ValueError(f"run folder {str(run_dir)!r} is the current folder or holds it; give another folder")
+
+
 def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
     """Refuse, before any work, a target that a new run may not use.
 
@@ -71,6 +84,9 @@ def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
     """
     run_dir = Path(run_dir)
     _check_not_symlink(run_dir)
+    if str(run_dir).strip() in ("", ".", ".."):
+        raise ValueError(f"run folder {str(run_dir)!r}: give a folder name")
+    _check_not_cwd(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"run folder {str(run_dir)!r} exists and is not a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()):
@@ -137,8 +153,12 @@ class RunDir:
             if self.path.is_dir() and any(self.path.iterdir()):
                 self._lock_file = self._lock()  # nobody may be writing the run we replace
                 files = sum(len(names) for _, _, names in os.walk(self.path))
-                shutil.rmtree(self.path)
+                # Aside in one step, then deleted: a kill meanwhile leaves a hidden folder that the
+                # next creation removes, never a half-deleted run.
+                aside = self.path.parent / f".{self.path.name}{_TMP_PREFIX}{uuid.uuid4().hex}"
+                os.rename(self.path, aside)
                 self._release()
+                shutil.rmtree(aside)
                 announce(f"removed the previous run in {self.path} ({files} files)")
             self._create(config or {})
         else:
@@ -154,9 +174,15 @@ class RunDir:
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale)
         staging = parent / f".{self.path.name}{_TMP_PREFIX}{uuid.uuid4().hex}"
-        staging.mkdir()
         try:
-            write_text(staging / MARKER, json.dumps({"kind": self.kind, "config": config}, indent=1))
+            staging.mkdir()
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, str(self.path)) from None
+        try:
+            try:
+                write_text(staging / MARKER, json.dumps({"kind": self.kind, "config": config}, indent=1))
+            except OSError as error:
+                raise OSError(error.errno, error.strerror, str(self.path / MARKER)) from None
             _fsync_dir(staging)
             try:
                 os.rename(staging, self.path)  # also replaces an empty folder the user made
@@ -198,9 +224,10 @@ class RunDir:
             for entry in folder.iterdir():
                 if entry.name.startswith(_TMP_PREFIX):
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        for entry in self.path.glob(".*.*"):  # atomic_write's temporary names: .NAME.RANDOM
-            if entry.is_file() and entry.name not in (MARKER, LOCK):
-                entry.unlink()
+        for name in OUTPUTS:  # atomic_write's temporary names: .NAME.RANDOM, for the files a run writes
+            for entry in self.path.glob(f".{name}.*"):
+                if re.fullmatch(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}", entry.name) and entry.is_file():
+                    entry.unlink()
 
     def saves(self, kind: str) -> list[Path]:
         """Complete saves of ``kind`` (``"last"`` or ``"best"``), oldest first."""
@@ -213,9 +240,17 @@ class RunDir:
         numbers = [int(p.name.partition("-")[2]) for k in ("last", "best") for p in self.saves(k)]
         final = folder / f"{kind}-{max(numbers, default=0) + 1:06d}"
         staging = folder / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-        staging.mkdir()
         try:
+            staging.mkdir()
             write(staging)
+        except OSError as error:  # name the folder the user knows, not the hidden one
+            shutil.rmtree(staging, ignore_errors=True)
+            name = Path(error.filename).name if error.filename else ""
+            raise OSError(error.errno, error.strerror, str(final / name) if name else str(folder)) from None
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        try:
             _fsync_dir(staging)
             os.rename(staging, final)
             _fsync_dir(folder)

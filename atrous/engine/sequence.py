@@ -27,6 +27,7 @@ from atrous.engine.loop import optimizer_step
 TASKS = ("adding", "copy", "audio")
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
 MODELS = ("tcn", "wavenet")
+MAX_BATCH_SAMPLES = 2**26  # time steps in one batch (x up to 10 channels: 2.7 GB of float32)
 # Bai et al. (2018): adding T=600 (k=8, 8 levels, 24 hidden, Adam 2e-3); copy T=1000 (k=8, 8 levels,
 # 10 hidden, dropout 0.05, RMSprop 5e-4, clip 1.0). Audio: WaveNet, Adam 2e-3, 256 scored samples a window.
 TASK_PRESETS: dict[str, dict[str, Any]] = {
@@ -89,8 +90,12 @@ class SequenceTrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
                 raise ValueError(f"{name} must be an int in 1..{high}, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**62:
-            raise ValueError(f"seed must be an int in 0..{2**62 - 1}, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an int in 0..{2**32 - 1}, got {self.seed!r}")
+        for name in ("batch_size", "eval_size"):  # one batch must fit in memory: (size, channels, length)
+            if getattr(self, name) * self.length > MAX_BATCH_SAMPLES:
+                raise ValueError(f"{name} x length must be at most {MAX_BATCH_SAMPLES:,} samples, "
+                                 f"got {getattr(self, name)} x {self.length}")
         for name, low_open in (("lr", True), ("grad_clip", False)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
@@ -227,6 +232,8 @@ class SequenceJob:
 
     def step(self, batch, step: int) -> float:
         x, y = batch
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr
         self.model.train()
         loss = task_loss(self.config.task, self.model(x), y, scored=self.config.length)
         return optimizer_step(self.model, self.optimizer, loss, step=step + 1, lr=self.config.lr,
@@ -297,10 +304,13 @@ def train_sequence_run(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    steps: int | None = None,
     every=None,
     log=print,
 ) -> list[dict]:
     """A sequence run in the run folder ``out`` (``atrous train-seq``); see :func:`atrous.engine.trainer.train`.
+
+    ``steps``: when resuming, train up to this many steps instead of the saved count.
 
     Returns:
         The history, one row per ``log_every`` steps.
@@ -310,7 +320,8 @@ def train_sequence_run(
 
     state = execute(
         SequenceJob, config, Path(out), kind="sequence", load_config=SequenceTrainConfig.from_dict, resume=resume,
-        overwrite=overwrite, progress=progress, epochs=None, every=every, log=log,
+        overwrite=overwrite, progress=progress, extend={"steps": steps} if steps is not None else None,
+        every=every, log=log,
         context=distributed.DistributedContext(), precision=lambda job: "float32",
     )
     return state.history

@@ -293,7 +293,7 @@ class SegmentationJob:
 
 
 def train(
-    config: TrainConfig,
+    config: TrainConfig | None,
     out: str | Path,
     *,
     resume: bool = False,
@@ -306,7 +306,7 @@ def train(
     """Train ``config.model`` on ``config.data`` into the run folder ``out``.
 
     Args:
-        config: the run's settings (ignored when resuming: the run's own ``config.json`` is used).
+        config: the run's settings; None (or anything) when resuming: the run keeps its own.
         out: the run folder.
         resume: continue the run in ``out`` from its newest checkpoint.
         overwrite: replace an existing atrous run in ``out``.
@@ -321,14 +321,25 @@ def train(
     Raises:
         TrainingDiverged, TrainingInterrupted: see :func:`~atrous.engine.loop.run_job`.
     """
-    from atrous.engine.loop import execute
+    from atrous.engine.loop import execute, saved_config
+    from atrous.engine.run_dir import check_resumable
 
-    context = distributed.setup(config.device)
+    if resume:
+        check_resumable(Path(out), "segmentation")
+        saved, source = saved_config(Path(out))
+        device = saved.get("device", "auto") if isinstance(saved, dict) else "auto"
+        if not isinstance(device, str):
+            raise ValueError(f"{source}: field config.device must be a string, got {device!r}")
+    elif not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    else:
+        device = config.device
+    context = distributed.setup(device)
     try:
         state = execute(
             lambda cfg: SegmentationJob(cfg, context), config, Path(out), kind="segmentation",
-            load_config=TrainConfig.from_dict, resume=resume, overwrite=overwrite, progress=progress, epochs=epochs,
-            every=every, log=log, context=context,
+            load_config=TrainConfig.from_dict, resume=resume, overwrite=overwrite, progress=progress,
+            extend={"epochs": epochs} if epochs is not None else None, every=every, log=log, context=context,
             precision=lambda job: str(job.autocast or torch.float32).removeprefix("torch."),
         )
         # Leave together: a process that tears its group down while rank 0 still writes the last

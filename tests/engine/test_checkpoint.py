@@ -33,7 +33,7 @@ def test_round_trip_continues_identically(tmp_path):
 
     torch.manual_seed(123)  # disturb the RNG; restore_rng must bring it back
     restored = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3))
-    restored_opt = torch.optim.AdamW(restored.parameters(), lr=1.0)
+    restored_opt = torch.optim.AdamW(restored.parameters(), lr=1e-2)
     meta = load_checkpoint(tmp_path / "ckpt", restored, optimizer=restored_opt, restore_rng=True)
     assert meta == {"epoch": 2, "name": "x"}
     assert torch.equal(torch.get_rng_state(), state_after_save)
@@ -131,3 +131,25 @@ def test_files_get_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / MODEL_FILE).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_optimizer_hyperparameters_come_from_the_optimizer_not_the_file(tmp_path):
+    import json
+
+    model, optimizer = _trained_pair()
+    save_checkpoint(tmp_path, model, optimizer=optimizer)
+    record = json.loads((tmp_path / "checkpoint.json").read_text())
+    record["optimizer"]["param_groups"][0]["betas"] = "ab"  # crafted: would fail inside optimizer.step()
+    (tmp_path / "checkpoint.json").write_text(json.dumps(record))
+    fresh = torch.optim.AdamW(model.parameters(), lr=0.5)
+    load_checkpoint(tmp_path, optimizer=fresh)
+    assert fresh.param_groups[0]["betas"] == (0.9, 0.999) and fresh.param_groups[0]["lr"] == 0.5
+    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    record["optimizer"]["state"] = {"x": {}}
+    (tmp_path / "checkpoint.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="field optimizer.state must map parameter numbers"):
+        load_checkpoint(tmp_path, optimizer=fresh)
+    del record["optimizer"]["param_groups"]
+    (tmp_path / "checkpoint.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="field optimizer.param_groups"):
+        load_checkpoint(tmp_path, optimizer=fresh)

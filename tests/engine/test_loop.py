@@ -231,23 +231,34 @@ def test_cli_divergence_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
     assert len(err) == 1 and "diverged at step 1" in err[0] and "learning rate" in err[0]
 
 
-@pytest.mark.slow
-def test_a_full_disk_is_one_line_exit_1_and_the_run_resumes_once_fixed(reference, tmp_path):
-    import resource
+def test_a_full_disk_is_one_line_exit_1_and_the_run_resumes_once_fixed(reference, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from atrous.cli.main import main
+    from atrous.engine import checkpoint
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "atrous", "train", *TINY_ARGS, "--out", str(out)]
-
-    def small_files():  # the marker fits; the first checkpoint does not
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-
-    done = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=120, preexec_fn=small_files)
-    assert done.returncode == 1, done.stderr
-    err = done.stderr.strip().splitlines()
-    assert len(err) == 1 and "File too large" in err[0] and str(out) in err[0]
-    assert not (out / "checkpoints").exists() or not newest_checkpoint(out)
-    _resume("seg", out)
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "_write_bytes", full)
+        assert main(["train", *TINY_ARGS, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0], err
+    assert f"{out}/checkpoints/" in err[0] and ".tmp-" not in err[0]  # the save it was writing, not a hidden name
+    assert newest_checkpoint(out) is None and not list((out / "checkpoints").iterdir())
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # the cause fixed: it starts from step 0
     assert_same_weights(reference / "seg", out)
+
+
+def test_a_model_over_the_size_limit_is_refused_before_allocation(monkeypatch):
+    from atrous.engine import trainer
+
+    monkeypatch.setattr(trainer, "MAX_PARAMETERS", 1000)
+    with pytest.raises(ValueError, match=r"would have 50,099 parameters; the limit is 1,000"):
+        trainer.check_model_size("context_net", num_classes=11, width_multiplier=0.25)
+    assert trainer.check_model_size("context_net", num_classes=11, width_multiplier=0.01) < 1000
 
 
 def test_one_writer_per_run(tmp_path):
@@ -287,7 +298,7 @@ def test_overwrite_refuses_symlinks_and_says_what_it_removed(tmp_path, capsys):
     ("args", "message"),
     [(["--num-classes", "5"], "num_classes must be 11"), (["--seed", "-1"], "--seed must be an int in 0.."),
      (["--model-arg", "width_multiplier=nope"], "width_multiplier"), (["--model-arg", "colour=1"], "colour"),
-     (["--model-arg", "width_multiplier=10000000.0"], "the limit is 1,000,000,000"),
+     (["--model-arg", "fuse_channels=100000000"], "33,700,044,707 parameters; the limit is 1,000,000,000"),
      (["--data", "/no/such/folder"], "no such folder"), (["--lr", "inf"], "--lr must be a finite number"),
      (["--checkpoint-minutes", "nan"], "--checkpoint-minutes must be a finite number")],
 )
@@ -322,7 +333,7 @@ def _edit(path: Path, change) -> None:
      (lambda r: r["meta"]["loop"].update(loss_sum="a"), "loop.loss_sum must be a finite number"),
      (lambda r: r["meta"].pop("loop"), "field 'loop' must be an object"),
      (lambda r: r["meta"]["config"].update(epochs=1e30), "epochs must be an int in 1..100000"),
-     (lambda r: r["meta"]["config"]["model_kwargs"].update(width_multiplier=1e7), "the limit is 1,000,000,000"),
+     (lambda r: r["meta"]["config"]["model_kwargs"].update(width_multiplier=1e7), "width_multiplier must be a finite number"),
      (lambda r: r["meta"].update(config=[]), "the config must be a JSON object"),
      (lambda r: r.update(rng={"python": "!!", "numpy": [], "torch": ""}), "field rng.python"),
      (lambda r: r.update(files=[1]), "field 'files'"),
@@ -352,3 +363,76 @@ def test_a_flipped_byte_in_the_weights_is_refused_by_resume_and_eval(saved_run, 
     assert "SHA-256" in capsys.readouterr().err
     with pytest.raises(ValueError, match="SHA-256"):
         load_checkpoint(newest_checkpoint(saved_run, "best"), torch.nn.Module())
+
+
+def test_a_resume_rewrites_outputs_a_crash_left_stale_and_keeps_the_users_dotfiles(saved_run):
+    (saved_run / "metrics.json").write_text("{}")  # as if killed after the last save, before the outputs
+    (saved_run / ".env.local").write_text("mine")
+    (saved_run / ".metrics.csv.ab12cd34").write_text("half")  # an atomic write cut short
+    train(None, saved_run, resume=True, progress=False, log=lambda _: None)
+    assert len(json.loads((saved_run / "metrics.json").read_text())["history"]) == 1
+    assert (saved_run / ".env.local").read_text() == "mine" and not (saved_run / ".metrics.csv.ab12cd34").exists()
+
+
+def test_a_half_deleted_overwrite_and_the_current_folder(tmp_path, monkeypatch, capsys):
+    from atrous.cli.main import main
+
+    aside = tmp_path / ".run.tmp-0123"  # what a kill inside --overwrite's delete leaves
+    aside.mkdir()
+    (aside / "model.safetensors").write_text("x")
+    assert main(["train", *TINY_ARGS, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert not aside.exists()
+    monkeypatch.chdir(tmp_path / "run")
+    assert main(["train", *TINY_ARGS, "--epochs", "1", "--out", ".", "--overwrite"]) == 2
+    assert "give a folder name" in capsys.readouterr().err and (tmp_path / "run" / ".atrous-run").is_file()
+    assert main(["train", *TINY_ARGS, "--epochs", "1", "--out", str(tmp_path / "run"), "--overwrite"]) == 2
+    assert "is the current folder or holds it" in capsys.readouterr().err
+
+
+def test_an_update_that_makes_the_weights_non_finite_is_divergence():
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e38)
+    loss = model(torch.full((1, 2), 1e3)).sum()  # finite loss, finite gradient of 1e3, update of 1e41
+    with pytest.raises(TrainingDiverged, match="step 4 .*the update made the weights non-finite"):
+        optimizer_step(model, optimizer, loss, step=4, lr=1e38)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["train", "--lr", "5"], "--lr: a resumed run keeps the settings"),
+     (["train", "--seed", "3", "--batch-size", "2"], "--batch-size, --seed: a resumed run keeps"),
+     (["train", "--epochs", "0"], "epochs must be an int in 1..100000"),
+     (["train"], None)],
+)
+def test_resume_takes_only_how_long_to_train(saved_run, capsys, argv, message):
+    from atrous.cli.main import main
+
+    code = main([*argv, "--resume", str(saved_run), "--no-progress"])
+    assert code == (0 if message is None else 2)
+    if message is not None:
+        assert message in capsys.readouterr().err
+
+
+def test_resume_cannot_shorten_a_run_and_an_empty_resume_is_refused(saved_run, capsys):
+    from atrous.cli.main import main
+
+    assert main(["train", "--resume", str(saved_run), "--epochs", "2", "--no-progress"]) == 0
+    assert main(["train", "--resume", str(saved_run), "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "has done 2 epochs" in err and "cannot shorten it" in err
+    assert json.loads((saved_run / "config.json").read_text())["epochs"] == 2  # not rewritten by the refused call
+    assert main(["train", "--resume", "", "--no-progress"]) == 2
+    assert "--resume needs the run folder" in capsys.readouterr().err
+
+
+def test_train_seq_resume_extends_by_steps_and_bad_seeds_are_refused(tmp_path, capsys):
+    from atrous.cli.main import main
+
+    out = tmp_path / "seq"
+    args = ["--task", "adding", "--no-progress", *[f"--{k.replace('_', '-')}={v}" for k, v in {**SEQ, **SEQ_MODEL}.items()]]
+    assert main(["train-seq", *args, "--steps", "4", "--out", str(out)]) == 0
+    assert main(["train-seq", "--resume", str(out), "--steps", "8", "--no-progress"]) == 0
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [row["step"] for row in history] == [4, 8]
+    assert main(["train-seq", *args, "--seed", str(2**32), "--out", str(tmp_path / "big")]) == 2
+    assert "--seed must be an int in 0..4294967295" in capsys.readouterr().err and not (tmp_path / "big").exists()
