@@ -7,7 +7,10 @@ import json
 import math
 import sys
 
-from atrous.cli._common import add_device_argument, parse_floats
+from atrous.cli._common import add_device_argument, check_int, parse_floats, require
+
+MAX_SCALE = 4.0  # a larger test-time scale multiplies the memory of a forward by its square
+MAX_BATCH = 65_536  # as TrainConfig.batch_size
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
@@ -16,8 +19,9 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--data", default=None, help="'digits' or a dataset folder (default: the training data)")
     parser.add_argument("--split", default="val", help="split to score (default val)")
     parser.add_argument("--flip", action="store_true", help="average with horizontally flipped input")
-    parser.add_argument("--scales", default="1", help="input scales to average, e.g. 0.75,1,1.25")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--scales", default="1",
+                        help=f"input scales to average, e.g. 0.75,1,1.25 (each > 0 and <= {MAX_SCALE:g})")
+    parser.add_argument("--batch-size", type=int, default=8, help=f"images per forward, 1 to {MAX_BATCH:,} (default 8)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
         "--max-pixels", type=int, default=None, metavar="N",
@@ -34,13 +38,17 @@ def run(args: argparse.Namespace) -> int:
     from atrous.engine.evaluate import evaluate
     from atrous.engine.predict import load_trained_model
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    scales = parse_floats(args.scales, "--scales")
+    check_int(args.batch_size, "--batch-size", low=1, high=MAX_BATCH)
+    scales = parse_floats(args.scales, "--scales", maximum=MAX_SCALE)
+    if args.max_pixels is not None:
+        check_int(args.max_pixels, "--max-pixels", low=1)
+    require("safetensors", "train", "reading a checkpoint")
     device = resolve_device(args.device)
     model, meta = load_trained_model(args.checkpoint, device=device)
     config = meta.get("config", {})
     data = args.data or meta.get("data", "digits")
+    if data != "digits":
+        require("PIL", "train", "reading an image folder")
     kwargs = {}
     if args.max_pixels is not None and data != "digits":  # digits are drawn, not read from files
         kwargs["max_pixels"] = args.max_pixels

@@ -14,8 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from atrous.cli._common import check_int, require
+
 FORMATS = ("onnx",)
 CHECK_TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| logit difference --check accepts
+MAX_SIZE = 4096  # of the example traced; the graph itself takes any size
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
@@ -23,9 +26,11 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or checkpoint file")
     parser.add_argument("--format", default="onnx", help="file format (only onnx)")
     parser.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or newer (default 18)")
-    parser.add_argument("--height", type=int, default=128, help="height of the example input traced (default 128)")
-    parser.add_argument("--width", type=int, default=128, help="width of the example input traced (default 128)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 to 23 (default 18)")
+    parser.add_argument("--height", type=int, default=128,
+                        help=f"height of the example input traced, 8 to {MAX_SIZE} (default 128)")
+    parser.add_argument("--width", type=int, default=128,
+                        help=f"width of the example input traced, 8 to {MAX_SIZE} (default 128)")
     parser.add_argument("--no-normalize", action="store_true",
                         help="leave normalisation out: the graph takes already-normalised images")
     parser.add_argument("--check", action="store_true",
@@ -56,33 +61,27 @@ class Normalized(nn.Module):
 
 
 def _check_args(args: argparse.Namespace) -> Path:
+    from atrous.engine.predict import check_output_file
+    from atrous.export.onnx import MAX_OPSET
+
     if args.format not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {args.format!r}")
-    for flag, value in (("--height", args.height), ("--width", args.width)):
-        if value < 8:
-            raise ValueError(f"{flag} must be an int >= 8, got {value}")
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out must be a file, got the folder {str(out)!r}")
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{str(out)!r} already exists; pass --overwrite to replace it")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"the folder of --out {str(out)!r} does not exist")
-    return out
+    check_int(args.opset, "--opset", low=18, high=MAX_OPSET)
+    check_int(args.height, "--height", low=8, high=MAX_SIZE)
+    check_int(args.width, "--width", low=8, high=MAX_SIZE)
+    return check_output_file(args.out, overwrite=args.overwrite, name="--out")
 
 
 def run(args: argparse.Namespace) -> int:
     from atrous.engine.predict import load_trained_model
     from atrous.engine.preprocess import MEAN, STD
 
-    out = _check_args(args)
-    try:
-        from atrous.export.onnx import export_onnx, require
+    from atrous.export.onnx import export_onnx
 
-        for package in ("onnx", "onnxscript", *(("onnxruntime",) if args.check else ())):
-            require(package)
-    except ImportError as error:
-        raise ValueError(str(error)) from None  # a setup mistake the user fixes: one line, exit 2
+    out = _check_args(args)
+    for package in ("onnx", "onnxscript", *(("onnxruntime",) if args.check else ())):
+        require(package, "onnx", "atrous export" + (" --check" if package == "onnxruntime" else ""))
+    require("safetensors", "train", "reading a checkpoint")
     model, meta = load_trained_model(args.checkpoint, device="cpu")
     if not args.no_normalize:
         model = Normalized(model, meta.get("mean") or MEAN, meta.get("std") or STD).eval()

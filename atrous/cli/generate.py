@@ -10,48 +10,112 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
+from atrous.cli._common import check_int, check_number, require
 
-from atrous.data.sequence import mu_law_decode, write_wav
-from atrous.engine.checkpoint import load_checkpoint
-from atrous.models import create
-from atrous.streaming.sampling import sample_autoregressive
+MAX_SECONDS = 3600.0  # an hour per clip: about 29 million single-sample steps at 8 kHz
+MAX_SAMPLES = 2**28  # samples of all clips together, held in memory until they are written
+MAX_RATE = 768_000
+MAX_COUNT = 1024
+MAX_TEMPERATURE = 100.0  # far past the point where the draws are uniform noise
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
-    parser = subparsers.add_parser(name, help="sample audio from a trained WaveNet (train-seq --task audio)")
+    parser = subparsers.add_parser(
+        name, help="sample audio from a trained WaveNet (train-seq --task audio)",
+        description="Sample mu-law audio from a WaveNet checkpoint. Outputs are checked before sampling "
+                    "starts, written to a temporary name beside --out and renamed into place; symbolic links "
+                    "are refused and existing files are kept unless --overwrite is given.",
+    )
     parser.add_argument("--checkpoint", required=True, help="run folder written by `atrous train-seq --task audio`")
-    parser.add_argument("--seconds", type=float, required=True, help="length of each clip")
+    parser.add_argument("--seconds", type=float, required=True,
+                        help=f"length of each clip, > 0 and <= {MAX_SECONDS:g}")
     parser.add_argument("--out", required=True, help="output .wav; with --count N > 1, NAME_0.wav ... NAME_{N-1}.wav")
-    parser.add_argument("--count", type=int, default=1, help="clips sampled together as a batch of streams")
-    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = most likely")
-    parser.add_argument("--sample-rate", type=int, default=None, help="default: the training data's rate")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--count", type=int, default=1,
+                        help=f"clips sampled together as a batch of streams, 1 to {MAX_COUNT} (default 1)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help=f"softmax temperature, 0 to {MAX_TEMPERATURE:g}; 0 = most likely (default 1)")
+    parser.add_argument("--sample-rate", type=int, default=None,
+                        help=f"Hz written in the WAV header, 1 to {MAX_RATE:,} (default: the training data's rate)")
+    parser.add_argument("--seed", type=int, default=0, help=f"random seed, 0 to {2**32 - 1} (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: single-sample steps are too small to split, and extra "
-                        "threads slow them down several-fold on a busy machine)")
+                        help="torch threads, 1 to 1024 (default 1: single-sample steps are too small to split, and "
+                        "extra threads slow them down several-fold on a busy machine)")
     parser.set_defaults(run=run)
 
 
+def _check_args(args: argparse.Namespace) -> list[Path]:
+    """Every option and output path, checked before the checkpoint is read."""
+    from atrous.engine.predict import check_output_file
+
+    check_number(args.seconds, "--seconds", low=0.0, high=MAX_SECONDS, low_open=True)
+    check_int(args.count, "--count", low=1, high=MAX_COUNT)
+    check_number(args.temperature, "--temperature", low=0.0, high=MAX_TEMPERATURE)
+    if args.sample_rate is not None:
+        check_int(args.sample_rate, "--sample-rate", low=1, high=MAX_RATE)
+    check_int(args.seed, "--seed", low=0, high=2**32 - 1)  # as the seeds of train and train-seq
+    check_int(args.threads, "--threads", low=1, high=1024)
+    out = Path(args.out)
+    if out.is_dir() or not out.name:  # NAME_i.wav needs a name to number
+        raise IsADirectoryError(f"--out {args.out!r} is a folder; expected a file name such as clip.wav")
+    paths = [out] if args.count == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(args.count)]
+    return [check_output_file(path, overwrite=args.overwrite, name="--out") for path in paths]
+
+
+def _audio_meta(path: str) -> tuple[Path, dict]:
+    """The checkpoint folder and its metadata, refused unless it holds a WaveNet trained on audio."""
+    from atrous.engine.checkpoint import META_FILE, read_checkpoint_meta
+    from atrous.engine.predict import resolve_checkpoint
+
+    folder = resolve_checkpoint(path)
+    file = folder / META_FILE
+    meta = read_checkpoint_meta(folder)["meta"]
+    task = meta.get("task")
+    if task != "audio":
+        kind = ("a segmentation checkpoint of `atrous train`" if "num_classes" in meta and task is None
+                else f"field 'meta.task' is {task!r}")
+        raise ValueError(f"--checkpoint {str(file)!r} is not an audio WaveNet checkpoint ({kind}); generate "
+                         "needs one trained with `atrous train-seq --task audio`")
+    if meta.get("model") != "wavenet":
+        raise ValueError(f"--checkpoint {str(file)!r}: field 'meta.model' must be 'wavenet', got {meta.get('model')!r}")
+    kwargs = meta.get("model_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--checkpoint {str(file)!r}: field 'meta.model_kwargs' must be a JSON object of builder "
+                         f"arguments, got {kwargs!r}")
+    rate = meta.get("sample_rate")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or not 1 <= rate <= MAX_RATE):
+        raise ValueError(f"--checkpoint {str(file)!r}: field 'meta.sample_rate' must be an int from 1 to "
+                         f"{MAX_RATE:,} (Hz), got {rate!r}")
+    return folder, meta
+
+
 def run(args: argparse.Namespace) -> int:
-    meta = load_checkpoint(args.checkpoint)
-    if meta.get("task") != "audio" or "model" not in meta:
-        raise ValueError(
-            f"--checkpoint {args.checkpoint!r} holds a {meta.get('task')!r} model; generate needs one trained with "
-            "`atrous train-seq --task audio`"
-        )
+    import torch
+
+    from atrous.data.sequence import mu_law_decode, write_wav
+    from atrous.engine.checkpoint import load_checkpoint
+    from atrous.engine.trainer import check_model_size
+    from atrous.models import create
+    from atrous.streaming.sampling import sample_autoregressive
+
+    paths = _check_args(args)
+    require("safetensors", "train", "reading a checkpoint")
+    folder, meta = _audio_meta(args.checkpoint)
     rate = args.sample_rate or meta.get("sample_rate") or 8000
-    if args.seconds <= 0:
-        raise ValueError(f"--seconds must be > 0, got {args.seconds}")
-    if args.count < 1:
-        raise ValueError(f"--count must be >= 1, got {args.count}")
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
     samples = max(1, round(args.seconds * rate))
-    model = create(meta["model"], **meta.get("model_kwargs", {}))
-    load_checkpoint(args.checkpoint, model)
+    if samples * args.count > MAX_SAMPLES:
+        raise ValueError(f"--seconds {args.seconds:g} at {rate} Hz for --count {args.count} clips is "
+                         f"{samples * args.count:,} samples; at most {MAX_SAMPLES:,} are generated at once")
+    kwargs = meta.get("model_kwargs", {})
+    try:
+        check_model_size("wavenet", **kwargs)  # a crafted file allocates nothing
+    except ValueError as error:
+        file = folder / "checkpoint.json"
+        raise ValueError(f"--checkpoint {str(file)!r}: field 'meta.model_kwargs': {error}") from None
+    torch.set_num_threads(args.threads)
+    model = create("wavenet", **kwargs)
+    load_checkpoint(folder, model)
     generator = torch.Generator().manual_seed(args.seed)
     bar = None
     if not args.no_progress:
@@ -70,9 +134,7 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     audio = mu_law_decode(ids, model.config.classes)
-    out = Path(args.out)
-    paths = [out] if args.count == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(args.count)]
     for path, clip in zip(paths, audio):
-        write_wav(path, clip.numpy(), rate)
+        write_wav(path, clip.numpy(), rate)  # a temporary name, then renamed: whole or absent
         print(f"wrote {path} ({samples} samples at {rate} Hz)")
     return 0

@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         if show_trace:
             raise
         exit_code = getattr(error, "exit_code", None)
-        if isinstance(exit_code, int):  # a run stopped by a signal after saving
-            print(f"atrous: {error}", file=sys.stderr)
+        if isinstance(exit_code, int):  # a run that stopped as it should: a signal, divergence, a lock
+            print(f"atrous: {error}" if exit_code > 1 else one_line(error), file=sys.stderr)
             return exit_code
         if isinstance(error, (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError,
                               FileExistsError, IsADirectoryError)):

@@ -5,17 +5,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-from atrous.cli._common import add_device_argument, parse_floats
+from atrous.cli._common import add_device_argument, check_int, parse_floats, require
+from atrous.cli.evaluate import MAX_SCALE
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
-    parser = subparsers.add_parser(name, help="predict segmentation masks for images")
+    parser = subparsers.add_parser(
+        name, help="predict segmentation masks for images",
+        description="Label images with a checkpoint. Every image is decoded and every output path checked "
+                    "before anything is written, so a missing, corrupt or oversized image writes nothing; each "
+                    "output is written to a temporary name in --out and renamed into place, and outputs that are "
+                    "symbolic links are refused.",
+    )
     parser.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or checkpoint file")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any Pillow format)")
-    parser.add_argument("--out", required=True, help="folder for STEM.png (class indices) and STEM_overlay.png")
+    parser.add_argument("--out", required=True,
+                        help="folder for STEM.png (class indices) and STEM_overlay.png (made if missing)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--flip", action="store_true", help="average with horizontally flipped input")
-    parser.add_argument("--scales", default="1", help="input scales to average, e.g. 0.75,1,1.25")
+    parser.add_argument("--scales", default="1",
+                        help=f"input scales to average, e.g. 0.75,1,1.25 (each > 0 and <= {MAX_SCALE:g})")
     parser.add_argument(
         "--max-pixels", type=int, default=None, metavar="N",
         help="refuse images with more pixels, from their headers, before decoding them "
@@ -29,7 +38,11 @@ def run(args: argparse.Namespace) -> int:
     from atrous.engine.distributed import resolve_device
     from atrous.engine.predict import load_trained_model, predict_files
 
-    scales = parse_floats(args.scales, "--scales")
+    scales = parse_floats(args.scales, "--scales", maximum=MAX_SCALE)
+    if args.max_pixels is not None:
+        check_int(args.max_pixels, "--max-pixels", low=1)
+    require("safetensors", "train", "reading a checkpoint")
+    require("PIL", "train", "predict")
     limit = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
     device = resolve_device(args.device)
     model, meta = load_trained_model(args.checkpoint, device=device)

@@ -10,23 +10,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
+import torch
 from torch import nn
 
-from atrous.cli._common import parse_ints
+from atrous.cli._common import check_int, parse_ints, require
 from atrous.ops.padding import kernel_extent
+
+MAX_KERNEL = 1024
+MAX_CHANNELS = 65_536
+MAX_RATE = 2**20
+MAX_INPUT_VALUES = 2**24  # C x spatial sizes: the analysis may run the model on a zero input of this size
+MAX_COVERAGE = 10**6  # field size up to which --check-hdc and the coverage map are computed, one entry per offset
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser = subparsers.add_parser(name, help="receptive field, cost and gridding of a dilated stack or model")
-    parser.add_argument("--rates", default="1,2,4,8", help="dilation of each layer (default 1,2,4,8)")
-    parser.add_argument("--kernel", type=int, default=3, help="kernel size of every layer (default 3)")
+    parser.add_argument("--rates", default="1,2,4,8",
+                        help=f"dilation of each layer, each 1 to {MAX_RATE:,} (default 1,2,4,8)")
+    parser.add_argument("--kernel", type=int, default=3,
+                        help=f"kernel size of every layer, 1 to {MAX_KERNEL} (default 3)")
     parser.add_argument("--dims", type=int, default=2, choices=(1, 2), help="spatial axes of the stack (default 2)")
-    parser.add_argument("--channels", type=int, default=64, help="channels of every layer, for the cost (default 64)")
+    parser.add_argument("--channels", type=int, default=64,
+                        help=f"channels of every layer, for the cost, 1 to {MAX_CHANNELS:,} (default 64)")
     parser.add_argument("--model", help="a registered model name (see atrous.models.list_models())")
-    parser.add_argument("--input", help="input shape C,H,W or C,T (default: the model's channels at 512 or 16384)")
+    parser.add_argument("--input", help="input shape C,H,W or C,T (default: the model's channels at 512 or 16384), "
+                        f"at most {MAX_INPUT_VALUES:,} values in all")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the coverage map (rates) or the ERF heatmap (model)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     parser.add_argument("--check-hdc", metavar="RATES", help="print the HDC verdict for these rates")
     parser.set_defaults(run=run)
 
@@ -39,9 +53,56 @@ def _stack(rates: list[int], kernel: int, dims: int, channels: int) -> nn.Module
 
 
 def _model(name: str) -> nn.Module:
-    from atrous.models import create
+    from atrous.models import create, list_models
 
+    if name not in list_models():
+        raise ValueError(f"--model must be a registered model name, one of: {', '.join(list_models())}; got {name!r}")
     return create(name)
+
+
+def _input_shape(text: str) -> tuple[int, ...]:
+    shape = tuple(parse_ints(text, "--input"))
+    values = 1
+    for size in shape:
+        values *= size
+    if values > MAX_INPUT_VALUES:
+        raise ValueError(f"--input {text!r} holds {values:,} values; at most {MAX_INPUT_VALUES:,} are analysed")
+    return shape
+
+
+def _check_coverage(rates: list[int], kernel: int, option: str) -> None:
+    size = 1 + (kernel - 1) * sum(rates)
+    if size > MAX_COVERAGE:
+        raise ValueError(f"{option} with --kernel {kernel} spans a field of {size:,} samples; the coverage is "
+                         f"computed up to {MAX_COVERAGE:,}")
+
+
+def _check_plot(args: argparse.Namespace) -> Path:
+    from atrous.engine.predict import check_output_file
+
+    path = Path(args.plot)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--plot must name a .png file, got {args.plot!r}")
+    require("matplotlib", "plot", "rf --plot")
+    return check_output_file(path, overwrite=args.overwrite, name="--plot")
+
+
+def _write_png(path: Path, draw) -> None:
+    """``draw(png)`` into a hidden file beside ``path``, moved into place whole
+    (:func:`atrous.engine.checkpoint.atomic_write`); the plotting functions want a ``.png`` name."""
+    from atrous.engine.checkpoint import atomic_write
+
+    def write(tmp: str) -> None:
+        staged = Path(f"{tmp}.png")
+        try:
+            draw(staged)
+            os.replace(staged, tmp)
+        except OSError as error:
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
+        finally:
+            staged.unlink(missing_ok=True)
+
+    atomic_write(path, write)
 
 
 def _default_input(model: nn.Module) -> tuple[int, ...]:
@@ -55,49 +116,58 @@ def _default_input(model: nn.Module) -> tuple[int, ...]:
 def run(args: argparse.Namespace) -> int:
     from atrous.analysis import gridding, hdc_check, receptive_field
 
-    if args.check_hdc:
-        verdict = hdc_check(parse_ints(args.check_hdc, "--check-hdc"), args.kernel)
+    check_int(args.kernel, "--kernel", low=1, high=MAX_KERNEL)
+    check_int(args.channels, "--channels", low=1, high=MAX_CHANNELS)
+    if args.check_hdc is not None:
+        hdc_rates = parse_ints(args.check_hdc, "--check-hdc", maximum=MAX_RATE)
+        _check_coverage(hdc_rates, args.kernel, "--check-hdc")
+        verdict = hdc_check(hdc_rates, args.kernel)
         if args.json:
             print(json.dumps({"valid": verdict.valid, "explanation": verdict.explanation,
                               "max_distances": list(verdict.max_distances), "common_factor": verdict.common_factor}))
         else:
             print(("valid: " if verdict.valid else "invalid: ") + verdict.explanation)
         return 0
-    if args.kernel < 1:
-        raise ValueError(f"--kernel must be >= 1, got {args.kernel}")
-    if args.channels < 1:
-        raise ValueError(f"--channels must be >= 1, got {args.channels}")
-    if args.model:
+    given_input = _input_shape(args.input) if args.input is not None else None
+    if args.model is None:
+        rates = parse_ints(args.rates, "--rates", maximum=MAX_RATE)
+        if args.plot is not None:
+            _check_coverage(rates, args.kernel, "--rates")
+    plot = _check_plot(args) if args.plot is not None else None  # before any work
+    if args.model is not None:
         model = _model(args.model)
-        shape = tuple(parse_ints(args.input, "--input")) if args.input else _default_input(model)
+        shape = given_input or _default_input(model)
     else:
-        rates = parse_ints(args.rates, "--rates")
-        channels = parse_ints(args.input, "--input")[0] if args.input else args.channels
-        shape = tuple(parse_ints(args.input, "--input")) if args.input else (channels, *(64,) * args.dims)
+        shape = given_input or (args.channels, *(64,) * args.dims)
         if len(shape) != args.dims + 1:
-            raise ValueError(f"--input must be C plus {args.dims} spatial sizes for --dims {args.dims}, got {args.input!r}")
-        model = _stack(rates, args.kernel, args.dims, channels)
+            raise ValueError(f"--input must be C plus {args.dims} spatial sizes for --dims {args.dims}, "
+                             f"got {args.input!r}")
+        check_int(shape[0], "--input channels", low=1, high=MAX_CHANNELS)
+        with torch.device("meta"):  # the field and the cost need shapes only, never the weights
+            model = _stack(rates, args.kernel, args.dims, shape[0])
     field = receptive_field(model, shape)
     if args.json:
         print(json.dumps(field.as_dict()))
-    elif args.model:
+    elif args.model is not None:
         print(f"{args.model} at input {','.join(map(str, shape))}: receptive field "
               f"{'x'.join(map(str, field.size))}, stride {'x'.join(map(str, field.stride))}"
               + (" (whole input: global pooling)" if any(field.whole) else ""))
         print(field.table())
     else:
         print(_rates_table(rates, args.kernel, field))
-    if args.plot:
-        from atrous.viz import plot_coverage
+    if plot is not None:
+        from atrous.viz import plot_coverage, plot_erf
 
-        if args.model:
+        if args.model is not None:
             from atrous.analysis import effective_receptive_field
 
-            erf = effective_receptive_field(model, shape, plot=args.plot)
-            print(f"wrote the effective receptive field ({'x'.join(map(str, erf.shape))}) to {args.plot}")
+            erf = effective_receptive_field(model, shape)
+            _write_png(plot, lambda png: plot_erf(erf, png))
+            print(f"wrote the effective receptive field ({'x'.join(map(str, erf.shape))}) to {plot}")
         else:
-            plot_coverage(gridding(rates, args.kernel), args.plot, dims=args.dims)
-            print(f"wrote the coverage map to {args.plot}")
+            coverage = gridding(rates, args.kernel)
+            _write_png(plot, lambda png: plot_coverage(coverage, png, dims=args.dims))
+            print(f"wrote the coverage map to {plot}")
     return 0
 
 

@@ -17,6 +17,7 @@ by mu-law companding, ``F(x) = sign(x) ln(1 + mu |x|) / ln(1 + mu)`` with ``mu =
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import wave
@@ -148,15 +149,41 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
 
 def write_wav(path: str | os.PathLike, audio: np.ndarray | torch.Tensor, sample_rate: int) -> Path:
-    """Write mono float audio in ``[-1, 1]`` as 16-bit PCM."""
+    """Write mono float audio in ``[-1, 1]`` (clipped) as 16-bit PCM.
+
+    The file is rendered in memory, written to a temporary name in its folder and renamed onto
+    ``path`` (:func:`atrous.engine.checkpoint.atomic_write`), so it is whole or absent; an existing
+    file or symbolic link at ``path`` is replaced, never written through.
+
+    Args:
+        path: the ``.wav`` file; its folder must exist.
+        audio: samples of any shape, flattened; finite.
+        sample_rate: Hz, an int from 1 to 2**32 - 1 (the header's field).
+
+    Raises:
+        ValueError: a ``sample_rate`` out of range or audio with NaN or infinity.
+        FileNotFoundError: the folder of ``path`` does not exist.
+    """
+    from atrous.engine.checkpoint import atomic_write
+
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
+            or not 1 <= sample_rate <= 2**32 - 1:
+        raise ValueError(f"sample_rate must be an int from 1 to {2**32 - 1} (Hz), got {sample_rate!r}")
     samples = np.asarray(audio, dtype=np.float64).reshape(-1)
+    bad = np.flatnonzero(~np.isfinite(samples))
+    if bad.size:
+        raise ValueError(f"audio must be finite; sample {bad[0]} is {samples[bad[0]]}")
     pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2")
-    path = Path(path)
-    with wave.open(str(path), "wb") as handle:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as handle:
         handle.setnchannels(1)
         handle.setsampwidth(2)
         handle.setframerate(int(sample_rate))
         handle.writeframes(pcm.tobytes())
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder of {str(path)!r} does not exist")
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
     return path
 
 

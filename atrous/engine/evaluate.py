@@ -4,6 +4,7 @@ DeepLab's evaluation protocol)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -29,6 +30,14 @@ def _batches(dataset: Dataset, indices: Sequence[int], batch_size: int) -> Itera
         yield torch.stack(images), torch.stack(masks)
 
 
+def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    """A non-empty sequence of finite input scales > 0, as a tuple; the error names ``scales``."""
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales or not all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"scales (--scales) must be a non-empty sequence of finite numbers > 0, got {scales!r}")
+    return tuple(scales)
+
+
 @torch.no_grad()
 def predict_probabilities(
     model: nn.Module,
@@ -44,9 +53,10 @@ def predict_probabilities(
     Args:
         model: returns logits at its input size.
         flip: also run the horizontally flipped image and average.
-        scales: input scales to run and average (1.0 = original size).
+        scales: input scales to run and average (1.0 = original size), finite and > 0.
         mean, std: input normalisation (ImageNet statistics by default).
     """
+    scales = check_scales(scales)
     height, width = images.shape[-2:]
     inputs = normalize(images, mean or MEAN, std or STD)
     total = None
@@ -99,6 +109,9 @@ def evaluate(
     """
     from atrous.engine import distributed
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size (--batch-size) must be an int >= 1, got {batch_size!r}")
+    scales = check_scales(scales)
     context = context or distributed.DistributedContext()
     was_training = model.training
     model.eval()
@@ -106,9 +119,12 @@ def evaluate(
     indices = range(context.rank, len(dataset), context.world_size)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(indices), desc="evaluate", unit="img", dynamic_ncols=True)
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # tqdm comes with the "train" extra; evaluation works without the bar
+            tqdm = None
+        if tqdm is not None:
+            bar = tqdm(total=len(indices), desc="evaluate", unit="img", dynamic_ncols=True)
     for images, masks in _batches(dataset, indices, batch_size):
         probs = predict_probabilities(model, images.to(device), flip=flip, scales=scales, mean=mean, std=std)
         matrix.update(probs.argmax(1).cpu(), masks)

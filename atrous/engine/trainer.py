@@ -226,6 +226,9 @@ class SegmentationJob:
     def __init__(self, config: TrainConfig, context) -> None:
         self.config, self.context = config, context
         self.train_set, self.val_set = build_datasets(config)
+        for dataset in (self.train_set.dataset, self.val_set):  # every file read once, before a run folder exists
+            if hasattr(dataset, "validate"):
+                dataset.validate()
         self.num_classes = self.train_set.num_classes
         torch.manual_seed(config.seed)
         self.model = build_model(config, self.num_classes).to(context.device)

@@ -107,7 +107,9 @@ def export_onnx(
 
     Args:
         model: exported in eval mode (its mode is restored afterwards).
-        path: the ``.onnx`` file; written atomically (a temporary name, then renamed).
+        path: the ``.onnx`` file; its folder must exist. Checked before the export starts (a
+            folder or a symbolic link is refused) and written atomically (a temporary name in the
+            same folder, then renamed onto ``path``, replacing a file there).
         example_input: ``(N, C, *S)``, e.g. ``(1, 3, 128, 128)`` for an image model.
         opset: ONNX opset version, >= 18.
         dynamic_batch: keep ``N`` symbolic (named ``"batch"``).
@@ -125,8 +127,13 @@ def export_onnx(
     Raises:
         ImportError: ``onnx``, ``onnxscript`` (or, with ``check``, ``onnxruntime``) is missing.
         ValueError: bad arguments, or a forward whose output cannot follow a dynamic size.
+        FileNotFoundError, IsADirectoryError: ``path`` has no folder, or is one.
     """
     from atrous.engine.checkpoint import atomic_write
+    from atrous.engine.predict import check_output_file
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
     if not isinstance(example_input, torch.Tensor) or example_input.ndim < 3:
         shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
@@ -138,9 +145,7 @@ def export_onnx(
     require("onnxscript")
     if check:
         require("onnxruntime")
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"the folder of path {str(path)!r} does not exist")
+    path = check_output_file(path, overwrite=True, name="path")
     axes = {0: "batch"} if dynamic_batch else {}
     if dynamic_spatial:
         spatial = example_input.ndim - 2

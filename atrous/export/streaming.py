@@ -75,7 +75,9 @@ def export_streaming_onnx(
     Args:
         model: a WaveNet, TCN or causal ``nn.Sequential`` (see :mod:`atrous.streaming.program`),
             float32, on the CPU; exported in eval mode.
-        path: the ``.onnx`` file (its folder must exist).
+        path: the ``.onnx`` file; its folder must exist. Checked before the export starts (a
+            folder or a symbolic link is refused) and written atomically (a temporary name in the
+            same folder, then renamed onto ``path``).
         batch_size: the batch of the graph when ``dynamic_batch`` is false.
         dynamic_batch: keep the batch axis of every input and output symbolic (``"batch"``).
         opset: ONNX opset version, 18 to 23.
@@ -88,16 +90,18 @@ def export_streaming_onnx(
     Raises:
         ImportError: ``onnx`` or ``onnxscript`` is missing.
         ValueError: a layer that cannot be streamed (named), or bad arguments.
+        FileNotFoundError, IsADirectoryError: ``path`` has no folder, or is one.
     """
+    from atrous.engine.checkpoint import atomic_write
+    from atrous.engine.predict import check_output_file
+
     require("onnx")
     require("onnxscript")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if isinstance(opset, bool) or not isinstance(opset, int) or not 18 <= opset <= 23:
         raise ValueError(f"opset must be an int from 18 to 23, got {opset!r}")
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"the folder of path {str(path)!r} does not exist")
+    path = check_output_file(path, overwrite=True, name="path")
     was_training = model.training
     model.eval()
     try:
@@ -120,6 +124,6 @@ def export_streaming_onnx(
         symbol = exported.graph_signature.user_inputs[0]
         node = next(n for n in exported.graph.nodes if n.name == symbol)
         onnx_program.rename_axes({str(node.meta["val"].shape[0]): "batch"})
-    onnx_program.save(str(path), external_data=False)
+    atomic_write(path, lambda tmp: onnx_program.save(tmp, external_data=False))
     shapes_out = tuple((channels, context) for context, channels in step.program.rings)
     return StreamingOnnxExport(path, opset, tuple(input_names), tuple(output_names), shapes_out)

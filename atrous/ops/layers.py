@@ -29,6 +29,22 @@ from atrous.ops.padding import (
 )
 
 
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def _check_channels(in_channels: object, out_channels: object, groups: object) -> None:
+    """Channel counts and groups as ``nn.ConvNd`` needs them, refused with their names and values."""
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        _check_count(name, value)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} must both be divisible by "
+                         f"groups={groups}")
+
+
 class _DilatedConvMixin:
     """Shared forward and helpers; ``self.padding`` holds the user's spec ("same", 3, (1, 2), ...)."""
 
@@ -82,9 +98,12 @@ def _conv_class(base: type[nn.modules.conv._ConvNd], ndim: int, doc: str) -> typ
         *,
         backend: str = "auto",
     ) -> None:
+        _check_channels(in_channels, out_channels, groups)
         kernel_size = to_tuple(kernel_size, ndim, "kernel_size")
         stride = to_tuple(stride, ndim, "stride")
         dilation = to_tuple(dilation, ndim, "dilation")
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be True or False, got {bias!r}")
         base.__init__(
             self, in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias, padding_mode, device, dtype
         )
@@ -211,8 +230,14 @@ class DilatedStack(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if dims not in _CONV_BY_DIMS:
+        if not isinstance(dims, int) or isinstance(dims, bool) or dims not in _CONV_BY_DIMS:
             raise ValueError(f"dims must be 1, 2 or 3, got {dims!r}")
+        for name, flag in (("bias", bias), ("use_space_to_batch", use_space_to_batch)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        _check_count("channels", channels)
+        if activation is not None and not callable(activation):
+            raise TypeError(f"activation must be a factory of modules such as nn.ReLU, or None, got {activation!r}")
         rates = check_rates(rates)
         self.rates = rates
         self.use_space_to_batch = use_space_to_batch

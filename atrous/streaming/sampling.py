@@ -9,6 +9,7 @@ overhead, which dominates a single sample.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -38,8 +39,9 @@ def sample_autoregressive(
             the logits at ``t`` predict the class at ``t + 1``; it must be streamable.
         steps: number of samples to draw per stream.
         batch_size: number of independent streams.
-        temperature: softmax temperature (``0`` takes the most likely class).
-        first: the class fed at the first step (default ``classes // 2``, mu-law silence).
+        temperature: softmax temperature, finite and >= 0 (``0`` takes the most likely class).
+        first: the class fed at the first step, in ``[0, classes)`` (default ``classes // 2``,
+            mu-law silence).
         global_condition: ``(B,)`` ids passed to every step.
         local_condition: ``(B, C_cond, steps)`` at the sample rate; step ``t`` gets column ``t``.
         generator: random generator for reproducible draws.
@@ -53,14 +55,18 @@ def sample_autoregressive(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 takes the most likely class), "
+                         f"got {temperature!r}")
     if local_condition is not None and (local_condition.ndim != 3 or local_condition.shape[2] < steps):
         raise ValueError(
             f"local_condition must be (B, C_cond, >= steps={steps}), got {tuple(local_condition.shape)}"
         )
-    model.eval()
     classes = getattr(model, "in_channels", None) or 256
+    if first is not None and (isinstance(first, bool) or not isinstance(first, int) or not 0 <= first < classes):
+        raise ValueError(f"first must be a class id in [0, {classes}), got {first!r}")
+    model.eval()
     device = next(model.parameters()).device
     streamer = None
     if fused or (fused is None and device.type == "cpu"):
@@ -82,7 +88,9 @@ def sample_autoregressive(
         if temperature == 0:
             current = logits.argmax(dim=1, keepdim=True)
         else:
-            probs = torch.softmax(logits / temperature, dim=1)
+            # shifted first, so a tiny temperature cannot overflow the scaled logits to inf (and the
+            # softmax to nan): the most likely class then gets all the probability
+            probs = torch.softmax((logits - logits.amax(dim=1, keepdim=True)) / temperature, dim=1)
             current = torch.multinomial(probs, 1, generator=generator)
         out[:, t] = current[:, 0]
         if progress is not None:

@@ -233,6 +233,8 @@ class Streamer:
             elif kind == "eval":
                 self._eval_only.append((name, module))
         self.in_channels = _expected_in_channels(model)
+        # (B, C, L) chunks must match the weights: the offline forward would refuse another dtype too
+        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
         self.samples_seen = 0
 
     @property
@@ -247,6 +249,11 @@ class Streamer:
             raise ValueError(
                 f"chunk must have shape (batch_size={self.batch_size}, ..., L >= 1) with time last, "
                 f"got {tuple(chunk.shape)}"
+            )
+        if chunk.ndim == 3 and self.dtype is not None and chunk.dtype != self.dtype:
+            raise TypeError(
+                f"chunk of shape {tuple(chunk.shape)} has dtype {chunk.dtype} but the model's parameters are "
+                f"{self.dtype}; convert it first (chunk.to({self.dtype}))"
             )
         if chunk.ndim == 3 and chunk.is_floating_point() and self.in_channels is not None:
             if chunk.shape[1] != self.in_channels:
@@ -283,13 +290,18 @@ class Streamer:
         """Feed the next ``L`` samples of every stream; return the model's next ``L`` outputs.
 
         Args:
-            chunk: ``(B, C_in, L)`` (or whatever the model takes with time last, e.g.
-                ``(B, L)`` class ids for WaveNet), ``B == batch_size``, any ``L >= 1``.
+            chunk: ``(B, C_in, L)`` of the model's dtype (or whatever the model takes with time
+                last, e.g. ``(B, L)`` class ids for WaveNet), ``B == batch_size``, any ``L >= 1``.
             *args, **kwargs: passed to the model's forward with the chunk, e.g. the matching
                 chunk of a local conditioning sequence ``(B, C_cond, L)``.
 
         Returns:
             The model's output for these ``L`` steps, e.g. ``(B, C_out, L)``.
+
+        Raises:
+            TypeError: ``chunk`` is not a tensor, or a ``(B, C, L)`` chunk of another dtype than
+                the model's parameters (it is not converted: convert it, or the model, first).
+            ValueError: a shape that does not fit ``batch_size`` or the model's channels.
         """
         self._check_chunk(chunk)
         for state in self._states.values():
@@ -312,11 +324,20 @@ class Streamer:
         of the offline forward.
 
         Args:
-            indices: stream indices in ``[0, batch_size)``.
+            indices: stream indices in ``[0, batch_size)``: an int, a sequence of ints or an
+                integer tensor.
         """
         rows = None
         if indices is not None:
-            rows = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+            try:
+                rows = torch.as_tensor(indices)
+            except (TypeError, ValueError, RuntimeError):
+                rows = None
+            if rows is None or rows.numel() and (rows.dtype == torch.bool or rows.is_floating_point()
+                                                 or rows.is_complex()):
+                raise TypeError(f"indices must be an int, a sequence of ints or an integer tensor of stream indices "
+                                f"in [0, {self.batch_size}), got {indices!r}")
+            rows = rows.to(torch.long).reshape(-1)
             if rows.numel() and (rows.min() < 0 or rows.max() >= self.batch_size):
                 raise ValueError(
                     f"indices must lie in [0, {self.batch_size}) (batch_size={self.batch_size}), got {rows.tolist()}"

@@ -57,7 +57,7 @@ def test_export_then_onnxruntime_equals_the_checkpoint_model(checkpoint, tmp_pat
     ("extra", "message"),
     [
         (["--format", "tflite"], "--format must be one of ('onnx',), got 'tflite'"),
-        (["--height", "4"], "--height must be an int >= 8"),
+        (["--height", "4"], "--height must be an int from 8 to 4,096, got 4"),
         (["--opset", "11"], "opset must be an int from 18"),
     ],
 )

@@ -6,14 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atrous.models._checks import check_float
 from atrous.ops import DilatedConv2d
 from atrous.ops.formulations import capturing
 
 
+MAX_WIDTH_MULTIPLIER = 64.0  # 64 times the papers' widths is already past any GPU's memory
+
+
 def scaled(channels: int, width_multiplier: float) -> int:
     """``channels * width_multiplier`` rounded, at least 1: the width knob of every builder."""
-    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)) or width_multiplier <= 0:
-        raise ValueError(f"width_multiplier must be a positive number, got {width_multiplier!r}")
+    check_float("width_multiplier", width_multiplier, low=0.0, high=MAX_WIDTH_MULTIPLIER, low_open=True)
     return max(1, int(round(channels * width_multiplier)))
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from atrous.models._checks import check_int
+from atrous.models._checks import check_bool, check_int, check_sequence
 from atrous.ops import DilatedConv2d
 from atrous.ops.backend import capturing
 
@@ -78,6 +78,8 @@ class SeparableConv2d(nn.Sequential):
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, dilation: int = 1) -> None:
+        check_int("in_channels", in_channels)
+        check_int("out_channels", out_channels)
         super().__init__(
             DilatedConv2d(in_channels, in_channels, 3, dilation=dilation, groups=in_channels, bias=False),
             nn.BatchNorm2d(in_channels),
@@ -155,11 +157,15 @@ class ASPP(nn.Module):
         super().__init__()
         check_int("in_channels", in_channels)
         check_int("out_channels", out_channels)
-        rates = tuple(rates)
+        rates = check_sequence("rates", rates)
         for rate in rates:
             check_int("rates", rate)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")  # nan fails the comparison too
+        check_bool("separable", separable)
+        check_bool("image_pooling", image_pooling)
+        if output_stride is not None:
+            check_int("output_stride", output_stride)
         check_aspp_rates(rates, output_stride=output_stride)
         self.rates = rates
         branches: list[nn.Module] = [

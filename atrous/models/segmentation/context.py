@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from atrous.models._checks import check_int
+from atrous.models._checks import check_bool, check_float, check_int
 from atrous.ops import DilatedConv2d
 from atrous.ops.padding import check_rates
 
@@ -102,8 +102,9 @@ class ContextModule(nn.Module):
             raise ValueError(f"variant='large' needs {len(LARGE_WIDTHS)} rates, got {rates!r}")
         if residual and variant != "basic":
             raise ValueError(f"residual=True needs variant='basic' (equal widths), got variant={variant!r}")
-        if init_noise < 0:
-            raise ValueError(f"init_noise must be >= 0, got {init_noise!r}")
+        check_float("init_noise", init_noise, low=0.0)
+        check_bool("norm", norm)
+        check_bool("residual", residual)
         widths = [channels * m for m in LARGE_WIDTHS] if variant == "large" else [channels] * len(rates)
         self.channels, self.variant, self.rates = channels, variant, rates
         self.residual = residual

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from atrous.models._checks import check_int
+from atrous.models._checks import check_bool, check_int
 from atrous.models._registry import register_model
 from atrous.models.segmentation._common import ConvBNReLU, resize_to, scaled
 from atrous.models.segmentation.context import CONTEXT_RATES, ContextModule
@@ -88,6 +88,8 @@ class ContextNet(nn.Module):
         check_int("num_classes", num_classes)
         check_int("in_channels", in_channels)
         check_int("channels", channels)
+        for name, flag in (("norm", norm), ("residual", residual), ("decoder", decoder)):
+            check_bool(name, flag)
         first, second = max(1, channels // 3), max(1, 2 * channels // 3)
         self.stem = nn.Sequential(  # stride 4, field 15: the decoder's skip
             ConvBNReLU(in_channels, first, 3, stride=2),
@@ -123,6 +125,7 @@ class ContextNet(nn.Module):
 
 def _build(rates: Sequence[int], num_classes: int, in_channels: int, width_multiplier: float, variant: str,
            norm: bool, residual: bool = True, decoder: bool = True, **widths: int | None) -> ContextNet:
+    check_bool("residual", residual)  # before it is combined with the variant below
     return ContextNet(num_classes, in_channels, channels=scaled(96, width_multiplier), rates=rates, variant=variant,
                       norm=norm, residual=residual and variant == "basic", decoder=decoder, **widths)
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from atrous.models._checks import check_int
+from atrous.models._checks import check_bool, check_int, check_sequence
 from atrous.models._features import FeatureExtractor
 from atrous.models._registry import register_model
 from atrous.models.segmentation._common import resize_to, scaled
@@ -53,7 +53,7 @@ class DeepLabV3(nn.Module):
         check_int("num_classes", num_classes)
         self.backbone = backbone
         self.output_stride = backbone.output_stride
-        rates = paper_rates(self.output_stride) if rates is None else tuple(rates)
+        rates = paper_rates(self.output_stride) if rates is None else check_sequence("rates", rates)
         self.aspp = ASPP(backbone.out_channels, aspp_channels, rates, separable=separable,
                          output_stride=self.output_stride)
         self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
@@ -92,7 +92,7 @@ class DeepLabV3Plus(nn.Module):
         check_int("num_classes", num_classes)
         self.output_stride = backbone.output_stride
         self.features = FeatureExtractor(backbone, {"layer1": "low", "layer4": "out"})
-        rates = paper_rates(self.output_stride) if rates is None else tuple(rates)
+        rates = paper_rates(self.output_stride) if rates is None else check_sequence("rates", rates)
         self.aspp = ASPP(backbone.out_channels, aspp_channels, rates, separable=separable,
                          output_stride=self.output_stride)
         self.decoder = DeepLabV3PlusDecoder(backbone.low_level_channels, aspp_channels, num_classes,
@@ -117,6 +117,7 @@ def _deeplab(
     separable: bool,
     width_multiplier: float,
 ) -> nn.Module:
+    check_bool("separable", separable)
     backbone = build_resnet(depth, output_stride=output_stride, multi_grid=multi_grid, in_channels=in_channels,
                             width_multiplier=width_multiplier)
     width = scaled(256, width_multiplier)

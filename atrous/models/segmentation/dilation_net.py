@@ -47,6 +47,8 @@ class DilationNet(nn.Module):
     ) -> None:
         super().__init__()
         check_int("num_classes", num_classes)
+        if context not in (None, "basic", "large"):
+            raise ValueError(f"context must be 'basic', 'large' or None (front end alone), got {context!r}")
         self.trunk = VGG16Trunk(trunk, in_channels=in_channels, width_multiplier=width_multiplier, dropout=dropout)
         self.output_stride = self.trunk.output_stride
         self.score = nn.Conv2d(self.trunk.out_channels, num_classes, 1)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from atrous.models._checks import check_int
+from atrous.models._checks import check_bool, check_float, check_int, check_sequence
 from atrous.models.segmentation._common import ConvBNReLU, resize_to
 from atrous.models.segmentation.aspp import RateWarning, SeparableConv2d
 
@@ -41,6 +41,7 @@ class FCNHead(nn.Sequential):
         check_int("in_channels", in_channels)
         check_int("num_classes", num_classes)
         hidden = max(1, in_channels // 4) if hidden_channels is None else check_int("hidden_channels", hidden_channels)
+        check_float("dropout", dropout, low=0.0, high=1.0)
         super().__init__(ConvBNReLU(in_channels, hidden, 3), nn.Dropout(dropout), nn.Conv2d(hidden, num_classes, 1))
 
 
@@ -74,6 +75,7 @@ class DeepLabV3PlusDecoder(nn.Module):
                             ("num_classes", num_classes), ("reduce_channels", reduce_channels),
                             ("channels", channels)):
             check_int(name, value)
+        check_bool("separable", separable)
         self.reduce = ConvBNReLU(low_level_channels, reduce_channels, 1)
         fused = reduce_channels + encoder_channels
         if separable:
@@ -104,7 +106,8 @@ class HDCBlock(nn.Module):
     def __init__(self, channels: int, rates: Sequence[int] = (1, 2, 5), *, residual: bool = True) -> None:
         super().__init__()
         check_int("channels", channels)
-        rates = tuple(rates)
+        check_bool("residual", residual)
+        rates = check_sequence("rates", rates)
         if not rates:
             raise ValueError("rates must name at least one dilation, got an empty sequence")
         for rate in rates:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from atrous.models._checks import check_int
+from atrous.models._checks import check_int, check_sequence
 from atrous.models._registry import register_model
 from atrous.models.segmentation._common import check_output_stride, scaled
 from atrous.ops import DilatedConv2d
@@ -214,7 +214,7 @@ def build_resnet(
             block,
             layers,
             output_stride=output_stride,
-            multi_grid=None if multi_grid is None else tuple(multi_grid),
+            multi_grid=None if multi_grid is None else check_sequence("multi_grid", multi_grid),
             base_width=scaled(64, width_multiplier),
             in_channels=in_channels,
         )

@@ -18,7 +18,9 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from atrous.models._checks import check_int
+from atrous.models._checks import check_bool, check_float, check_int
+
+MAX_LEVELS = 32  # dilation 2**31 in the last level
 from atrous.models._registry import register_model
 from atrous.ops.layers import CausalConv1d, DilatedConv1d
 
@@ -37,14 +39,14 @@ class TCNConfig:
     init_std: float = 0.01  # the 1x1 projection and head only; see _conv
 
     def __post_init__(self) -> None:
-        for name in ("in_channels", "out_channels", "hidden", "levels", "kernel_size"):
+        for name in ("in_channels", "out_channels", "hidden", "kernel_size"):
             check_int(name, getattr(self, name))
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.init_std < 0:
-            raise ValueError(f"init_std must be >= 0 (0 keeps PyTorch's default init), got {self.init_std!r}")
-        if not isinstance(self.causal, bool):
-            raise TypeError(f"causal must be a bool, got {self.causal!r}")
+        check_int("levels", self.levels, maximum=MAX_LEVELS)
+        dropout = self.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")  # nan fails the comparison too
+        check_float("init_std", self.init_std, low=0.0)  # 0 keeps PyTorch's default init
+        check_bool("causal", self.causal)
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, dilation: int, causal: bool) -> nn.Module:

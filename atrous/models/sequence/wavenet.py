@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from atrous.models._checks import check_int
+
+MAX_LAYERS = 32  # layers per block: dilation 2**31 in the last
+MAX_BLOCKS = 1024
 from atrous.models._registry import register_model
 from atrous.ops.layers import CausalConv1d
 from atrous.ops.padding import kernel_extent
@@ -40,15 +43,15 @@ class WaveNetConfig:
     local_channels: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("classes", "blocks", "layers", "residual_channels", "gate_channels", "skip_channels"):
+        for name in ("classes", "residual_channels", "gate_channels", "skip_channels"):
             check_int(name, getattr(self, name))
+        check_int("blocks", self.blocks, maximum=MAX_BLOCKS)
+        check_int("layers", self.layers, maximum=MAX_LAYERS)
         if self.gate_channels % 2:
             raise ValueError(f"gate_channels must be even (filter and gate halves), got {self.gate_channels}")
-        if self.kernel_size < 2:
-            raise ValueError(f"kernel_size must be >= 2 for a dilated stack, got {self.kernel_size}")
-        for name in ("global_classes", "local_channels"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 disables it), got {getattr(self, name)}")
+        check_int("kernel_size", self.kernel_size, minimum=2)  # a dilated stack needs two taps or more
+        for name in ("global_classes", "local_channels"):  # 0 disables them
+            check_int(name, getattr(self, name), minimum=0)
 
 
 class GatedResidualLayer(nn.Module):
