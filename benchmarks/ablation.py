@@ -4,26 +4,26 @@
 ``gridding_net`` (rates sharing a factor of 3) and ``hdc_net`` (hybrid dilated rates,
 Wang et al. 2018) have the same layers and parameter count; only the rates differ. Each is
 trained with the same recipe and seed, then the table (parameters, receptive field, val mIoU,
-training time: the sum of the epochs' wall times) is printed and, with ``--readme``, written
-into README.md between the ``ablation`` markers.
+training time: the sum of the epochs' wall times) is printed and, with ``--write-docs``, written
+into docs/digits.md between the ``ablation`` markers.
 
-    python benchmarks/ablation.py --readme --keep runs/ablation
+    python benchmarks/ablation.py --write-docs --keep runs/ablation --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
 from pathlib import Path
 
 import torch
+from _docs import DOCS, write_section  # benchmarks/_docs.py, beside this script
 
 from atrous.engine.config import TrainConfig
 
 MODELS = ("plain_net", "context_net", "gridding_net", "hdc_net")
-START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
+PAGE = "digits.md"  # the docs page that holds the table, between the ``ablation`` markers
 
 
 def run(args: argparse.Namespace) -> str:
@@ -97,15 +97,6 @@ def _check_kept(run_dir: Path, config) -> None:
         raise SystemExit(f"{run_dir} was trained with other settings ({', '.join(differ)}); move it away or pick another --keep")
 
 
-def write_readme(table: str, readme: Path, *, start: str = START, end: str = END) -> None:
-    """Replace the text between the ``start`` and ``end`` marker lines of ``readme`` with ``table``."""
-    text = readme.read_text()
-    if start not in text or end not in text:
-        raise SystemExit(f"{readme} has no {start} ... {end} markers")
-    block = f"{start}\n{table}\n{end}"
-    readme.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.DOTALL))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
@@ -115,7 +106,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
-    parser.add_argument("--readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--write-docs", action="store_true", help=f"write the table into docs/{PAGE}")
     parser.add_argument("--keep", default=None,
                         help="keep the runs in KEEP/MODEL and continue or reuse those already there (default: a temporary folder)")
     args = parser.parse_args()
@@ -123,8 +114,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     table = run(args)
     print(table)
-    if args.readme:
-        write_readme(table, Path(__file__).resolve().parents[1] / "README.md")
+    if args.write_docs:
+        write_section(DOCS / PAGE, "ablation", table)
 
 
 if __name__ == "__main__":

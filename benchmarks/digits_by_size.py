@@ -5,7 +5,7 @@ the model gives the right class, averaged per height bucket (16 px wide buckets)
 share of stroke pixels predicted background, and mIoU on as many training scenes, to tell
 underfitting from overfitting.
 
-    python benchmarks/digits_by_size.py --checkpoint runs/context_net_digits
+    python benchmarks/digits_by_size.py --checkpoint runs/context_net_digits   # the table in docs/digits.md
 """
 
 from __future__ import annotations

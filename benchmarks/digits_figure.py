@@ -1,4 +1,4 @@
-"""The README's picture of a digits run: validation scenes, their labels and the predictions.
+"""The picture of a digits run in docs/digits.md: validation scenes, their labels and the predictions.
 
     atrous train                                  # writes runs/context_net_digits
     python benchmarks/digits_figure.py --checkpoint runs/context_net_digits --out docs/digits_predictions.png

@@ -12,7 +12,8 @@ fraction of the dense-GEMM peak measured here (a large ``torch.mm`` at the same 
 Model level: DeepLabV3-ResNet50 (output stride 8) inference at 512x512 and a ``context_net``
 training step, each against a copy whose every ``DilatedConv2d`` is an equivalent ``nn.Conv2d``.
 
-    python benchmarks/dilation_speed.py --readme   # full suite, writes the README table
+    python benchmarks/dilation_speed.py --threads 2 --write-docs              # full suite into docs/speed.md
+    python benchmarks/dilation_speed.py --threads 1 --clock thread --write-docs
     python benchmarks/dilation_speed.py --quick    # smoke run
 """
 
@@ -30,9 +31,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _docs import DOCS, read_section, write_section  # benchmarks/_docs.py, beside this script
 from torch import nn
 
-START, END = "<!-- dilation-speed:start -->", "<!-- dilation-speed:end -->"
+PAGE = "speed.md"  # the docs page that holds the tables, between the ``dilation-speed`` markers
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,8 @@ class Case:
 CASES = [
     Case("context module (256 px scenes)", 8, 96, 96, (32, 32), 3, (4,)),
     Case("context module (256 px scenes)", 8, 96, 96, (32, 32), 3, (16,)),
-    Case("issue 7 example", 8, 32, 32, (128, 128), 3, (2,)),
-    Case("issue 7 example", 1, 128, 128, (64, 64), 3, (6,)),
+    Case("generic 2D layer", 8, 32, 32, (128, 128), 3, (2,)),
+    Case("generic 2D layer", 1, 128, 128, (64, 64), 3, (6,)),
     Case("DeepLabV3 OS8 layer3", 1, 256, 256, (64, 64), 3, (2,)),
     Case("DeepLabV3 OS8 layer4", 1, 512, 512, (64, 64), 3, (4,)),
     Case("ASPP OS8 branch", 1, 2048, 256, (64, 64), 3, (12,)),
@@ -291,10 +293,9 @@ def model_table(quick: bool, budget_s: float) -> list[str]:
     return rows
 
 
-def readme_block(table: str, section: str, readme: Path) -> str:
-    """The README block with this setting's ``#### section`` replaced and the others kept, CPU ones first."""
-    text = readme.read_text()
-    old = text.split(START, 1)[1].split(END, 1)[0] if START in text and END in text else ""
+def docs_block(table: str, section: str, page: Path) -> str:
+    """The ``dilation-speed`` block of ``page`` with this setting's ``#### section`` replaced, CPU sections first."""
+    old = read_section(page, "dilation-speed")
     sections = {name: body.strip() for name, body in re.findall(r"(?ms)^#### (.+?)\n(.*?)(?=^#### |\Z)", old)}
     sections[section] = table.strip()
     order = sorted(sections, key=lambda name: name.startswith("GPU"))  # stable: CPU sections keep their order
@@ -305,12 +306,12 @@ def main() -> None:
     global CLOCK, DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few shapes, small inputs: a smoke run")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (then the README gets a GPU section)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (then the docs page gets a GPU section)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--budget", type=float, default=1.5, help="seconds of timed rounds per shape and direction")
     parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
                         help="thread: CPU time of the one compute thread (needs --threads 1), for a busy machine")
-    parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
+    parser.add_argument("--write-docs", action="store_true", help=f"write the tables into docs/{PAGE}")
     args = parser.parse_args()
     DEVICE = torch.device(args.device)
     thread_clock = args.clock == "thread"
@@ -341,14 +342,10 @@ def main() -> None:
     lines += ["", *model_table(args.quick, 4 * args.budget)]
     table = "\n".join(lines)
     print(table)
-    if args.readme:
-        import ablation  # its README helper, pointed at this benchmark's markers
-
-        readme = Path(__file__).resolve().parents[1] / "README.md"
+    if args.write_docs:
         section = ("GPU" if DEVICE.type == "cuda" else "CPU, 1 thread, CPU time" if thread_clock
                    else f"CPU, {args.threads} thread{'s' if args.threads > 1 else ''}, wall clock")
-        block = readme_block(table, section, readme)
-        ablation.write_readme(block, readme, start=START, end=END)
+        write_section(DOCS / PAGE, "dilation-speed", docs_block(table, section, DOCS / PAGE))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ call before its timed one. onnxruntime's worker threads do not spin between call
 they busy-wait, which on 2 cores takes the CPU from the PyTorch call that follows and makes it
 look up to 10x slower). Each runtime's outputs are checked against eager first.
 
-    python benchmarks/onnx_latency.py            # the README table
+    python benchmarks/onnx_latency.py            # the table in docs/deploy.md
     python benchmarks/onnx_latency.py --quick    # smoke run: few rounds
 """
 

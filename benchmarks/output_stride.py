@@ -4,7 +4,7 @@ Multiply-adds come from ``atrous.receptive_field``'s per-layer table; activation
 size of every conv and BatchNorm output (what autograd keeps for the backward pass); time is the
 median of a few ``torch.no_grad()`` forwards at batch 1. The receptive field stays 427.
 
-    python benchmarks/output_stride.py --size 224 --threads 2
+    python benchmarks/output_stride.py --repeats 7   # the table in docs/models.md (224 px, 2 threads)
 """
 
 from __future__ import annotations

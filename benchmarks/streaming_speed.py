@@ -17,6 +17,7 @@ sampling). Variants are timed in interleaved rounds in one process and the media
 reported, so background load hits them alike; "per CPU s" divides by the process CPU time
 instead of the wall time (for 1 thread, what a quiet machine would give). Prints markdown.
 
+    python benchmarks/streaming_speed.py --compile --onnx   # the table in docs/streaming.md
     python benchmarks/streaming_speed.py            # 1 and 2 threads, batch 1 and 64
     python benchmarks/streaming_speed.py --quick    # shorter rounds
 """

@@ -17,7 +17,7 @@ The full runs (``--steps 15625``) take about 55 min (adding) and 37 min (copy) o
 core; ``--steps`` sets a smaller budget, and the table reports the wall time, the loss reached
 and the projected time of the full run.
 
-    python benchmarks/tcn_tasks.py --task both --steps 15625   # the README table
+    python benchmarks/tcn_tasks.py --task both --steps 15625   # the table in docs/sequence_tasks.md
     python benchmarks/tcn_tasks.py --quick                     # 150 steps each
 """
 

@@ -184,7 +184,8 @@ class Recorder:
             stride = kernel if stride in (None, [], ()) else _ntuple(stride, n)
             pad = _ntuple(_arg(args, kwargs, 3, "padding", 0), n)
             dilation = _ntuple(_arg(args, kwargs, 4, "dilation", 1), n) if func.startswith("max") else (1,) * n
-            return self.window(name, func[:-3], ref, out_shape, kernel, stride, dilation, pad)
+            op = func[: -len("2d")]  # max_pool2d -> max_pool
+            return self.window(name, op, ref, out_shape, kernel, stride, dilation, pad)
         if func.startswith("adaptive_") and self.is_spatial(out_shape):
             return self._adaptive(name, ref, out_shape)
         if func in ("interpolate", "upsample", "upsample_nearest", "upsample_bilinear") and self.is_spatial(out_shape):

@@ -15,6 +15,7 @@ Both run on ``meta`` tensors when the model allows it, so a 512x512 ResNet costs
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Any
 
 import torch
@@ -182,16 +183,31 @@ def _walk_hooks(model: nn.Module, x: torch.Tensor, state: _State) -> Any:
             handle.remove()
 
 
+def probe_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device an input of ``model`` must have: its first floating-point parameter's
+    (or buffer's), else the default dtype on the CPU."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype, tensor.device
+    return torch.get_default_dtype(), torch.device("cpu")
+
+
 def walk(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[_State, Fields, str]:
-    """Run the model on ``(1, *input_shape)`` and return the state, output field and method."""
+    """Run the model on ``(1, *input_shape)`` and return the state, output field and method.
+
+    The walk runs on ``meta`` tensors, or on the model's own device when an operation has no
+    meta kernel; the probe input takes the model's dtype, so a float64 or bfloat16 model runs.
+    """
     ndim = len(input_shape) - 1
+    dtype, own_device = probe_dtype_device(model)
+    devices = ("meta",) if own_device.type == "meta" else ("meta", own_device)
     errors = []
     for method, walker in (("fx", _walk_fx), ("hooks", _walk_hooks)):
-        for device in ("meta", "cpu"):
+        for device in devices:
             state = _State(ndim)
             try:
                 copied = copy.deepcopy(model).eval().to(device)
-                x = torch.zeros((1, *input_shape), device=device)
+                x = torch.zeros((1, *input_shape), dtype=dtype, device=device)
                 state.register(x, tuple(_fields.input_axis(n) for n in input_shape[1:]))
                 with torch.no_grad():
                     output = walker(copied, x, state)

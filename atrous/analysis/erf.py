@@ -26,6 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from atrous.analysis._ops import _flatten
+from atrous.analysis._trace import probe_dtype_device
 from atrous.analysis.receptive_field import ReceptiveField, check_input_shape
 
 _IDENTITY = {
@@ -130,7 +131,7 @@ def empirical_receptive_field(model: nn.Module, input_shape: Sequence[int]) -> R
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     input_shape = check_input_shape(input_shape)
     linear = _positive_copy(model)
-    x = torch.ones((1, *input_shape), dtype=torch.float64)
+    x = torch.ones((1, *input_shape), dtype=torch.float64, device=probe_dtype_device(model)[1])
     with torch.no_grad(), _Linearised():
         out_spatial = tuple(_first_output(linear(x)).shape[2:])
     if len(out_spatial) != len(input_shape) - 1:
@@ -169,6 +170,7 @@ def effective_receptive_field(
     input: torch.Tensor | Sequence[int],
     *,
     plot: str | Path | None = None,
+    weights: str | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
     """Effective receptive field (Luo et al. 2016): ``|d y_centre / d x|`` with the model's weights.
@@ -178,6 +180,8 @@ def effective_receptive_field(
         input: an input batch ``(N, C, *spatial)``, or its ``(C, *spatial)`` shape, in which
             case one standard-normal sample is drawn with ``seed``.
         plot: if given, a PNG path to draw the map to (heatmap for 2D, curve for 1D).
+        weights: what the model's weights are, for the plot's title: ``"random init"``,
+            ``"trained"`` or a checkpoint name (the ERF of trained weights is wider).
         seed: seed for the random input when ``input`` is a shape.
 
     Returns:
@@ -188,7 +192,8 @@ def effective_receptive_field(
     if not isinstance(input, torch.Tensor):
         shape = check_input_shape(input)
         generator = torch.Generator().manual_seed(seed)
-        input = torch.randn((1, *shape), generator=generator)
+        dtype, device = probe_dtype_device(model)  # drawn on the CPU: the same sample on any device
+        input = torch.randn((1, *shape), generator=generator).to(dtype=dtype, device=device)
     if input.ndim < 3 or not input.is_floating_point():
         raise ValueError(f"input must be a float tensor (N, C, *spatial), got shape {tuple(input.shape)}, "
                          f"dtype {input.dtype}")
@@ -207,5 +212,5 @@ def effective_receptive_field(
     if plot is not None:
         from atrous.viz import plot_erf
 
-        plot_erf(erf, plot)
+        plot_erf(erf, plot, weights=weights)
     return erf

@@ -83,7 +83,7 @@ def add_device_argument(parser) -> None:
 def add_checkpoint_arguments(parser) -> None:
     group = parser.add_argument_group("checkpoints (a save also ends every epoch; SIGINT/SIGTERM save and exit)")
     group.add_argument("--checkpoint-minutes", type=float, default=5.0, metavar="M",
-                       help="save at least every M minutes of training (default 5)")
+                       help="save at least every M minutes of training (default: 5)")
     group.add_argument("--checkpoint-steps", type=int, default=None, metavar="N",
                        help="also save every N optimizer steps")
 

@@ -14,14 +14,19 @@ MAX_BATCH = 65_536  # as TrainConfig.batch_size
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
-    parser = subparsers.add_parser(name, help="evaluate a checkpoint on a dataset split")
+    parser = subparsers.add_parser(
+        name, help="evaluate a checkpoint on a dataset split",
+        description="Score a checkpoint on a dataset split: per-class IoU, mIoU, pixel accuracy and the "
+                    "confusion matrix (rows: true class, columns: predicted class), optionally averaging the "
+                    "predictions over flipped and rescaled inputs.",
+    )
     parser.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or checkpoint file")
     parser.add_argument("--data", default=None, help="'digits' or a dataset folder (default: the training data)")
-    parser.add_argument("--split", default="val", help="split to score (default val)")
+    parser.add_argument("--split", default="val", help="split to score")
     parser.add_argument("--flip", action="store_true", help="average with horizontally flipped input")
     parser.add_argument("--scales", default="1",
                         help=f"input scales to average, e.g. 0.75,1,1.25 (each > 0 and <= {MAX_SCALE:g})")
-    parser.add_argument("--batch-size", type=int, default=8, help=f"images per forward, 1 to {MAX_BATCH:,} (default 8)")
+    parser.add_argument("--batch-size", type=int, default=8, help=f"images per forward, 1 to {MAX_BATCH:,}")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
         "--max-pixels", type=int, default=None, metavar="N",
@@ -83,7 +88,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name.ljust(width)}  {'n/a' if math.isnan(value) else f'{value:.4f}'}")
     print(f"{'mIoU'.ljust(width)}  {result['miou']:.4f}")
     print(f"{'pixel acc'.ljust(width)}  {result['pixel_acc']:.4f}")
-    print("confusion matrix (rows: label, columns: prediction):")
-    for name, row in zip(names, result["confusion"]):
-        print(f"{name.ljust(width)}  " + " ".join(f"{v:7d}" for v in row))
+    print("confusion matrix (pixels; rows: true class, columns: predicted class):")
+    print(confusion_table(result["confusion"], names))
     return 0
+
+
+def confusion_table(confusion: list[list[int]], names: list[str]) -> str:
+    """The confusion matrix with a header row of predicted classes and a first column of true ones.
+
+    Args:
+        confusion: ``confusion[t][p]`` pixels of true class ``t`` predicted as ``p``.
+        names: one name per class.
+    """
+    corner = "true \\ predicted"
+    first = max([len(corner), *map(len, names)])
+    widths = [max([len(name), *(len(str(row[c])) for row in confusion)]) for c, name in enumerate(names)]
+    lines = [corner.ljust(first) + "  " + "  ".join(name.rjust(w) for name, w in zip(names, widths))]
+    for name, row in zip(names, confusion):
+        lines.append(name.ljust(first) + "  " + "  ".join(str(v).rjust(w) for v, w in zip(row, widths)))
+    return "\n".join(lines)

@@ -11,9 +11,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from atrous.cli._common import check_int, require
 
 FORMATS = ("onnx",)
@@ -22,42 +19,28 @@ MAX_SIZE = 4096  # of the example traced; the graph itself takes any size
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
-    parser = subparsers.add_parser(name, help="export a trained segmentation model to ONNX")
+    parser = subparsers.add_parser(
+        name, help="export a trained segmentation model to ONNX",
+        description="Write a trained segmentation checkpoint as an ONNX file: input 'image' (batch, 3, height, "
+                    "width) float32 RGB in [0, 1], normalised inside the graph with the checkpoint's mean and std "
+                    "(unless --no-normalize), output 'logits' (batch, classes, height, width); batch, height and "
+                    "width are dynamic. --check runs the file with onnxruntime and exits 1 when it differs from "
+                    f"PyTorch by more than {CHECK_TOLERANCE:g}.",
+    )
     parser.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or checkpoint file")
     parser.add_argument("--format", default="onnx", help="file format (only onnx)")
     parser.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 to 23 (default 18)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 to 23")
     parser.add_argument("--height", type=int, default=128,
-                        help=f"height of the example input traced, 8 to {MAX_SIZE} (default 128)")
+                        help=f"height of the example input traced, 8 to {MAX_SIZE}")
     parser.add_argument("--width", type=int, default=128,
-                        help=f"width of the example input traced, 8 to {MAX_SIZE} (default 128)")
+                        help=f"width of the example input traced, 8 to {MAX_SIZE}")
     parser.add_argument("--no-normalize", action="store_true",
                         help="leave normalisation out: the graph takes already-normalised images")
     parser.add_argument("--check", action="store_true",
                         help="run the file with onnxruntime and print the max difference from PyTorch")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.set_defaults(run=run)
-
-
-class Normalized(nn.Module):
-    """``model((images - mean) / std)``: images in [0, 1] in, the model's output out.
-
-    Args:
-        model: the segmentation model.
-        mean, std: per-channel statistics the model was trained with.
-
-    Shape:
-        ``(N, C, H, W)`` -> the model's output.
-    """
-
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)
 
 
 def _check_args(args: argparse.Namespace) -> Path:
@@ -73,9 +56,11 @@ def _check_args(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from atrous.cli._normalized import Normalized
     from atrous.engine.predict import load_trained_model
     from atrous.engine.preprocess import MEAN, STD
-
     from atrous.export.onnx import export_onnx
 
     out = _check_args(args)

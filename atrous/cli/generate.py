@@ -32,15 +32,15 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--out", required=True, help="output .wav; with --count N > 1, NAME_0.wav ... NAME_{N-1}.wav")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--count", type=int, default=1,
-                        help=f"clips sampled together as a batch of streams, 1 to {MAX_COUNT} (default 1)")
+                        help=f"clips sampled together as a batch of streams, 1 to {MAX_COUNT} (default: 1)")
     parser.add_argument("--temperature", type=float, default=1.0,
-                        help=f"softmax temperature, 0 to {MAX_TEMPERATURE:g}; 0 = most likely (default 1)")
+                        help=f"softmax temperature, 0 to {MAX_TEMPERATURE:g}; 0 = most likely (default: 1)")
     parser.add_argument("--sample-rate", type=int, default=None,
                         help=f"Hz written in the WAV header, 1 to {MAX_RATE:,} (default: the training data's rate)")
-    parser.add_argument("--seed", type=int, default=0, help=f"random seed, 0 to {2**32 - 1} (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help=f"random seed, 0 to {2**32 - 1} (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads, 1 to 1024 (default 1: single-sample steps are too small to split, and "
+                        help="torch threads, 1 to 1024 (default: 1; single-sample steps are too small to split, and "
                         "extra threads slow them down several-fold on a busy machine)")
     parser.set_defaults(run=run)
 

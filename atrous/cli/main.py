@@ -1,8 +1,9 @@
 """Entry point of the ``atrous`` command.
 
-Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args)``.
-Errors a user can fix (bad arguments, missing files, bad data) print one line on stderr and
-exit with code 2, never a traceback.
+Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args)``;
+the modules import torch and the rest of atrous inside ``run``, so ``atrous --help`` and every
+subcommand's ``--help`` answer without loading them. Errors a user can fix (bad arguments,
+missing files, bad data) print one line on stderr and exit with code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import importlib
 import sys
 
 from atrous import __version__
-from atrous.engine.allocator import reuse_freed_memory
 
 # subcommand name -> module under atrous.cli
 SUBCOMMANDS = {
@@ -30,7 +30,28 @@ class UsageError(Exception):
     """A mistake in the command line or its inputs; printed as one line, exit code 2."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default: ``(default: X)`` is added to a help that does not already
+    say its default; flags (off unless given) and options without a default say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if (
+            "default" in help_text.lower()
+            or action.default in (None, False, argparse.SUPPRESS)
+            or action.required
+            or not action.option_strings
+            or action.nargs == 0  # store_true, version, help
+        ):
+            return help_text
+        return f"{help_text} (default: %(default)s)" if help_text else "(default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, not usage + message
         raise UsageError(f"{self.prog}: {message}")
 
@@ -68,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit codes: 0 done; 2 a usage or input error (a bad option, a missing or malformed file);
     1 a failure of the environment or the run (disk full, read-only folder, permission denied,
-    a diverged training, a run folder in use); 130/143 stopped by SIGINT/SIGTERM after saving.
+    a diverged training, a run folder in use) or a check that failed (``rf --check-hdc`` on rates
+    that break the HDC rule, ``export --check`` above its tolerance); 130/143 stopped by
+    SIGINT/SIGTERM after saving.
     ``--traceback`` shows the full trace instead, for bug reports.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -81,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 0
         if args.command in ("train", "train-seq", "generate"):
+            from atrous.engine.allocator import reuse_freed_memory
+
             reuse_freed_memory()  # tensors allocated every step stop page-faulting (atrous.engine.allocator)
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

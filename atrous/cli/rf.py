@@ -3,7 +3,7 @@
 ``--rates 1,2,4,8`` prints the per-layer table of a stack of dilated convolutions (Yu & Koltun
 2016: fields 3, 7, 15, 31 for 3x3 kernels) with parameters and multiply-adds per layer;
 ``--model NAME`` does the same for any model in the registry; ``--check-hdc`` applies the
-Hybrid Dilated Convolution rule of Wang et al. 2018.
+Hybrid Dilated Convolution rule of Wang et al. 2018 and exits 1 when the rates fail it.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import argparse
 import json
 import os
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from atrous.cli._common import check_int, parse_ints, require
-from atrous.ops.padding import kernel_extent
+from atrous.cli._names import MODEL_NAMES
+
+if TYPE_CHECKING:
+    from torch import nn
 
 MAX_KERNEL = 1024
 MAX_CHANNELS = 65_536
@@ -27,25 +28,34 @@ MAX_COVERAGE = 10**6  # field size up to which --check-hdc and the coverage map 
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
-    parser = subparsers.add_parser(name, help="receptive field, cost and gridding of a dilated stack or model")
-    parser.add_argument("--rates", default="1,2,4,8",
-                        help=f"dilation of each layer, each 1 to {MAX_RATE:,} (default 1,2,4,8)")
-    parser.add_argument("--kernel", type=int, default=3,
-                        help=f"kernel size of every layer, 1 to {MAX_KERNEL} (default 3)")
-    parser.add_argument("--dims", type=int, default=2, choices=(1, 2), help="spatial axes of the stack (default 2)")
+    models = "; ".join(f"{task}: {', '.join(names)}" for task, names in MODEL_NAMES.items())
+    parser = subparsers.add_parser(
+        name, help="receptive field, cost and gridding of a dilated stack or model",
+        description="Print the receptive field of every layer of a stack of dilated convolutions (--rates) "
+                    "or of a registered model (--model), with its parameters and multiply-adds; check rates "
+                    "against the Hybrid Dilated Convolution rule (--check-hdc); draw the coverage map or the "
+                    "effective receptive field (--plot).",
+    )
+    parser.add_argument("--rates", default="1,2,4,8", help=f"dilation of each layer, each 1 to {MAX_RATE:,}")
+    parser.add_argument("--kernel", type=int, default=3, help=f"kernel size of every layer, 1 to {MAX_KERNEL}")
+    parser.add_argument("--dims", type=int, default=2, choices=(1, 2), help="spatial axes of the stack")
     parser.add_argument("--channels", type=int, default=64,
-                        help=f"channels of every layer, for the cost, 1 to {MAX_CHANNELS:,} (default 64)")
-    parser.add_argument("--model", help="a registered model name (see atrous.models.list_models())")
+                        help=f"channels of every layer, for the cost, 1 to {MAX_CHANNELS:,}")
+    parser.add_argument("--model", metavar="NAME",
+                        help=f"a registered model, analysed with random weights instead of --rates ({models})")
     parser.add_argument("--input", help="input shape C,H,W or C,T (default: the model's channels at 512 or 16384), "
                         f"at most {MAX_INPUT_VALUES:,} values in all")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the coverage map (rates) or the ERF heatmap (model)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
-    parser.add_argument("--check-hdc", metavar="RATES", help="print the HDC verdict for these rates")
+    parser.add_argument("--check-hdc", metavar="RATES",
+                        help="print the HDC verdict for these rates (with --kernel); exit 1 when they fail the check")
     parser.set_defaults(run=run)
 
 
 def _stack(rates: list[int], kernel: int, dims: int, channels: int) -> nn.Module:
+    from torch import nn
+
     from atrous.ops.layers import DilatedConv1d, DilatedConv2d
 
     conv = DilatedConv1d if dims == 1 else DilatedConv2d
@@ -106,6 +116,8 @@ def _write_png(path: Path, draw) -> None:
 
 
 def _default_input(model: nn.Module) -> tuple[int, ...]:
+    from torch import nn
+
     for module in model.modules():
         if isinstance(module, nn.modules.conv._ConvNd):
             dims = module.weight.ndim - 2
@@ -114,6 +126,8 @@ def _default_input(model: nn.Module) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from atrous.analysis import gridding, hdc_check, receptive_field
 
     check_int(args.kernel, "--kernel", low=1, high=MAX_KERNEL)
@@ -127,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                               "max_distances": list(verdict.max_distances), "common_factor": verdict.common_factor}))
         else:
             print(("valid: " if verdict.valid else "invalid: ") + verdict.explanation)
-        return 0
+        return 0 if verdict.valid else 1
     given_input = _input_shape(args.input) if args.input is not None else None
     if args.model is None:
         rates = parse_ints(args.rates, "--rates", maximum=MAX_RATE)
@@ -162,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
             from atrous.analysis import effective_receptive_field
 
             erf = effective_receptive_field(model, shape)
-            _write_png(plot, lambda png: plot_erf(erf, png))
+            title = f"effective receptive field of {args.model} at {','.join(map(str, shape))}"
+            _write_png(plot, lambda png: plot_erf(erf, png, title=title, weights="random init"))
             print(f"wrote the effective receptive field ({'x'.join(map(str, erf.shape))}) to {plot}")
         else:
             coverage = gridding(rates, args.kernel)
@@ -173,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _rates_table(rates: list[int], kernel: int, field) -> str:
     from atrous.analysis.receptive_field import markdown_table
+    from atrous.ops.padding import kernel_extent
 
     rows, previous = [], 1
     for i, (rate, row) in enumerate(zip(rates, field.layers), 1):

@@ -19,31 +19,45 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         help="train a segmentation model",
         description="Train a segmentation model. With no arguments, trains context_net on the built-in digits data.",
     )
-    parser.add_argument("--data", default=None, help="'digits' (built in, the default) or a VOC / {train,val}/{images,masks} folder")
-    parser.add_argument("--model", default=None, help="registered segmentation model (default context_net; see atrous.models.list_models())")
-    parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model builder argument")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 5 for digits, 20 for folders; "
+    parser.add_argument("--data", default=None,
+                        help="'digits' (built in) or a VOC / {train,val}/{images,masks} folder (default: digits)")
+    parser.add_argument("--model", default=None,
+                        help="registered segmentation model, listed by `atrous rf --help` (default: context_net)")
+    parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                        help="extra model builder argument; repeat for more")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: 5 for digits, 20 for folders; "
                         "with --resume: train up to this many)")
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default 8)")
-    parser.add_argument("--optimizer", choices=("adamw", "sgd"), default=None, help="default adamw")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (adamw 1.5e-3, sgd 0.01)")
-    parser.add_argument("--weight-decay", type=float, default=None, help="default 1e-4")
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default: 8)")
+    parser.add_argument("--optimizer", choices=("adamw", "sgd"), default=None,
+                        help="optimizer; sgd uses momentum 0.9, the DeepLab recipe (default: adamw)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate, decayed by the poly schedule "
+                        "(default: 1.5e-3 for adamw, 0.01 for sgd)")
+    parser.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: 1e-4)")
     parser.add_argument(
         "--background-weight", type=float, default=None,
-        help="loss weight of class 0 against 1 for the others (default 0.3 for digits, 1 for folders)",
+        help="loss weight of class 0 against 1 for the others (default: 0.3 for digits, 1 for folders)",
     )
-    parser.add_argument("--crop-size", type=int, default=None, help="random training crop (default: 320 for folders)")
-    parser.add_argument("--scale", default=None, help="random scale range LOW,HIGH (default: 0.5,2 for folders)")
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
-    parser.add_argument("--num-classes", type=int, default=None, help="default: inferred from the data")
-    parser.add_argument("--train-images", type=int, default=None, help="digits: number of training scenes (default 10000)")
-    parser.add_argument("--val-images", type=int, default=None, help="digits: number of validation scenes")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 for digits, 2 else)")
-    parser.add_argument("--seed", type=int, default=None, help="seeds data order, augmentation and initialisation (default 0)")
-    parser.add_argument("--device", default=None, help="auto (CUDA when available, the default), cpu or cuda[:N]")
+    parser.add_argument("--crop-size", type=int, default=None,
+                        help="random training crop (default: 320 for folders, none for digits)")
+    parser.add_argument("--scale", default=None,
+                        help="random scale range LOW,HIGH (default: 0.5,2 for folders, 1,1 for digits)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="random horizontal flips (default: on for folders, off for digits)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="number of classes (default: inferred from the data)")
+    parser.add_argument("--train-images", type=int, default=None,
+                        help="digits: number of training scenes (default: 10000)")
+    parser.add_argument("--val-images", type=int, default=None,
+                        help="digits: number of validation scenes (default: 200)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader workers (default: 0 for digits, 2 for folders)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seeds data order, augmentation and initialisation (default: 0)")
+    parser.add_argument("--device", default=None, help="auto (CUDA when available), cpu or cuda[:N] (default: auto)")
     parser.add_argument(
         "--precision", choices=("auto", "fp32", "bf16"), default=None,
-        help="training forward in bfloat16 autocast ('auto', the default: where the CPU or GPU has native bf16)",
+        help="training forward in bfloat16 autocast; auto: where the CPU or GPU has native bf16 (default: auto)",
     )
     parser.add_argument("--out", default=None, help="run folder (default: runs/MODEL_DATA, numbered if taken)")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")

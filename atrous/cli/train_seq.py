@@ -26,35 +26,42 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         "from a folder of mono 8/16-bit WAV files (e.g. Debian's asterisk-core-sounds-en-wav: "
         "/usr/share/asterisk/sounds/en_US_f_Allison, 568 files, 25 minutes of 8 kHz speech).",
     )
-    parser.add_argument("--task", choices=TASKS, help="required for a new run")
-    parser.add_argument("--out", help="run folder to create")
+    parser.add_argument("--task", choices=TASKS, help="the task; required for a new run")
+    parser.add_argument("--out", help="run folder to create; required for a new run")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing atrous run folder")
     parser.add_argument("--data", help="folder of WAV files (task audio)")
-    parser.add_argument("--model", choices=("tcn", "wavenet"), help="default: tcn for adding/copy, wavenet for audio")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000; with --resume: "
+    parser.add_argument("--model", choices=("tcn", "wavenet"),
+                        help="model (default: tcn for adding/copy, wavenet for audio)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 1000; with --resume: "
                         "train up to this many)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 32")
+    parser.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: 32)")
     parser.add_argument("--length", type=int, default=None,
-                        help="T for adding (default 600) and copy (default 1000); scored samples per audio window "
-                        "(default 256)")
-    parser.add_argument("--lr", type=float, default=None, help="default 2e-3 (adding, audio), 5e-4 (copy)")
+                        help="T for adding and copy; scored samples per audio window "
+                        "(default: 600 adding, 1000 copy, 256 audio)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: 2e-3 adding and audio, 5e-4 copy)")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                        help="default adam (adding, audio), rmsprop (copy)")
-    parser.add_argument("--grad-clip", type=float, default=None, help="max grad norm; default 0 (off), 1.0 for copy")
-    parser.add_argument("--log-every", type=int, default=None, help="steps between evaluations (default 100)")
-    parser.add_argument("--eval-size", type=int, default=None, help="default 256")
-    parser.add_argument("--seed", type=int, default=None, help="default 0")
+                        help="optimizer (default: adam for adding and audio, rmsprop for copy)")
+    parser.add_argument("--grad-clip", type=float, default=None,
+                        help="max grad norm, 0 for none (default: 0 adding and audio, 1.0 copy)")
+    parser.add_argument("--log-every", type=int, default=None, help="steps between evaluations (default: 100)")
+    parser.add_argument("--eval-size", type=int, default=None, help="sequences in the evaluation batch (default: 256)")
+    parser.add_argument("--seed", type=int, default=None, help="seeds initialisation and batches (default: 0)")
     tcn = parser.add_argument_group("TCN (defaults: the paper's adding model; copy uses 10 hidden)")
-    tcn.add_argument("--hidden", type=int, default=None)
-    tcn.add_argument("--levels", type=int, default=None, help="default 8")
-    tcn.add_argument("--kernel-size", type=int, default=None, help="default 8")
-    tcn.add_argument("--dropout", type=float, default=None, help="default 0 (adding), 0.05 (copy)")
-    tcn.add_argument("--init-std", type=float, default=None, help="normal init std of the 1x1 projection and head (the weight-normalised convs keep PyTorch's default, as in the paper's code); 0: PyTorch default (default 0.01)")
+    tcn.add_argument("--hidden", type=int, default=None, help="channels of every level (default: 24 adding, 10 copy)")
+    tcn.add_argument("--levels", type=int, default=None, help="residual blocks (default: 8)")
+    tcn.add_argument("--kernel-size", type=int, default=None, help="kernel size (default: 8)")
+    tcn.add_argument("--dropout", type=float, default=None, help="dropout (default: 0 adding, 0.05 copy)")
+    tcn.add_argument("--init-std", type=float, default=None,
+                     help="normal init std of the 1x1 projection and head (the weight-normalised convs keep PyTorch's"
+                     " default, as in the paper's code); 0: PyTorch's init (default: 0.01)")
     wavenet = parser.add_argument_group("WaveNet")
-    wavenet.add_argument("--blocks", type=int, default=None, help="default 3")
-    wavenet.add_argument("--layers", type=int, default=None, help="default 10")
-    wavenet.add_argument("--channels", type=int, default=None, help="residual and skip channels; gate = 2x (default 64)")
+    wavenet.add_argument("--blocks", type=int, default=None,
+                         help="stacks of dilations 1, 2, ..., 2^(layers-1) (default: 3)")
+    wavenet.add_argument("--layers", type=int, default=None, help="layers per block (default: 10)")
+    wavenet.add_argument("--channels", type=int, default=None,
+                         help="residual and skip channels; gate = 2x (default: 64)")
     add_checkpoint_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)

@@ -12,6 +12,8 @@ captured with ``torch.export`` (PyTorch's dynamo-based ONNX exporter) with a sym
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,18 @@ class StreamingOnnxExport:
         import numpy as np
 
         return {f"state_{i}": np.zeros((batch_size, *shape), np.float32) for i, shape in enumerate(self.state_shapes)}
+
+
+@contextmanager
+def _logger_level(name: str, level: int) -> Iterator[None]:
+    """Set the logger ``name`` to ``level`` inside the block, and back to its own level after."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _example_inputs(step: StreamingStep, batch: int) -> tuple[torch.Tensor, ...]:
@@ -115,8 +129,8 @@ def export_streaming_onnx(
     batch = torch.export.Dim("batch")
     # forward(x, *inputs): the specs follow the signature, x then the tuple of the rest
     shapes = ({0: batch}, tuple({0: batch} for _ in inputs[1:])) if dynamic_batch else None
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
-    with torch.no_grad():
+    # the exporter logs a note per torchvision op it registers; quiet for this export only
+    with torch.no_grad(), _logger_level("torch.onnx._internal.exporter._registration", logging.ERROR):
         exported = torch.export.export(step, inputs, dynamic_shapes=shapes, strict=False)
         onnx_program = torch.onnx.export(exported, dynamo=True, opset_version=opset, input_names=input_names,
                                          output_names=output_names, optimize=optimize, verbose=False)

@@ -79,17 +79,31 @@ def plot_coverage(result, path: str | Path, *, dims: int = 2) -> Path:
     return path
 
 
-def plot_erf(erf: torch.Tensor | np.ndarray, path: str | Path, *, title: str = "effective receptive field") -> Path:
+def plot_erf(
+    erf: torch.Tensor | np.ndarray,
+    path: str | Path,
+    *,
+    title: str = "effective receptive field",
+    weights: str | None = None,
+) -> Path:
     """Draw an effective-receptive-field map (1D curve or 2D heatmap) to a PNG.
+
+    The ERF of random weights and of trained ones differ (Luo et al. 2016 show it grows with
+    training), so the title always says which weights the map was measured with.
 
     Args:
         erf: gradient magnitudes, shape ``(L,)`` or ``(H, W)``.
         path: the ``.png`` to write.
         title: the plot title.
+        weights: the weights the map was measured with, shown under the title: ``"random init"``,
+            ``"trained"`` or a checkpoint name; None shows ``weights not stated``.
 
     Returns:
         The path written.
     """
+    if weights is not None and (not isinstance(weights, str) or not weights.strip()):
+        raise ValueError(f"weights must be a non-empty string such as 'random init' or a checkpoint name, "
+                         f"got {weights!r}")
     values = erf.detach().cpu().double().numpy() if isinstance(erf, torch.Tensor) else np.asarray(erf, dtype=float)
     if values.ndim not in (1, 2):
         raise ValueError(f"erf must have 1 or 2 axes, got shape {values.shape}")
@@ -107,7 +121,7 @@ def plot_erf(erf: torch.Tensor | np.ndarray, path: str | Path, *, title: str = "
         fig.colorbar(image, ax=ax, label="|gradient| / max")
         ax.set_xlabel("x")
         ax.set_ylabel("y")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(f"{title}\nweights: {weights if weights is not None else 'not stated'}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -55,3 +55,38 @@ def test_empirical_errors():
         empirical_receptive_field(None, (1, 10))
     with pytest.raises(ValueError, match="input"):
         effective_receptive_field(nn.Conv1d(1, 1, 3), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("weights, shown", [("random init", "weights: random init"),
+                                            ("runs/ctx/best", "weights: runs/ctx/best"),
+                                            (None, "weights: not stated")])
+def test_erf_plot_title_says_which_weights(tmp_path, monkeypatch, weights, shown):
+    from matplotlib.axes import Axes
+
+    titles = []
+    real_set_title = Axes.set_title
+
+    def set_title(ax, label, *args, **kwargs):
+        titles.append(label)
+        return real_set_title(ax, label, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "set_title", set_title)
+    model = nn.Sequential(DilatedConv1d(1, 1, 3, dilation=2))
+    effective_receptive_field(model, (1, 21), plot=tmp_path / "erf.png", weights=weights)
+    assert len(titles) == 1 and titles[0].endswith(shown)
+
+
+def test_erf_of_a_float64_model_matches_float32():
+    torch.manual_seed(0)
+    model = nn.Sequential(DilatedConv2d(1, 2, 3, dilation=2), nn.ReLU(), DilatedConv2d(2, 1, 3))
+    erf32 = effective_receptive_field(model, (1, 17, 17))
+    erf64 = effective_receptive_field(model.double(), (1, 17, 17))
+    assert erf64.dtype == torch.float64
+    torch.testing.assert_close(erf64.float(), erf32, rtol=1e-5, atol=1e-6)
+
+
+def test_erf_plot_refuses_an_empty_weights_label(tmp_path):
+    from atrous.viz import plot_erf
+
+    with pytest.raises(ValueError, match="weights"):
+        plot_erf(np.ones(5), tmp_path / "erf.png", weights=" ")

@@ -1,6 +1,5 @@
 """Analytic receptive fields against closed forms from the papers and against backpropagation."""
 
-import math
 import random
 
 import pytest
@@ -189,9 +188,59 @@ def test_bad_arguments():
         receptive_field(nn.Conv2d(3, 1, 3), (4, 32, 32))
 
 
-def test_padding_convention_is_tensorflows():
-    # valid conv k=5 stride 3: output 0 covers input 0..4, centred at 2 = -padding + (size-1)/2
-    field = receptive_field(nn.Conv1d(1, 1, 5, stride=3), (1, 50))
-    assert field.padding == (0,) and field.size == (5,) and math.isclose(-0 + (5 - 1) / 2, 2)
-    field = receptive_field(nn.Conv1d(1, 1, 5, stride=3, padding=2), (1, 50))
-    assert field.padding == (2,)
+def _support_of_output(model: nn.Module, length: int, index: int) -> list[int]:
+    """Inputs that output ``index`` depends on, by backpropagation through positive weights."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(1.0)
+    x = torch.zeros(1, 1, length, requires_grad=True)
+    out = model(x)
+    out[0, 0, index].backward()
+    return torch.nonzero(x.grad[0, 0]).flatten().tolist()
+
+
+@pytest.mark.parametrize("padding", [0, 2, 5])
+def test_padding_convention_is_tensorflows(padding):
+    # output i's field spans -padding + i * stride .. that + size - 1 (TensorFlow's receptive_field
+    # convention), checked against the inputs each output away from the borders really reads
+    model = nn.Sequential(nn.Conv1d(1, 1, 5, stride=3, padding=padding),
+                          nn.Conv1d(1, 1, 3, stride=2, padding=1, dilation=2))
+    length = 80
+    field = receptive_field(model, (1, length))
+    (size,), (stride,), (pad,) = field.size, field.stride, field.padding
+    assert (size, stride) == (5 + 2 * 2 * 3, 6)
+    outputs = model(torch.zeros(1, 1, length)).shape[-1]
+    inside = [i for i in range(outputs) if -pad + i * stride >= 0 and -pad + i * stride + size <= length]
+    assert len(inside) >= 5
+    for index in inside:
+        support = _support_of_output(model, length, index)
+        assert (support[0], support[-1]) == (-pad + index * stride, -pad + index * stride + size - 1), index
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_field_of_a_model_in_another_dtype(dtype):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=2, dilation=2), nn.MaxPool2d(2), nn.Conv2d(2, 1, 3)).to(dtype)
+    field = receptive_field(model, (1, 32, 32))
+    assert field.size == (5 + 1 + 2 * 2, 5 + 1 + 2 * 2) and field.stride == (2, 2)
+    assert field.size == receptive_field(model.float(), (1, 32, 32)).size
+
+
+def test_ops_are_named_whole():
+    model = nn.Sequential(nn.Conv2d(1, 1, 3), nn.MaxPool2d(2), nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(3))
+    assert [row.op for row in receptive_field(model, (1, 40, 40)).layers] == [
+        "conv", "max_pool", "avg_pool", "adaptive_pool"]
+    assert [row.op for row in receptive_field(nn.MaxPool1d(3), (1, 9)).layers] == ["max_pool"]
+    assert [row.op for row in receptive_field(nn.AvgPool3d(2), (1, 4, 4, 4)).layers] == ["avg_pool"]
+
+
+def test_resnet50_field_427_is_what_backprop_measures():
+    # ResNet-50 (torchvision layout) sees 427 pixels at stride 32: the analytic rules against the
+    # inputs the centre output really depends on, through the model's residual and shortcut paths
+    from atrous.models import create
+
+    model = create("resnet50", width_multiplier=1 / 32)
+    analytic = receptive_field(model, (3, 512, 512))
+    measured = empirical_receptive_field(model, (3, 512, 512))
+    assert analytic.size == measured.size == (427, 427)
+    assert analytic.stride == measured.stride == (32, 32)
+    assert analytic.padding == measured.padding

@@ -33,10 +33,12 @@ def test_json_carries_field_and_cost(capsys):
     assert data["macs"] == 5 * 100 * 2 * 2 * 3 and data["params"] == 5 * (2 * 2 * 3 + 2)
 
 
-@pytest.mark.parametrize("rates, verdict", [("1,2,5", "valid:"), ("2,4,8", "invalid:")])
-def test_check_hdc(capsys, rates, verdict):
+@pytest.mark.parametrize("rates, verdict, exit_code", [("1,2,5", "valid:", 0), ("2,4,8", "invalid:", 1)])
+def test_check_hdc_exits_1_when_the_rates_fail(capsys, rates, verdict, exit_code):
     code, out, _ = run(capsys, "--check-hdc", rates)
-    assert code == 0 and out.startswith(verdict)
+    assert out.startswith(verdict) and code == exit_code
+    code, out, _ = run(capsys, "--check-hdc", rates, "--json")
+    assert json.loads(out)["valid"] == (exit_code == 0) and code == exit_code
 
 
 def test_plot(capsys, tmp_path):
@@ -63,3 +65,28 @@ def test_registered_sequence_model(capsys):
     code, out, _ = run(capsys, "--model", names[0], "--json")
     data = json.loads(out)
     assert code == 0 and len(data["size"]) == 1 and data["size"][0] > 1 and data["params"] > 0 and data["macs"] > 0
+
+
+def test_model_table_names_every_op_whole(capsys):
+    code, out, _ = run(capsys, "--model", "resnet18", "--input", "3,64,64")
+    assert code == 0
+    ops = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines()
+           if line.startswith("| ") and not line.startswith("| -")}
+    assert ops["conv1"] == "conv" and ops["maxpool"] == "max_pool"  # not a column cut to "max_poo"
+
+
+def test_erf_plot_says_the_weights_are_random(capsys, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    titles = []
+    real_set_title = Axes.set_title
+
+    def set_title(ax, label, *args, **kwargs):
+        titles.append(label)
+        return real_set_title(ax, label, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "set_title", set_title)
+    path = tmp_path / "erf.png"
+    code, out, _ = run(capsys, "--model", "tcn", "--input", "2,256", "--plot", str(path))
+    assert code == 0 and path.exists()
+    assert len(titles) == 1 and "tcn" in titles[0] and "random init" in titles[0]

@@ -30,10 +30,49 @@ def test_eval_json_matches_metrics_file(run_dir, capsys):
     assert result["pixel_acc"] == pytest.approx(np.trace(confusion) / confusion.sum())
 
 
-def test_eval_table_and_flip(run_dir, capsys):
-    assert main(["eval", "--checkpoint", str(run_dir), "--flip", "--scales", "0.75,1"]) == 0
+def test_eval_table_labels_the_confusion_matrix(run_dir, capsys):
+    assert main(["eval", "--checkpoint", str(run_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--checkpoint", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "mIoU" in out and "confusion matrix" in out
+    assert "mIoU" in out and "rows: true class, columns: predicted class" in out
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("confusion matrix")) + 1
+    header, *rows = lines[start : start + 1 + len(result["class_names"])]
+    assert header.split()[:3] == ["true", "\\", "predicted"]
+    assert header.split()[3:] == result["class_names"]  # columns: predicted classes, in order
+    assert [row.split()[0] for row in rows] == result["class_names"]  # rows: true classes
+    assert [[int(v) for v in row.split()[1:]] for row in rows] == result["confusion"]
+
+
+def test_eval_flip_and_scales_change_what_the_model_sees(run_dir, capsys, monkeypatch):
+    import torch
+
+    import atrous.engine.predict as predict
+
+    seen = []
+    load = predict.load_trained_model
+
+    def spying_load(*args, **kwargs):  # record every input the model is run on
+        model, meta = load(*args, **kwargs)
+        model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+        return model, meta
+
+    monkeypatch.setattr(predict, "load_trained_model", spying_load)
+    assert main(["eval", "--checkpoint", str(run_dir), "--json"]) == 0
+    plain, plain_inputs = json.loads(capsys.readouterr().out), list(seen)
+    seen.clear()
+    assert main(["eval", "--checkpoint", str(run_dir), "--json", "--flip", "--scales", "0.75,1"]) == 0
+    augmented = json.loads(capsys.readouterr().out)
+    assert augmented["images"] == plain["images"]
+    assert len(plain_inputs) >= 1 and len(seen) == 4 * len(plain_inputs)  # 2 scales x (image, flipped image)
+    height, width = plain_inputs[0].shape[-2:]
+    small = (max(8, round(height * 0.75)), max(8, round(width * 0.75)))
+    for batch, image in enumerate(plain_inputs):
+        at_075, at_075_flipped, at_1, at_1_flipped = seen[4 * batch : 4 * batch + 4]
+        assert tuple(at_075.shape[-2:]) == small and tuple(at_1.shape[-2:]) == (height, width)
+        assert torch.equal(at_075_flipped, at_075.flip(-1)) and torch.equal(at_1_flipped, image.flip(-1))
+        assert torch.equal(at_1, image)
 
 
 def test_predict_writes_index_png_and_overlay(run_dir, tmp_path, capsys):
