@@ -10,24 +10,32 @@ dataset for dilated networks (Yu & Koltun 2016).
 
 Scenes are deterministic: scene ``i`` of a split comes from ``np.random.default_rng((seed,
 split_id, i))`` alone, so it never depends on which other scenes were generated. Train and val
-draw their digits from disjoint pools of source samples (400 and 100 per class).
+draw their digits from disjoint pools of source samples (400 and 100 per class). A scene is drawn
+once per run: rendered scenes stay in memory that forked DataLoader workers share (see
+``docs/data_loading.md``).
 """
 
 from __future__ import annotations
 
 import functools
+import mmap
+import multiprocessing
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from atrous.data.base import JointTransform, SegmentationDataset
-from atrous.data.render import DigitScene, SceneRenderer
+from atrous.data.render import DigitPlacement, DigitScene, SceneRenderer
 
 SPLITS = {"train": 0, "val": 1}
 DEFAULT_NUM_IMAGES = {"train": 10_000, "val": 200}
 VAL_PER_CLASS = 100
 DIGIT_CLASS_NAMES = ["background", *(str(digit) for digit in range(10))]
 _POOL_SEED = 5_000  # fixed, so the train/val pools never depend on the scene seed
+CACHE_LIMIT_BYTES = 4 << 30  # scenes past this much memory (65,536 at 128 x 128) are drawn on every access
 
 
 @functools.lru_cache(maxsize=1)
@@ -84,12 +92,70 @@ def _check_range(value: tuple[int, int], name: str, minimum: int) -> tuple[int, 
     return low, high
 
 
+class SharedScenes:
+    """Rendered scenes, uint8, in memory shared with the worker processes forked after it was made.
+
+    Slot ``i`` holds scene ``i``'s image ``(size, size, 3)``, mask ``(size, size)`` and a flag set
+    once both are written, so a scene drawn in any worker is drawn once for the whole run (a
+    DataLoader forks new workers every epoch). The memory is an anonymous shared mapping: a slot
+    costs nothing until written, and it is not limited by the size of ``/dev/shm``. Flags are read
+    and written under a process-shared lock, which orders them with the pixels on every CPU (a
+    weakly ordered CPU could otherwise show a reader the flag before the pixels). A pickled copy
+    (a spawned worker) starts empty.
+
+    Args:
+        count: number of slots, for scenes ``0 .. count - 1``.
+        size: side of the square scenes in pixels.
+    """
+
+    def __init__(self, count: int, size: int):
+        self.count, self.size = count, size
+        pixels = size * size
+        try:
+            buffer = mmap.mmap(-1, count * (1 + 4 * pixels))
+        except OSError as error:
+            raise MemoryError(
+                f"cannot map {count * (1 + 4 * pixels):,} bytes for {count} cached scenes ({error}); "
+                f"pass cache=False to draw scenes on every access"
+            ) from None
+        flat = np.frombuffer(buffer, dtype=np.uint8)
+        self._filled = flat[:count]
+        self._images = flat[count : count * (1 + 3 * pixels)].reshape(count, size, size, 3)
+        self._masks = flat[count * (1 + 3 * pixels) :].reshape(count, size, size)
+        self._lock = multiprocessing.Lock()
+
+    def get(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Read-only views of scene ``index``'s ``(image, mask)``, or None if it was never stored."""
+        if index >= self.count:
+            return None
+        with self._lock:
+            filled = bool(self._filled[index])
+        if not filled:
+            return None
+        image, mask = self._images[index].view(), self._masks[index].view()
+        image.flags.writeable = mask.flags.writeable = False
+        return image, mask
+
+    def put(self, index: int, image: np.ndarray, mask: np.ndarray) -> None:
+        if index >= self.count:
+            return
+        self._images[index], self._masks[index] = image, mask
+        with self._lock:
+            self._filled[index] = 1
+
+    def __reduce__(self):
+        return SharedScenes, (self.count, self.size)
+
+
 class DigitsScenes(SegmentationDataset):
     """Scenes of handwritten MNIST digits at scales 16-96 px; 11 classes (background + 10 digits).
 
     Items follow the :class:`SegmentationDataset` contract: ``image`` (3, size, size) float32 in
     [0, 1], ``mask`` (size, size) int64 with 0 = background, ``d + 1`` = digit ``d``, 255 = ignore.
-    Scenes are generated on first access and cached (uint8) when ``cache=True``.
+    Scenes are generated on first access and, with ``cache=True``, kept as uint8 in memory shared
+    with forked workers (:class:`SharedScenes`): ``4 * size**2`` bytes a scene (64 KiB at 128 x 128,
+    640 MiB for the 10,000 default training scenes), allocated as scenes are drawn, at most
+    :data:`CACHE_LIMIT_BYTES`.
 
     Do not use horizontal flips as augmentation here: a mirrored 2, 3, 7 or 9 is no longer that digit.
 
@@ -105,7 +171,7 @@ class DigitsScenes(SegmentationDataset):
         ignore_rim: label the anti-aliased rim of strokes 255 instead of guessing.
         max_overlap: largest intersection of two digit boxes, as a fraction of the smaller box.
         transform: optional joint transform ``(image, mask) -> (image, mask)``.
-        cache: keep generated scenes in memory.
+        cache: keep generated scenes in memory (see above).
     """
 
     def __init__(
@@ -151,7 +217,9 @@ class DigitsScenes(SegmentationDataset):
         stems = [f"digits_{split}_{index:05d}" for index in range(num_images)]
         super().__init__(num_classes=11, class_names=DIGIT_CLASS_NAMES, stems=stems, transform=transform)
         self.split, self.size, self.seed, self.scale_range = split, size, seed, (low, high)
-        self._cache: dict[int, DigitScene] | None = {} if cache else None
+        capacity = min(num_images, CACHE_LIMIT_BYTES // (4 * size * size))
+        self._store = SharedScenes(capacity, size) if cache and capacity > 0 else None
+        self._placements: dict[int, tuple[tuple[DigitPlacement, ...], tuple[int, ...]]] = {}  # this process's
         self._pool: np.ndarray | None = None
 
     @property
@@ -164,15 +232,82 @@ class DigitsScenes(SegmentationDataset):
     def scene(self, index: int) -> DigitScene:
         """Scene ``index`` with its digit placements (boxes, classes, source rows), untransformed."""
         index = self._check_index(index)
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
+        stored = self._store.get(index) if self._store is not None else None
+        if stored is not None and index in self._placements:
+            return DigitScene(*stored, *self._placements[index])
         images, labels = load_mnist_digits()
         rng = np.random.default_rng((self.seed, SPLITS[self.split], index))
         scene = self._renderer.render(rng, images, labels, self.pool)
-        if self._cache is not None:
-            self._cache[index] = scene
+        if self._store is not None and index < self._store.count:
+            self._store.put(index, scene.image, scene.mask)
+            self._placements[index] = (scene.digits, scene.fragment_sources)
         return scene
 
+    @property
+    def caching(self) -> bool:
+        """Whether drawn scenes are kept (``cache=True`` and room for them)."""
+        return self._store is not None
+
+    def fill_cache(self, *, processes: int | None = None) -> int:
+        """Draw every scene the cache has room for and does not hold yet, in parallel, before training.
+
+        A scene drawn while training on a CPU costs the run its drawing time on one core, as the
+        step's threads fill the others; drawn here, every core draws at once. Processes are forked
+        from this one and write into the shared cache; without ``fork`` this process draws alone.
+
+        Args:
+            processes: processes drawing at once; default the cores this process may use.
+
+        Returns:
+            The number of scenes drawn.
+        """
+        if self._store is None:
+            raise ValueError("fill_cache needs a dataset made with cache=True")
+        if processes is None:
+            processes = _usable_cores()
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            raise ValueError(f"processes must be an int >= 1 or None, got {processes!r}")
+        missing = [index for index in range(self._store.count) if self._store.get(index) is None]
+        load_mnist_digits()  # read once, here, for the forked processes to share
+        self._pool = self.pool
+        if processes == 1 or len(missing) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+            self._draw(missing)
+            return len(missing)
+        context = multiprocessing.get_context("fork")
+        children = [context.Process(target=self._draw, args=(missing[k::processes], True), daemon=True)
+                    for k in range(min(processes, len(missing)))]
+        try:
+            for child in children:
+                child.start()
+            for child in children:
+                child.join()
+        finally:
+            for child in children:
+                if child.is_alive():
+                    child.terminate()
+                    child.join()
+        failed = [child.exitcode for child in children if child.exitcode != 0]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(children)} processes drawing scenes failed, exit codes {failed}")
+        return len(missing)
+
+    def _draw(self, indices: list[int], child: bool = False) -> None:
+        if child:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which stops the children
+            torch.set_num_threads(1)
+        for index in indices:
+            self.scene(index)
+
     def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        stored = self._store.get(index) if self._store is not None else None
+        if stored is not None:
+            return stored
         scene = self.scene(index)
         return scene.image, scene.mask
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

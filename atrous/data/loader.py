@@ -1,113 +1,141 @@
-"""Batches for training, prepared ahead of the step so that data never stalls it.
+"""Batches for training: drawn in the consumer's thread when the step fills the CPU, else ahead in workers.
 
-:func:`batch_stream` turns a map-style dataset and an epoch's index order into collated batches.
-A batch is prepared while the previous step runs: in a background thread of this process
-(``workers=0``) or in worker processes (``workers > 0``, as a PyTorch ``DataLoader``). Either way
-the batches are exactly ``default_collate([dataset[i] for i in chunk])``, in order, and this
-process's torch and NumPy global random states are left alone. See ``docs/data_loading.md`` for the
-measurements behind the choice.
+:func:`batch_stream` turns a map-style dataset and an epoch's order of indices into collated
+batches, exactly ``default_collate([dataset[i] for i in chunk])`` in order. Where the batches are
+drawn is a matter of where CPU is left over. When torch's threads already occupy every core
+this process may use (CPU training), a worker drawing alongside the step takes its CPU from the
+step (one of its threads stalls, and the rest wait for it), and a batch coming from another
+process costs a shared-memory copy on top; drawing between steps costs the least. When CPU is
+left over (more cores than torch threads, or a GPU doing the step), PyTorch ``DataLoader`` workers
+draw ahead. A thread is never used: drawing (many small NumPy calls) would hold the GIL the step's
+Python needs. The measurements are in ``docs/data_loading.md``.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
+import contextlib
+import operator
+import os
+import random
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-_AHEAD = 2  # batches prepared ahead of the consumer: one being consumed may wait on one being prepared
-_POLL_S = 0.05  # how often a blocked producer looks whether the consumer has gone
+_AHEAD = 2  # batches each worker prepares ahead: one consumed while the next one is drawn
 
 
 def batch_stream(
     dataset: Dataset, indices: Sequence[int], batch_size: int, *, workers: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (images, masks) batches (torch default collate of dataset[i]) for consecutive chunks of `indices`, dropping a last partial chunk.
+    """Yield (images, masks) batches (torch default collate of dataset[i]) for consecutive chunks of
+    `indices`, dropping a last partial chunk.
 
-    Batches are prepared ahead of the consumer; ``close()`` the iterator (or exhaust it) to stop
-    that work: closing, an exception or ``KeyboardInterrupt`` in the consumer's loop stops the
-    background thread or worker processes before the exception propagates. Wrap the iterator in
-    ``contextlib.closing`` when a reference to it may outlive the loop.
+    ``workers=n`` draws in ``n`` worker processes. ``workers=0`` draws in the consumer's thread,
+    between steps, when torch's intra-op threads occupy every core this process may use and no
+    GPU is in use, and otherwise in one worker process. Either way this process's global torch,
+    NumPy and ``random`` states are left as they were: in this thread the dataset sees global
+    generators of its own, seeded once.
+
+    Workers start when the first batch is asked for and stop when the iterator is exhausted or
+    closed: ``close()``, or the iterator being dropped after an exception (``KeyboardInterrupt``
+    included) in the consumer's loop. Wrap it in ``contextlib.closing`` when a reference may
+    outlive the loop. Workers ignore SIGINT: Ctrl-C reaches the consumer, which decides when to
+    stop. An exception in ``dataset[i]`` is raised in the consumer (from a worker as
+    ``DataLoader`` does: the same type where it can be rebuilt from a message, with the worker's
+    traceback in the message).
 
     Args:
-        dataset: any map-style dataset; ``dataset[i]`` must depend on ``i`` alone (reseed any
-            augmentation per index), since items are prepared out of order of the consumer's steps.
-        indices: the epoch's order of items.
+        dataset: a map-style dataset; ``dataset[i]`` must be a function of ``i`` alone (reseed any
+            augmentation per index), as workers draw items in their own processes.
+        indices: the items, in the order they are batched; any ints the dataset accepts.
         batch_size: items per batch.
-        workers: worker processes; 0 prepares batches in one background thread of this process.
+        workers: worker processes; 0 decides (see above).
 
     Yields:
-        ``default_collate`` of each chunk: for segmentation datasets ``images (B, 3, H, W)`` and
-        ``masks (B, H, W)``.
+        ``default_collate`` of each chunk; for segmentation datasets ``images (B, 3, H, W)``
+        float32 and ``masks (B, H, W)`` int64.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an int >= 0, got {workers!r}")
-    chunks = [list(indices[start : start + batch_size]) for start in range(0, len(indices) - batch_size + 1, batch_size)]
-    if workers == 0:
-        return _thread_stream(dataset, chunks)
-    return _process_stream(dataset, chunks, workers)
-
-
-def _thread_stream(dataset: Dataset, chunks: list[list[int]]) -> Iterator[Any]:
-    ready: queue.Queue = queue.Queue(maxsize=_AHEAD)
-    stop = threading.Event()
-    producer = threading.Thread(target=_produce, args=(dataset, chunks, ready, stop), name="atrous-batch-stream",
-                                daemon=True)
-    producer.start()
     try:
-        for _ in chunks:
-            kind, value = ready.get()
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        producer.join()
+        keys = [operator.index(index) for index in indices]
+    except TypeError:
+        raise TypeError(f"indices must be a sequence of ints, got {type(indices).__name__} {indices!r:.60}") from None
+    chunks = [keys[start : start + batch_size] for start in range(0, len(keys) - batch_size + 1, batch_size)]
+    if workers == 0 and not spare_cpu():
+        return _in_this_thread(dataset, chunks)
+    return _in_workers(dataset, chunks, max(workers, 1))
 
 
-def _produce(dataset: Dataset, chunks: list[list[int]], ready: queue.Queue, stop: threading.Event) -> None:
-    try:
-        for chunk in chunks:
-            items = []
-            for index in chunk:
-                if stop.is_set():
-                    return
-                items.append(dataset[index])
-            message = ("batch", default_collate(items))
-            while not _offer(ready, message, stop):
-                if stop.is_set():
-                    return
-    except BaseException as error:  # noqa: BLE001 (handed to the consumer, who raises it)
-        _offer_until_stopped(ready, ("error", error), stop)
-
-
-def _offer(ready: queue.Queue, message: tuple[str, Any], stop: threading.Event) -> bool:
-    try:
-        ready.put(message, timeout=_POLL_S)
+def spare_cpu() -> bool:
+    """Whether the training step leaves CPU over for a worker: a GPU is in use, or this process
+    may use more cores than torch's intra-op threads."""
+    if torch.cuda.is_initialized():
         return True
-    except queue.Full:
-        return False
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return cores > torch.get_num_threads()
 
 
-def _offer_until_stopped(ready: queue.Queue, message: tuple[str, Any], stop: threading.Event) -> None:
-    while not stop.is_set() and not _offer(ready, message, stop):
-        pass
+def _in_this_thread(dataset: Dataset, chunks: list[list[int]]) -> Iterator[Any]:
+    own_random = _GlobalRandom(seed=0)
+    for chunk in chunks:
+        with own_random.active():
+            items = [dataset[index] for index in chunk]
+        yield default_collate(items)
 
 
-def _process_stream(dataset: Dataset, chunks: list[list[int]], workers: int) -> Iterator[Any]:
+class _GlobalRandom:
+    """States of the global torch, NumPy and ``random`` generators that a dataset draws from while
+    :meth:`active`, kept apart from this process's (which are put back after)."""
+
+    def __init__(self, seed: int):
+        self.states = (torch.Generator().manual_seed(seed).get_state(), np.random.RandomState(seed).get_state(),
+                       random.Random(seed).getstate())
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        outer = _global_states()
+        _set_global_states(self.states)
+        try:
+            yield
+        finally:
+            self.states = _global_states()
+            _set_global_states(outer)
+
+
+def _global_states() -> tuple[Any, Any, Any]:
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def _set_global_states(states: tuple[Any, Any, Any]) -> None:
+    torch.set_rng_state(states[0])
+    np.random.set_state(states[1])
+    random.setstate(states[2])
+
+
+def _in_workers(dataset: Dataset, chunks: list[list[int]], workers: int) -> Iterator[Any]:
     if not chunks:
         return
-    # A private generator: the DataLoader draws its workers' base seed from it, not from torch's global one.
-    loader = DataLoader(dataset, batch_sampler=chunks, num_workers=workers, generator=torch.Generator(),
-                        prefetch_factor=_AHEAD)
+    # A generator of its own: the DataLoader draws its workers' base seed from it, not from torch's global one.
+    loader = DataLoader(dataset, batch_sampler=chunks, num_workers=workers, prefetch_factor=_AHEAD,
+                        generator=torch.Generator(), worker_init_fn=_ignore_interrupts)
     iterator = iter(loader)
     try:
         yield from iterator
     finally:
-        # DataLoader has no public close; this is what its iterator's __del__ calls, done now.
+        # DataLoader has no public close; its iterator's __del__ calls this, which a traceback
+        # holding the iterator would delay.
         iterator._shutdown_workers()
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -475,6 +475,8 @@ def execute(
         replayed = replay_choices(choices if isinstance(choices, dict) else {})
         if context.is_main:
             log(describe_run(run, job, device=context.device, precision=precision(job), replayed=replayed))
+        if hasattr(job, "prepare") and state.epoch < job.epochs:
+            job.prepare(log if context.is_main else lambda _: None)
         try:
             state = run_job(job, run, state, context=context, progress=progress, every=every, log=log if context.is_main else lambda _: None)
         finally:

@@ -46,12 +46,9 @@ class ContextNet(nn.Module):
     """Front end (stride 8) -> context module -> decoder with a stride-4 skip -> bilinear upsampling.
 
     Widths follow ``channels`` (C): the front end grows C/3 -> 2C/3 -> C, the skip carries C/2
-    and the decoder 2C/3 channels. (On ``digits``, in 2,500-step runs: a front end half as wide,
-    C/6 -> C/3, trains 15% faster per step but reaches 0.05 less val mIoU; the former narrower
-    decoder, C/4 and C/2, 0.03 less; a second 3x3 decoder layer, or two dilated residual layers at
-    stride 4, less again; full default runs gain less than such short runs suggest. The
-    digits 16-31 px high, two to four cells at stride 8, are told apart only from front-end
-    detail.)
+    and the decoder 2C/3 channels. The front end and the skip are this wide because small objects
+    (the 16-31 px digits of ``digits``: two to four cells at stride 8) are told apart only from
+    front-end detail; docs/digits.md has the measurements behind these widths.
 
     Args:
         num_classes: output channels.
