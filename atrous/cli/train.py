@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
                         help="registered segmentation model, listed by `atrous rf --help` (default: context_net)")
     parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                         help="extra model builder argument; repeat for more")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: 5 for digits, 20 for folders; "
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: 6 for digits, 20 for folders; "
                         "with --resume: train up to this many)")
     parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default: 8)")
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default=None,

@@ -58,7 +58,7 @@ class TrainConfig:
 
     data: str = "digits"
     model: str = "context_net"
-    epochs: int = 5
+    epochs: int = 6
     batch_size: int = 8
     optimizer: str = "adamw"
     lr: float | None = None

@@ -364,7 +364,9 @@ def run_job(
             if on_epoch is not None:
                 on_epoch(row)
             stopping = distributed.all_reduce_sum(torch.tensor([float(stop.signum or 0)]), context)[0] > 0
-            if stopping and state.epoch < job.epochs and (run is not None or context.enabled):
+            if stopping and state.epoch < job.epochs:
+                if run is None and not context.enabled:
+                    raise KeyboardInterrupt
                 raise TrainingInterrupted(stop.signum or signal.SIGTERM, newest_checkpoint(run.path) if run else None)
     return state
 
