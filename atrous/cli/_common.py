@@ -97,10 +97,16 @@ def checkpoint_every(args):
         raise ValueError(f"--{str(error).replace('checkpoint ', 'checkpoint-', 1)}") from None
 
 
-def refuse_recipe_options(args, allowed: set[str]) -> None:
-    """A resumed run trains with its own settings: refuse any other option given with ``--resume``."""
+def check_resume(args, allowed: set[str]) -> str:
+    """The run folder of ``--resume``, after refusing an empty one, another ``--out``, and any option
+    outside ``allowed`` (a resumed run trains with its own settings)."""
+    if not args.resume.strip():
+        raise ValueError("--resume needs the run folder to continue")
+    if args.out and args.out != args.resume:
+        raise ValueError("--resume RUN_DIR continues that folder; do not also pass a different --out")
     given = [name for name, value in vars(args).items() if name not in allowed and value not in (None, False)]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise ValueError(f"{flags}: a resumed run keeps the settings it was started with; give only --resume "
                          f"(and how long to train), or start a new run")
+    return args.resume

@@ -10,7 +10,7 @@ from atrous.cli._common import (
     checkpoint_every,
     parse_floats,
     parse_key_values,
-    refuse_recipe_options,
+    check_resume,
 )
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
@@ -110,11 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from atrous.engine.trainer import train
 
     if args.resume is not None:
-        if not args.resume.strip():
-            raise ValueError("--resume needs the run folder to continue")
-        if args.out and args.out != args.resume:
-            raise ValueError("--resume RUN_DIR continues that folder; do not also pass a different --out")
-        refuse_recipe_options(args, RESUME_OPTIONS)
+        check_resume(args, RESUME_OPTIONS)
         result = train(None, args.resume, resume=True, progress=not args.no_progress and sys.stderr.isatty(),
                        epochs=args.epochs, every=checkpoint_every(args))
         out = args.resume

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from atrous.cli._common import add_checkpoint_arguments, checkpoint_every, refuse_recipe_options
+from atrous.cli._common import add_checkpoint_arguments, checkpoint_every, check_resume
 
 TASKS = ("adding", "copy", "audio")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -94,11 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from atrous.engine.sequence import SequenceTrainConfig, train_sequence_run
 
     if args.resume is not None:
-        if not args.resume.strip():
-            raise ValueError("--resume needs the run folder to continue")
-        if args.out and args.out != args.resume:
-            raise ValueError("--resume RUN_DIR continues that folder; do not also pass a different --out")
-        refuse_recipe_options(args, RESUME_OPTIONS)
+        check_resume(args, RESUME_OPTIONS)
         out, config = args.resume, SequenceTrainConfig()
     else:
         if not args.out:

@@ -123,7 +123,11 @@ class LoopState:
 
 
 class Job(Protocol):
-    """What :func:`run_job` trains. ``model`` is what checkpoints hold (unwrapped from DDP)."""
+    """What :func:`run_job` trains. ``model`` is what checkpoints hold (unwrapped from DDP).
+
+    A job may also have ``prepare(log)``, which :func:`execute` calls once before the first step
+    (segmentation draws its generated scenes ahead there).
+    """
 
     kind: str
     model: nn.Module

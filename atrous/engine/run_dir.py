@@ -142,6 +142,8 @@ class RunDir:
         kind: what the run trains (``"segmentation"`` or ``"sequence"``); a run of another kind is refused.
         create: make a new run (``overwrite`` removes an existing atrous run first); else open an existing one.
         overwrite: with ``create``, replace an existing run folder.
+        config: with ``create``, the run's settings, recorded in the marker (a run killed before its
+            first save resumes with them).
         announce: called with one line for what ``overwrite`` removed.
     """
 
