@@ -22,3 +22,19 @@ def _one_thread():
 
 # Cached compiled kernels and tuning records go to a folder of this test process, never the user's.
 os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="atrous-test-cache-"))
+
+
+@pytest.fixture()
+def plot_titles(monkeypatch):
+    """The titles matplotlib axes are given while the test runs."""
+    from matplotlib.axes import Axes
+
+    titles = []
+    real_set_title = Axes.set_title
+
+    def set_title(ax, label, *args, **kwargs):
+        titles.append(label)
+        return real_set_title(ax, label, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "set_title", set_title)
+    return titles

@@ -60,17 +60,8 @@ def test_empirical_errors():
 @pytest.mark.parametrize("weights, shown", [("random init", "weights: random init"),
                                             ("runs/ctx/best", "weights: runs/ctx/best"),
                                             (None, "weights: not stated")])
-def test_erf_plot_title_says_which_weights(tmp_path, monkeypatch, weights, shown):
-    from matplotlib.axes import Axes
-
-    titles = []
-    real_set_title = Axes.set_title
-
-    def set_title(ax, label, *args, **kwargs):
-        titles.append(label)
-        return real_set_title(ax, label, *args, **kwargs)
-
-    monkeypatch.setattr(Axes, "set_title", set_title)
+def test_erf_plot_title_says_which_weights(tmp_path, plot_titles, weights, shown):
+    titles = plot_titles
     model = nn.Sequential(DilatedConv1d(1, 1, 3, dilation=2))
     effective_receptive_field(model, (1, 21), plot=tmp_path / "erf.png", weights=weights)
     assert len(titles) == 1 and titles[0].endswith(shown)

@@ -75,17 +75,8 @@ def test_model_table_names_every_op_whole(capsys):
     assert ops["conv1"] == "conv" and ops["maxpool"] == "max_pool"  # not a column cut to "max_poo"
 
 
-def test_erf_plot_says_the_weights_are_random(capsys, tmp_path, monkeypatch):
-    from matplotlib.axes import Axes
-
-    titles = []
-    real_set_title = Axes.set_title
-
-    def set_title(ax, label, *args, **kwargs):
-        titles.append(label)
-        return real_set_title(ax, label, *args, **kwargs)
-
-    monkeypatch.setattr(Axes, "set_title", set_title)
+def test_erf_plot_says_the_weights_are_random(capsys, tmp_path, plot_titles):
+    titles = plot_titles
     path = tmp_path / "erf.png"
     code, out, _ = run(capsys, "--model", "tcn", "--input", "2,256", "--plot", str(path))
     assert code == 0 and path.exists()
