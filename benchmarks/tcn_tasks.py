@@ -54,7 +54,7 @@ def run_task(task: str, steps: int, batch_size: int, length: int, eval_size: int
                                  log_every=max(1, min(1000, steps // 5)), seed=seed, **spec["train"])
     start = time.perf_counter()
     history, _ = train_sequence(
-        model, config, on_log=lambda r: print(f"  {task} step {r['step']}: loss {r['loss']:.4g} "
+        model, config, on_log=lambda r: print(f"  {task} step {r['step']}: loss {r['train_loss']:.4g} "
                                              f"eval {r['eval_loss']:.4g} ({r['seconds']:.0f} s)", flush=True)
     )
     seconds = time.perf_counter() - start
