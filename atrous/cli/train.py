@@ -51,7 +51,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--val-images", type=int, default=None,
                         help="digits: number of validation scenes (default: 200)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="DataLoader workers (default: 0 for digits, 2 for folders)")
+                        help="processes drawing training batches; 0 chooses: between steps when torch's threads fill the "
+                        "cores, else one worker (default: 0 for digits, 2 for folders)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seeds data order, augmentation and initialisation (default: 0)")
     parser.add_argument("--device", default=None, help="auto (CUDA when available), cpu or cuda[:N] (default: auto)")

@@ -47,7 +47,8 @@ class TrainConfig:
         flip: random horizontal flips (off for digits: a flipped digit is another shape).
         num_classes: override the class count inferred from the data.
         train_images, val_images: number of generated scenes (``digits`` only).
-        workers: DataLoader worker processes.
+        workers: processes drawing training batches; 0 lets :func:`atrous.data.loader.batch_stream`
+            choose (between steps when torch's threads fill every core, else one worker).
         seed: seeds data order, augmentation and initialisation.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
         precision: ``"fp32"``, ``"bf16"`` (forward under ``torch.autocast`` in bfloat16; weights,
