@@ -32,7 +32,7 @@ from atrous.engine.checkpoint import load_checkpoint, read_checkpoint_meta, save
 from atrous.engine.history import TensorBoardLogger
 from atrous.engine.run_dir import KEEP_LAST, RunDir, newest_checkpoint
 
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # saved on, then exit 128 + the signal number
 
 
 class TrainingDiverged(RuntimeError):
@@ -191,7 +191,7 @@ class _StopRequests:
 
     def __enter__(self) -> _StopRequests:
         if threading.current_thread() is threading.main_thread():
-            for signum in EXIT_CODES:
+            for signum in STOP_SIGNALS:
                 self.previous[signum] = signal.signal(signum, self._handle)
         return self
 

@@ -18,6 +18,8 @@ import os
 import platform
 from pathlib import Path
 
+from atrous._cache import cache_root
+
 MAX_ENTRIES = 4096
 
 
@@ -34,8 +36,7 @@ def _signature() -> str:
 
 def record_path() -> Path:
     """Where this machine's record is kept."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "atrous"
-    return cache / f"tuning-{_signature()}.json"
+    return cache_root() / f"tuning-{_signature()}.json"
 
 
 def _private(folder: Path) -> bool:

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from atrous._cache import cache_root
 from atrous.streaming.executor import TorchExecutor, op_table
 from atrous.streaming.program import lower
 
@@ -200,7 +201,7 @@ def _load() -> Callable | str:
     if not hasattr(os, "geteuid") or os.open not in os.supports_dir_fd:
         return "the kernel cache needs a POSIX system (file owners, openat)"
     source = Path(__file__).with_name("fused_step.cpp")
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "atrous"
+    cache = cache_root()
     base = [*_FLAGS, "-march=native"] if platform.machine().lower() in ("x86_64", "amd64") else list(_FLAGS)
     error = "not built"
     for flags in ([*base, "-fopenmp"], base):  # without OpenMP if the compiler lacks it
