@@ -46,6 +46,9 @@ def _worker(rank: int, store: str, out: str) -> None:
     train_step(wrap_for_distributed(model, context), optimizer, images[shard], masks[shard], lr=0.5)
     if rank == 0:
         torch.save(model.state_dict(), out)
+    # Tear down together: gloo aborts ("terminate called without an active exception") when a
+    # process destroys the group while its peer is still inside a collective.
+    dist.barrier()
     dist.destroy_process_group()
 
 
