@@ -24,12 +24,12 @@ from torch.overrides import TorchFunctionMode
 
 from atrous.analysis import _fields
 from atrous.analysis._ops import Fields, Recorder, Ref, _flatten
-from atrous.ops.layers import DilatedStack, _DilatedConvMixin
+from atrous.ops.layers import DilatedConvNd, DilatedStack
 from atrous.ops.padding import conv_output_size
 
 
 def _is_special(module: nn.Module) -> bool:
-    return isinstance(module, (DilatedStack, _DilatedConvMixin))
+    return isinstance(module, (DilatedConvNd, DilatedStack))
 
 
 def _func_name(target: Any) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -169,8 +168,6 @@ def effective_receptive_field(
     model: nn.Module,
     input: torch.Tensor | Sequence[int],
     *,
-    plot: str | Path | None = None,
-    weights: str | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
     """Effective receptive field (Luo et al. 2016): ``|d y_centre / d x|`` with the model's weights.
@@ -179,13 +176,11 @@ def effective_receptive_field(
         model: any ``nn.Module`` taking one ``(N, C, *spatial)`` tensor; run in eval mode.
         input: an input batch ``(N, C, *spatial)``, or its ``(C, *spatial)`` shape, in which
             case one standard-normal sample is drawn with ``seed``.
-        plot: if given, a PNG path to draw the map to (heatmap for 2D, curve for 1D).
-        weights: what the model's weights are, for the plot's title: ``"random init"``,
-            ``"trained"`` or a checkpoint name (the ERF of trained weights is wider).
         seed: seed for the random input when ``input`` is a shape.
 
     Returns:
-        The gradient magnitude summed over batch and channels, shape ``(*spatial)``, float.
+        The gradient magnitude summed over batch and channels, shape ``(*spatial)``, float;
+        :func:`atrous.viz.plot_erf` draws it, with a title that says which weights it measured.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -208,9 +203,4 @@ def effective_receptive_field(
         (grad,) = torch.autograd.grad(out, x, selector, allow_unused=True)
     finally:
         model.train(was_training)
-    erf = torch.zeros(x.shape[2:]) if grad is None else grad.abs().sum(dim=(0, 1)).detach()
-    if plot is not None:
-        from atrous.viz import plot_erf
-
-        plot_erf(erf, plot, weights=weights)
-    return erf
+    return torch.zeros(x.shape[2:]) if grad is None else grad.abs().sum(dim=(0, 1)).detach()

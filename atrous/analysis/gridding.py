@@ -18,15 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from atrous.ops.padding import to_tuple
+from atrous._checks import check_int, check_rates
 
 
 def _check(rates: Sequence[int], kernel_size: int) -> tuple[tuple[int, ...], int]:
-    if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence) or not rates:
-        raise ValueError(f"rates must be a non-empty sequence of ints >= 1, got {rates!r}")
-    rates = to_tuple(tuple(rates), len(rates), "rates")
-    (kernel_size,) = to_tuple(kernel_size, 1, "kernel_size")
-    return rates, kernel_size
+    return check_rates(rates), check_int(kernel_size, "kernel_size", low=1)
 
 
 @dataclass(frozen=True)
@@ -206,10 +202,10 @@ def suggest_rates(
     Raises:
         ValueError: bad arguments, or no schedule within ``max_layers``.
     """
-    (target_rf,) = to_tuple(target_rf, 1, "target_rf")
-    (kernel_size,) = to_tuple(kernel_size, 1, "kernel_size", minimum=2)
+    target_rf = check_int(target_rf, "target_rf", low=1)
+    kernel_size = check_int(kernel_size, "kernel_size", low=2)
     if max_rate is not None:
-        (max_rate,) = to_tuple(max_rate, 1, "max_rate")
+        max_rate = check_int(max_rate, "max_rate", low=1)
     need = -(-(target_rf - 1) // (kernel_size - 1))  # sum of rates reaching the target
     if need == 0:
         return (1,)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from atrous._checks import check_ints
 from atrous.analysis import _fields
 from atrous.analysis._ops import LayerRow
 from atrous.analysis._trace import walk
@@ -147,11 +148,5 @@ def receptive_field(model: nn.Module, input_shape: Sequence[int]) -> ReceptiveFi
 
 def check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     """Validate ``(C, *spatial)``: 2 to 4 positive ints."""
-    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
-        raise TypeError(f"input_shape must be a sequence of ints (C, *spatial), got {input_shape!r}")
-    shape = tuple(input_shape)
-    if not 2 <= len(shape) <= 4 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
-        raise ValueError(
-            f"input_shape must be (C, *spatial) with 1 to 3 spatial axes of positive ints, got {input_shape!r}"
-        )
-    return shape
+    return check_ints(input_shape, "input_shape", length=range(2, 5),
+                      example="(3, 64, 64) (channels, then 1 to 3 spatial sizes)")

@@ -15,6 +15,8 @@ MODEL_NAMES: dict[str, tuple[str, ...]] = {
         "deeplabv3plus_resnet50",
         "dilation8_vgg16",
         "fcn8s_vgg16",
+        "fcn_resnet101",
+        "fcn_resnet50",
         "gridding_net",
         "hdc_net",
         "plain_net",

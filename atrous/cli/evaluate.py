@@ -1,4 +1,4 @@
-"""``atrous eval``: score a checkpoint: confusion matrix, per-class IoU, mIoU, pixel accuracy."""
+"""``atrous eval``: score a checkpoint or a weights file: confusion matrix, per-class IoU, mIoU, pixel accuracy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ import json
 import math
 import sys
 
-from atrous.cli._common import add_device_argument, check_int, parse_floats, require
+from atrous._checks import check_int
+from atrous.cli._common import (
+    add_device_argument,
+    add_model_arguments,
+    add_tile_arguments,
+    check_model_arguments,
+    load_model,
+    one_line_warnings,
+    parse_floats,
+    require,
+    tile_options,
+)
 
 MAX_SCALE = 4.0  # a larger test-time scale multiplies the memory of a forward by its square
 MAX_BATCH = 65_536  # as TrainConfig.batch_size
@@ -16,12 +27,15 @@ MAX_BATCH = 65_536  # as TrainConfig.batch_size
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser = subparsers.add_parser(
         name, help="evaluate a checkpoint on a dataset split",
-        description="Score a checkpoint on a dataset split: per-class IoU, mIoU, pixel accuracy and the "
-                    "confusion matrix (rows: true class, columns: predicted class), optionally averaging the "
-                    "predictions over flipped and rescaled inputs.",
+        description="Score a checkpoint of `atrous train`, or --model NAME --weights PATH (a released or saved "
+                    "state_dict, ImageNet-normalised by default), on a dataset split: per-class IoU, mIoU, pixel "
+                    "accuracy and the confusion matrix (rows: true class, columns: predicted class), optionally "
+                    "averaging the predictions over flipped and rescaled inputs. Images larger than --tile run in "
+                    "overlapping tiles.",
     )
-    parser.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or checkpoint file")
-    parser.add_argument("--data", default=None, help="'digits' or a dataset folder (default: the training data)")
+    parser.add_argument("--data", default=None,
+                        help="'digits' or a dataset folder (default: the checkpoint's training data; needed with "
+                             "--weights)")
     parser.add_argument("--split", default="val", help="split to score")
     parser.add_argument("--flip", action="store_true", help="average with horizontally flipped input")
     parser.add_argument("--scales", default="1",
@@ -34,22 +48,35 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
              "(default: atrous.data.folders.DEFAULT_MAX_PIXELS, 100 million)",
     )
     add_device_argument(parser)
+    add_model_arguments(parser, what="score")
+    add_tile_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from atrous.data import build_dataset
     from atrous.engine.distributed import resolve_device
-    from atrous.engine.evaluate import evaluate
-    from atrous.engine.predict import load_trained_model
+    from atrous.models import WeightsWarning
 
+    check_model_arguments(args)
+    if args.checkpoint is None and args.data is None:
+        raise ValueError("--weights needs --data: 'digits' or a dataset folder to score on")
     check_int(args.batch_size, "--batch-size", low=1, high=MAX_BATCH)
     scales = parse_floats(args.scales, "--scales", maximum=MAX_SCALE)
     if args.max_pixels is not None:
         check_int(args.max_pixels, "--max-pixels", low=1)
-    require("safetensors", "train", "reading a checkpoint")
+    tiles = tile_options(args)
+    if args.checkpoint is not None:
+        require("safetensors", "train", "reading a checkpoint")
     device = resolve_device(args.device)
-    model, meta = load_trained_model(args.checkpoint, device=device)
+    with one_line_warnings(skip=(WeightsWarning,)):
+        model, meta = load_model(args, device=device)
+        return _score(args, model, meta, scales=scales, device=device, tiles=tiles)
+
+
+def _score(args: argparse.Namespace, model, meta: dict, *, scales, device, tiles: dict) -> int:
+    from atrous.data import build_dataset
+    from atrous.engine.evaluate import evaluate
+
     config = meta.get("config", {})
     data = args.data or meta.get("data", "digits")
     if data != "digits":
@@ -64,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
             kwargs["num_images"] = size
     dataset = build_dataset(data, args.split, num_classes=meta["num_classes"], **kwargs)
     if dataset.num_classes != meta["num_classes"]:
-        raise ValueError(f"the checkpoint predicts {meta['num_classes']} classes but {data} has {dataset.num_classes}")
+        source = "the checkpoint" if args.checkpoint is not None else f"--model {args.model} --weights"
+        raise ValueError(f"{source} predicts {meta['num_classes']} classes but {data} has {dataset.num_classes}")
     result = evaluate(
         model,
         dataset,
@@ -75,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
         mean=meta.get("mean"),
         std=meta.get("std"),
         progress=not args.json and sys.stderr.isatty(),
+        **tiles,
     )
-    names = meta.get("class_names") or [str(i) for i in range(meta["num_classes"])]
+    names = meta.get("class_names") or getattr(dataset, "class_names", None) or [
+        str(i) for i in range(meta["num_classes"])]
     if args.json:
         clean = [None if math.isnan(v) else v for v in result["iou"]]
         print(json.dumps({**result, "iou": clean, "class_names": names, "images": len(dataset)}))

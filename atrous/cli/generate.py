@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from atrous.cli._common import check_int, check_number, require
+from atrous._checks import check_float, check_int, is_int
+from atrous._files import check_output_file
+from atrous.cli._common import require
 
 MAX_SECONDS = 3600.0  # an hour per clip: about 29 million single-sample steps at 8 kHz
 MAX_SAMPLES = 2**28  # samples of all clips together, held in memory until they are written
@@ -47,11 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
 
 def _check_args(args: argparse.Namespace) -> list[Path]:
     """Every option and output path, checked before the checkpoint is read."""
-    from atrous.engine.predict import check_output_file
-
-    check_number(args.seconds, "--seconds", low=0.0, high=MAX_SECONDS, low_open=True)
+    check_float(args.seconds, "--seconds", low=0.0, high=MAX_SECONDS, low_open=True)
     check_int(args.count, "--count", low=1, high=MAX_COUNT)
-    check_number(args.temperature, "--temperature", low=0.0, high=MAX_TEMPERATURE)
+    check_float(args.temperature, "--temperature", low=0.0, high=MAX_TEMPERATURE)
     if args.sample_rate is not None:
         check_int(args.sample_rate, "--sample-rate", low=1, high=MAX_RATE)
     check_int(args.seed, "--seed", low=0, high=2**32 - 1)  # as the seeds of train and train-seq
@@ -84,7 +84,7 @@ def _audio_meta(path: str) -> tuple[Path, dict]:
         raise ValueError(f"--checkpoint {str(file)!r}: field 'meta.model_kwargs' must be a JSON object of builder "
                          f"arguments, got {kwargs!r}")
     rate = meta.get("sample_rate")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or not 1 <= rate <= MAX_RATE):
+    if rate is not None and (not is_int(rate) or not 1 <= rate <= MAX_RATE):
         raise ValueError(f"--checkpoint {str(file)!r}: field 'meta.sample_rate' must be an int from 1 to "
                          f"{MAX_RATE:,} (Hz), got {rate!r}")
     return folder, meta

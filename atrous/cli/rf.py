@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from atrous.cli._common import check_int, parse_ints, require
+from atrous._checks import check_int
+from atrous._files import atomic_write, check_output_file
+from atrous.cli._common import parse_ints, require
 from atrous.cli._names import MODEL_NAMES
 
 if TYPE_CHECKING:
@@ -63,11 +65,12 @@ def _stack(rates: list[int], kernel: int, dims: int, channels: int) -> nn.Module
 
 
 def _model(name: str) -> nn.Module:
-    from atrous.models import create, list_models
+    from atrous.models import create, list_models, model_task
 
     if name not in list_models():
         raise ValueError(f"--model must be a registered model name, one of: {', '.join(list_models())}; got {name!r}")
-    return create(name)
+    # The receptive field does not depend on the number of classes.
+    return create(name, num_classes=2) if model_task(name) == "segmentation" else create(name)
 
 
 def _input_shape(text: str) -> tuple[int, ...]:
@@ -88,8 +91,6 @@ def _check_coverage(rates: list[int], kernel: int, option: str) -> None:
 
 
 def _check_plot(args: argparse.Namespace) -> Path:
-    from atrous.engine.predict import check_output_file
-
     path = Path(args.plot)
     if path.suffix.lower() != ".png":
         raise ValueError(f"--plot must name a .png file, got {args.plot!r}")
@@ -99,8 +100,7 @@ def _check_plot(args: argparse.Namespace) -> Path:
 
 def _write_png(path: Path, draw) -> None:
     """``draw(png)`` into a hidden file beside ``path``, moved into place whole
-    (:func:`atrous.engine.checkpoint.atomic_write`); the plotting functions want a ``.png`` name."""
-    from atrous.engine.checkpoint import atomic_write
+    (:func:`atrous._files.atomic_write`); the plotting functions want a ``.png`` name."""
 
     def write(tmp: str) -> None:
         staged = Path(f"{tmp}.png")

@@ -60,6 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         "--precision", choices=("auto", "fp32", "bf16"), default=None,
         help="training forward in bfloat16 autocast; auto: where the CPU or GPU has native bf16 (default: auto)",
     )
+    add_finetuning_arguments(parser)
     parser.add_argument("--out", default=None, help="run folder (default: runs/MODEL_DATA, numbered if taken)")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing atrous run folder")
@@ -68,22 +69,47 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.set_defaults(run=run)
 
 
+def add_finetuning_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("fine-tuning from released weights (docs/training.md)")
+    files = group.add_mutually_exclusive_group()
+    files.add_argument("--weights", metavar="PATH", default=None,
+                       help="start from this whole model's weights (.pth or .safetensors): torchvision's DeepLab v3 "
+                       "or FCN checkpoints, or an atrous model's; read when the run starts (default: none)")
+    files.add_argument("--backbone-weights", metavar="PATH", default=None,
+                       help="start the backbone from ImageNet weights (.pth or .safetensors) of torchvision's or "
+                       "timm's ResNet or VGG-16 (default: none)")
+    group.add_argument("--freeze-bn", action="store_true",
+                       help="keep every BatchNorm layer's statistics, scale and shift as they start (the usual "
+                       "choice for small batches)")
+    group.add_argument("--backbone-lr-scale", type=float, default=None, metavar="X",
+                       help="the backbone learns at X times --lr, e.g. 0.1 under a new head (default: 1)")
+    group.add_argument("--aux-weight", type=float, default=None, metavar="X",
+                       help="weight of the auxiliary head's loss, for models built with --model-arg aux_loss=True "
+                       "(default: 0.5, torchvision's)")
+
+
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig of these arguments: :func:`~atrous.engine.config.train_config`'s preset for
     ``--data`` with every option given on the command line taking precedence."""
     from pathlib import Path
 
     from atrous.engine.config import train_config
+    from atrous.engine.trainer import check_weights_file
 
     data = args.data or "digits"
     if data != "digits" and not Path(data).exists():
         raise FileNotFoundError(f"--data {data!r}: no such folder (the built-in dataset is 'digits')")
+    for name in ("weights", "backbone_weights"):
+        if getattr(args, name) is not None:
+            check_weights_file(getattr(args, name), "--" + name.replace("_", "-"))
     given = {
         "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
         "lr": args.lr, "weight_decay": args.weight_decay, "background_weight": args.background_weight,
         "crop_size": args.crop_size, "flip": args.flip, "num_classes": args.num_classes,
         "train_images": args.train_images, "val_images": args.val_images, "workers": args.workers,
-        "seed": args.seed, "device": args.device, "precision": args.precision,
+        "seed": args.seed, "device": args.device, "precision": args.precision, "weights": args.weights,
+        "backbone_weights": args.backbone_weights, "freeze_bn": args.freeze_bn or None,
+        "backbone_lr_scale": args.backbone_lr_scale, "aux_weight": args.aux_weight,
     }
     overrides = {key: value for key, value in given.items() if value is not None}
     if args.scale is not None:

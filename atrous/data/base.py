@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from atrous._checks import check_int
+
 IGNORE_INDEX = 255
 
 # A joint transform: (image (3, H, W) float, mask (H, W) int64) -> the same, transformed together.
@@ -34,10 +36,7 @@ class SegmentationDataset(Dataset):
     ignore_index: int = IGNORE_INDEX
 
     def __init__(self, *, num_classes: int, class_names: list[str], stems: list[str], transform: JointTransform | None):
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-            raise TypeError(f"num_classes must be an int, got {num_classes!r}")
-        if not 1 <= num_classes <= IGNORE_INDEX:
-            raise ValueError(f"num_classes must be between 1 and {IGNORE_INDEX}, got {num_classes}")
+        check_int(num_classes, "num_classes", low=1, high=IGNORE_INDEX)
         if len(class_names) != num_classes:
             raise ValueError(f"class_names must have num_classes={num_classes} entries, got {len(class_names)}")
         if transform is not None and not callable(transform):
@@ -55,12 +54,11 @@ class SegmentationDataset(Dataset):
         raise NotImplementedError
 
     def _check_index(self, index: int) -> int:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index must be an int, got {index!r}")
+        index = check_int(index, "index", index=True)
         size = len(self)
         if not -size <= index < size:
             raise IndexError(f"index {index} is out of range for a dataset of {size} items")
-        return int(index) % size
+        return index % size
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load_arrays(self._check_index(index))

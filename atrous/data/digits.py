@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atrous._checks import check_float, check_int, check_ints
 from atrous.data.base import JointTransform, SegmentationDataset
 from atrous.data.render import DigitPlacement, DigitScene, SceneRenderer
 
@@ -84,10 +85,8 @@ def digit_pools(labels: np.ndarray, *, val_per_class: int = VAL_PER_CLASS) -> di
 
 
 def _check_range(value: tuple[int, int], name: str, minimum: int) -> tuple[int, int]:
-    if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value)):
-        raise TypeError(f"{name} must be a pair of ints (low, high), got {value!r}")
-    low, high = value
-    if not minimum <= low <= high:
+    low, high = check_ints(value, name, length=2, low=minimum, example="(low, high)")
+    if low > high:
         raise ValueError(f"{name} must satisfy {minimum} <= low <= high, got {value!r}")
     return low, high
 
@@ -192,19 +191,14 @@ class DigitsScenes(SegmentationDataset):
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 16:
-            raise ValueError(f"size must be an int >= 16, got {size!r}")
-        num_images = DEFAULT_NUM_IMAGES[split] if num_images is None else num_images
-        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(f"num_images must be a positive int, got {num_images!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        check_int(size, "size", low=16)
+        num_images = check_int(DEFAULT_NUM_IMAGES[split] if num_images is None else num_images, "num_images", low=1)
+        check_int(seed, "seed", low=0)
         scale_range = (max(4, size // 8), size * 3 // 4) if scale_range is None else scale_range
         low, high = _check_range(scale_range, "scale_range", 4)
         if high > size:
             raise ValueError(f"scale_range must not exceed size={size}, got {scale_range!r}")
-        if not 0.0 <= max_overlap <= 1.0:
-            raise ValueError(f"max_overlap must be in [0, 1], got {max_overlap!r}")
+        check_float(max_overlap, "max_overlap", low=0.0, high=1.0)
         self._renderer = SceneRenderer(
             size,
             (low, high),
@@ -265,8 +259,7 @@ class DigitsScenes(SegmentationDataset):
             raise ValueError("fill_cache needs a dataset made with cache=True")
         if processes is None:
             processes = _usable_cores()
-        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
-            raise ValueError(f"processes must be an int >= 1 or None, got {processes!r}")
+        check_int(processes, "processes", low=1)
         missing = [index for index in range(self._store.count) if self._store.get(index) is None]
         load_mnist_digits()  # read once, here, for the forked processes to share
         self._pool = self.pool

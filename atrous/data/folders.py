@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from atrous._checks import check_int
 from atrous.data.base import IGNORE_INDEX, JointTransform, SegmentationDataset
 
 VOC_CLASS_NAMES = [
@@ -47,8 +48,7 @@ _PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 def _check_max_pixels(max_pixels: int) -> None:
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ValueError(f"max_pixels (--max-pixels) must be a positive int, got {max_pixels!r}")
+    check_int(max_pixels, "max_pixels (--max-pixels)", low=1)
 
 
 @contextmanager
@@ -239,9 +239,8 @@ class FolderDataset(SegmentationDataset):
 
 
 def _check_num_classes(num_classes: int | None) -> None:
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or not 2 <= num_classes <= IGNORE_INDEX):
-        raise ValueError(f"num_classes must be an int in 2..{IGNORE_INDEX} or None (infer), got {num_classes!r}")
+    if num_classes is not None:  # None: inferred from the masks
+        check_int(num_classes, "num_classes", low=2, high=IGNORE_INDEX)
 
 
 def find_voc_root(root: str | Path) -> Path | None:

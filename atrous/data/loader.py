@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from atrous._checks import check_int
+
 _AHEAD = 2  # batches each worker prepares ahead: one consumed while the next one is drawn
 
 
@@ -59,10 +61,8 @@ def batch_stream(
         ``default_collate`` of each chunk; for segmentation datasets ``images (B, 3, H, W)``
         float32 and ``masks (B, H, W)`` int64.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be an int >= 0, got {workers!r}")
+    check_int(batch_size, "batch_size", low=1)
+    check_int(workers, "workers", low=0)
     try:
         keys = [operator.index(index) for index in indices]
     except TypeError:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atrous._checks import check_int
+
 
 def voc_palette(num_colors: int = 256) -> np.ndarray:
     """The VOC colour map.
@@ -23,8 +25,7 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
     Returns:
         uint8 array ``(num_colors, 3)``; entry ``k`` is the RGB colour of class ``k``.
     """
-    if isinstance(num_colors, bool) or not isinstance(num_colors, int) or not 1 <= num_colors <= 256:
-        raise ValueError(f"num_colors must be an int in 1..256, got {num_colors!r}")
+    check_int(num_colors, "num_colors", low=1, high=256)
     palette = np.zeros((num_colors, 3), dtype=np.uint8)
     for index in range(num_colors):
         code, red, green, blue = index, 0, 0, 0

@@ -27,13 +27,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from atrous._checks import check_int
+from atrous._files import atomic_write
+
 COPY_SYMBOLS = 10  # symbols 0..9: 0 blank, 1..8 data, 9 delimiter / recall marker
 COPY_LENGTH = 10  # symbols to remember
-
-
-def _check_positive(value: int, name: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def adding_problem(
@@ -51,8 +49,8 @@ def adding_problem(
     Returns:
         ``x``: ``(B, 2, T)`` float32; ``y``: ``(B,)`` float32, the sum of the marked values.
     """
-    _check_positive(batch_size, "batch_size")
-    _check_positive(length, "length", 2)
+    check_int(batch_size, "batch_size", low=1)
+    check_int(length, "length", low=2)
     values = torch.rand(batch_size, length, generator=generator)
     if halves:
         half = length // 2
@@ -80,8 +78,8 @@ def copy_memory(
         ``x``: ``(B, T + 20)`` int64 symbols in ``0..9``; ``y``: ``(B, T + 20)`` int64 targets.
         Use :func:`one_hot_symbols` to feed ``x`` to a convolutional model.
     """
-    _check_positive(batch_size, "batch_size")
-    _check_positive(length, "length")
+    check_int(batch_size, "batch_size", low=1)
+    check_int(length, "length", low=1)
     total = length + 2 * COPY_LENGTH
     data = torch.randint(1, 9, (batch_size, COPY_LENGTH), generator=generator)
     x = torch.zeros(batch_size, total, dtype=torch.long)
@@ -152,7 +150,7 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray | torch.Tensor, sample_
     """Write mono float audio in ``[-1, 1]`` (clipped) as 16-bit PCM.
 
     The file is rendered in memory, written to a temporary name in its folder and renamed onto
-    ``path`` (:func:`atrous.engine.checkpoint.atomic_write`), so it is whole or absent; an existing
+    ``path`` (:func:`atrous._files.atomic_write`), so it is whole or absent; an existing
     file or symbolic link at ``path`` is replaced, never written through.
 
     Args:
@@ -161,14 +159,11 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray | torch.Tensor, sample_
         sample_rate: Hz, an int from 1 to 2**32 - 1 (the header's field).
 
     Raises:
+        TypeError: a ``sample_rate`` that is not an int.
         ValueError: a ``sample_rate`` out of range or audio with NaN or infinity.
         FileNotFoundError: the folder of ``path`` does not exist.
     """
-    from atrous.engine.checkpoint import atomic_write
-
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
-            or not 1 <= sample_rate <= 2**32 - 1:
-        raise ValueError(f"sample_rate must be an int from 1 to {2**32 - 1} (Hz), got {sample_rate!r}")
+    sample_rate = check_int(sample_rate, "sample_rate (Hz)", low=1, high=2**32 - 1, index=True)
     samples = np.asarray(audio, dtype=np.float64).reshape(-1)
     bad = np.flatnonzero(~np.isfinite(samples))
     if bad.size:
@@ -214,8 +209,8 @@ class WavFolderDataset(Dataset):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"audio folder {str(root)!r} does not exist or is not a folder")
-        _check_positive(window, "window")
-        _check_positive(items, "items")
+        check_int(window, "window", low=1)
+        check_int(items, "items", low=1)
         paths = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".wav")
         if not paths:
             raise FileNotFoundError(f"audio folder {str(root)!r} holds no .wav files")

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from atrous._checks import check_float, check_ints
 from atrous.data.base import IGNORE_INDEX, JointTransform
 
 
@@ -31,10 +32,7 @@ def _uniform(low: float, high: float, generator: torch.Generator | None) -> floa
 
 
 def _size_pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
-        raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
-    return pair
+    return check_ints(size, name, length=2, low=1, scalar=True, example="(height, width)")
 
 
 def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,8 +104,7 @@ class RandomHorizontalFlip:
     """
 
     def __init__(self, p: float = 0.5, *, generator: torch.Generator | None = None):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+        check_float(p, "p", low=0.0, high=1.0)
         self.p, self.generator = float(p), generator
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,8 +2,8 @@
 
 A checkpoint is a directory holding ``model.safetensors``, optionally ``optimizer.safetensors``
 (the optimizer's tensors) and ``checkpoint.json`` (metadata, the optimizer's non-tensor state,
-RNG states). Every file is written to a temporary name and moved into place with
-``os.replace``, so no file is ever half written. The JSON records the SHA-256 of each tensor
+RNG states). Every file is written with :func:`atrous._files.atomic_write` (a temporary name, then
+``os.replace``), so no file is ever half written. The JSON records the SHA-256 of each tensor
 file and every load checks it, so a flipped byte, a truncated file or a file of another save is
 refused with the file's name instead of loaded. (Run folders go further and write each save
 into a new folder: :mod:`atrous.engine.run_dir`.)
@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,31 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from atrous._checks import is_number
+from atrous._files import atomic_write
+
 META_FILE = "checkpoint.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then move the result onto ``path`` in one step."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        try:
-            write(tmp)
-        except OSError as error:  # name the file the user knows, not the temporary one
-            if error.filename is None or error.filename == tmp:
-                raise OSError(error.errno, error.strerror or str(error), str(path)) from None
-            raise
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -93,8 +73,7 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
         if not number.isdigit() or int(number) not in numbers or not key:
             raise ValueError(f"{source}: the optimizer file holds a tensor {name!r} for no parameter of this model")
     for number, values in slots.items():
-        if int(number) not in numbers or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                 for v in values.values()):
+        if int(number) not in numbers or not all(is_number(v) for v in values.values()):
             raise ValueError(f"{source}: field optimizer.state.{number} must hold numbers for a parameter of this model")
     state = _join_optimizer_state(tensors, {"state": slots, "param_groups": copy.deepcopy(fresh["param_groups"])})
     try:

@@ -9,9 +9,11 @@ from typing import Any
 OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_LR = {"adamw": 1.5e-3, "sgd": 0.01}
 # 1: AdamW 3e-3 by default, context_net decoder C/4 and C/2, float32 if precision is absent;
-# 2: 20 epochs and background weight 1 by default (the digits recipe then lived in the CLI)
+# 2: 20 epochs and background weight 1 by default (the digits recipe then lived in the CLI).
+# The fine-tuning fields (weights, backbone_weights, freeze_bn, backbone_lr_scale, aux_weight) came
+# without a bump: their defaults train as every earlier run did (no run could train an auxiliary head).
 CONFIG_VERSION = 3
-CONTEXT_FAMILY = ("context_net", "plain_net", "gridding_net", "hdc_net")
+DEFAULT_AUX_WEIGHT = 0.5  # torchvision's reference recipe
 PRECISIONS = ("auto", "fp32", "bf16")
 _OPTIONAL = ("crop_size", "num_classes", "train_images", "val_images")
 _INT_RANGES = {  # bounds that no real run reaches, so a crafted config cannot ask for absurd work
@@ -21,8 +23,11 @@ _INT_RANGES = {  # bounds that no real run reaches, so a crafted config cannot a
 }
 _FLOAT_RANGES = {  # name: (low, high, low excluded)
     "lr": (0.0, 1e3, True), "weight_decay": (0.0, 1e3, False), "background_weight": (0.0, 1e3, True),
-    "momentum": (0.0, 1.0, False), "poly_power": (0.0, 100.0, False),
+    "momentum": (0.0, 1.0, False), "poly_power": (0.0, 100.0, False), "backbone_lr_scale": (0.0, 1e3, False),
+    "aux_weight": (0.0, 1e3, False),
 }
+_OPTIONAL_FLOATS = ("lr", "aux_weight")
+_WEIGHT_FILES = ("weights", "backbone_weights")
 # What `atrous train --data FOLDER` changes from the digits defaults of TrainConfig()
 FOLDER_PRESET = {"epochs": 20, "background_weight": 1.0, "crop_size": 320, "scale_range": (0.5, 2.0), "flip": True,
                  "workers": 2}
@@ -55,6 +60,15 @@ class TrainConfig:
             optimizer state and loss stay float32) or ``"auto"``: bf16 where the hardware runs it
             natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs that support it), else fp32.
         model_kwargs: extra keyword arguments for the model builder.
+        weights: a ``.pth`` or ``.safetensors`` file of the whole model's weights (torchvision's
+            segmentation layout or atrous's) to start from; read when the run starts, never on resume.
+        backbone_weights: the same for the backbone alone (a torchvision/timm ImageNet ResNet or VGG-16).
+        freeze_bn: every BatchNorm layer stays in eval mode (its running statistics untouched) and
+            its scale and shift are not trained: the usual choice when fine-tuning with small batches.
+        backbone_lr_scale: the backbone's learning rate is ``lr * backbone_lr_scale`` (0.1 is the usual
+            choice for a pretrained backbone under a new head); the poly schedule scales both.
+        aux_weight: weight of the auxiliary head's loss, for a model built with ``aux_loss=True``;
+            ``None`` means :data:`DEFAULT_AUX_WEIGHT` (0.5) there and is the only value allowed elsewhere.
     """
 
     data: str = "digits"
@@ -78,6 +92,11 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    backbone_weights: str | None = None
+    freeze_bn: bool = False
+    backbone_lr_scale: float = 1.0
+    aux_weight: float | None = None
     config_version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -95,7 +114,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an int in {low}..{high}, got {value!r}")
         for name, (low, high, open_low) in _FLOAT_RANGES.items():
             value = getattr(self, name)
-            if value is None and name == "lr":
+            if value is None and name in _OPTIONAL_FLOATS:
                 continue
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if not ok or value > high or value < low or (open_low and value == low):
@@ -109,14 +128,32 @@ class TrainConfig:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)) \
                 or not 0 < low <= high <= 10:
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high <= 10, got {self.scale_range!r}")
-        if not isinstance(self.flip, bool):
-            raise TypeError(f"flip must be True or False, got {self.flip!r}")
+        for name in ("flip", "freeze_bn"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
             raise TypeError(f"model_kwargs must be a dict with string keys, got {self.model_kwargs!r}")
+        for name in _WEIGHT_FILES:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a file path (a string) or None, got {value!r}")
+            if value is not None and not value.strip():
+                raise ValueError(f"{name} must name a .pth or .safetensors file, got an empty path")
+            if name in self.model_kwargs:  # one way in, checked before the run folder exists and skipped on resume
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"model_kwargs must not hold {name!r}; set {name} ({flag}) instead")
+        if self.weights is not None and self.backbone_weights is not None:
+            raise ValueError("weights and backbone_weights: give one (the whole model's weights, or ImageNet "
+                             "weights for its backbone), not both")
 
     @property
     def peak_lr(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    @property
+    def aux_loss_weight(self) -> float:
+        """The weight of an auxiliary head's loss: ``aux_weight``, else :data:`DEFAULT_AUX_WEIGHT`."""
+        return self.aux_weight if self.aux_weight is not None else DEFAULT_AUX_WEIGHT
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,15 +193,11 @@ def train_config(data: str = "digits", **overrides: Any) -> TrainConfig:
 
 def _version_1_defaults(values: dict[str, Any]) -> dict[str, Any]:
     """The defaults a version-1 run was trained with, made explicit, and the version raised."""
-    from atrous.models.segmentation._common import scaled
+    from atrous.models import narrow_decoder_widths
 
     values = {"precision": "fp32", **values}  # before precision: float32
     if values.get("optimizer", "adamw") == "adamw" and values.get("lr") is None:
         values["lr"] = 3e-3
     kwargs = dict(values.get("model_kwargs") or {})
-    if values.get("model", "context_net") in CONTEXT_FAMILY and kwargs.get("decoder", True):
-        channels = scaled(96, kwargs.get("width_multiplier", 1.0))
-        kwargs.setdefault("skip_channels", max(1, channels // 4))
-        kwargs.setdefault("fuse_channels", max(1, channels // 2))
-    values["model_kwargs"] = kwargs
+    values["model_kwargs"] = {**narrow_decoder_widths(values.get("model", TrainConfig.model), kwargs), **kwargs}
     return values

@@ -1,6 +1,7 @@
 """Evaluation: confusion matrix, per-class IoU, mIoU and pixel accuracy, with optional flip and
 multi-scale testing (average of softmax probabilities over flips and input scales, as in
-DeepLab's evaluation protocol)."""
+DeepLab's evaluation protocol); images larger than a tile run in overlapping tiles
+(:mod:`atrous.engine.tiling`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from atrous._checks import check_int, is_number
 from atrous.engine.metrics import ConfusionMatrix
 from atrous.engine.preprocess import MEAN, STD, normalize
+from atrous.engine.tiling import DEFAULT_TILE, Tiler
 
 
 def _batches(dataset: Dataset, indices: Sequence[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -33,7 +36,7 @@ def _batches(dataset: Dataset, indices: Sequence[int], batch_size: int) -> Itera
 def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     """A non-empty sequence of finite input scales > 0, as a tuple; the error names ``scales``."""
     if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales or not all(
-            isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in scales):
+            is_number(s) and math.isfinite(s) and s > 0 for s in scales):
         raise ValueError(f"scales (--scales) must be a non-empty sequence of finite numbers > 0, got {scales!r}")
     return tuple(scales)
 
@@ -78,6 +81,38 @@ def predict_probabilities(
 
 
 @torch.no_grad()
+def predict_labels(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    tiler: Tiler | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Class indices ``(N, H, W)`` (int64, on the device of ``images``) for ``images`` ``(N, 3, H, W)`` in [0, 1].
+
+    Args:
+        model: returns logits at its input size.
+        flip, scales, mean, std: as :func:`predict_probabilities`.
+        tiler: runs images it :meth:`~atrous.engine.tiling.Tiler.applies` to in overlapping tiles,
+            keeping only each tile's class indices; ``None`` runs every image whole.
+        device: where the model runs (default: where ``images`` are); tiles move there one at a time.
+        progress: a progress bar over the tiles of a tiled image.
+    """
+
+    def labels(x: torch.Tensor) -> torch.Tensor:
+        return predict_probabilities(model, x, flip=flip, scales=scales, mean=mean, std=std).argmax(1, keepdim=True)
+
+    if tiler is not None and tiler.applies(*images.shape[-2:]):
+        return tiler.run(labels, images, device=device, progress=progress)[:, 0]
+    return labels(images.to(device or images.device))[:, 0].to(images.device)
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module,
     dataset: Dataset,
@@ -90,6 +125,8 @@ def evaluate(
     std: Sequence[float] | None = None,
     context=None,
     progress: bool = False,
+    tile: int = DEFAULT_TILE,
+    overlap: int | None = None,
 ) -> dict:
     """Score ``model`` on ``dataset``.
 
@@ -103,15 +140,17 @@ def evaluate(
         context: a :class:`~atrous.engine.distributed.DistributedContext`; each process scores
             its share and the confusion matrices are summed.
         progress: show a progress bar.
+        tile, overlap: images larger than ``tile`` on either side run in overlapping tiles
+            (:class:`~atrous.engine.tiling.Tiler`); ``tile=0`` runs every image whole.
 
     Returns:
         ``{"miou", "pixel_acc", "iou", "confusion"}`` (see :class:`ConfusionMatrix`).
     """
     from atrous.engine import distributed
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size (--batch-size) must be an int >= 1, got {batch_size!r}")
+    check_int(batch_size, "batch_size (--batch-size)", low=1)
     scales = check_scales(scales)
+    tiler = Tiler(model, tile=tile, overlap=overlap)
     context = context or distributed.DistributedContext()
     was_training = model.training
     model.eval()
@@ -126,8 +165,9 @@ def evaluate(
         if tqdm is not None:
             bar = tqdm(total=len(indices), desc="evaluate", unit="img", dynamic_ncols=True)
     for images, masks in _batches(dataset, indices, batch_size):
-        probs = predict_probabilities(model, images.to(device), flip=flip, scales=scales, mean=mean, std=std)
-        matrix.update(probs.argmax(1).cpu(), masks)
+        labels = predict_labels(model, images, flip=flip, scales=scales, mean=mean, std=std, tiler=tiler,
+                                device=device, progress=progress)
+        matrix.update(labels, masks)
         if bar is not None:
             bar.update(len(images))
     if bar is not None:

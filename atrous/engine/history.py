@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 from pathlib import Path
 from typing import Any
 
-from atrous.engine.checkpoint import atomic_write
+from atrous._files import atomic_write
+
 
 def write_metrics(
     run_dir: Path, history: list[dict[str, Any]], *, config: dict, best: dict[str, Any] | None = None,
@@ -28,33 +30,13 @@ def write_metrics(
 
 
 def plot_curves(run_dir: Path, history: list[dict[str, Any]], *, score: str) -> Path | None:
-    """Training loss and the validation ``score`` column per epoch as ``curves.png`` (skipped without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    """Training loss and the validation ``score`` column per epoch as ``curves.png``
+    (:func:`atrous.viz.plot_training_curves`); skipped without matplotlib, which a run does not need."""
+    if importlib.util.find_spec("matplotlib") is None:
         return None
-    epochs = [row["epoch"] for row in history]
-    fig, (loss_ax, miou_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
-    loss_ax.plot(epochs, [row["train_loss"] for row in history], marker="o")
-    loss_ax.set(xlabel="epoch", ylabel="training loss", title="Loss")
-    miou_ax.plot(epochs, [row[score] for row in history], marker="o", color="tab:green")
-    if score == "val_miou":
-        miou_ax.plot(epochs, [row["val_pixel_acc"] for row in history], marker=".", color="tab:gray")
-        miou_ax.set(ylim=(0, 1))
-        miou_ax.legend(["mIoU", "pixel acc"], loc="lower right")
-    else:
-        miou_ax.set(yscale="log")
-    miou_ax.set(xlabel="epoch", ylabel="validation", title=score.replace("_", " "))
-    for ax in (loss_ax, miou_ax):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = run_dir / "curves.png"
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    from atrous.viz import plot_training_curves
+
+    return plot_training_curves(history, run_dir / "curves.png", score=score)
 
 
 class TensorBoardLogger:

@@ -410,7 +410,7 @@ def quiet_on_closed_pipe(write: Callable[[str], None] = print) -> Callable[[str]
 
 def describe_run(run: RunDir | None, job: Job, *, device: torch.device, precision: str, replayed: int) -> str:
     """The start-up line: folder, model, data, steps, device, threads, precision, backend mode."""
-    from atrous.ops.backend import fixed
+    from atrous.ops.autotune import fixed
 
     total = sum(job.steps_in(e) for e in range(job.epochs))
     backend = "fixed (deterministic)" if fixed() else f"auto, {replayed} recorded choices replayed"

@@ -1,6 +1,7 @@
-"""Load a trained checkpoint and label images: palette PNGs of class indices plus overlays.
+"""Load a trained checkpoint (or a model and a weights file) and label images: palette PNGs of class
+indices plus overlays; images larger than a tile run in overlapping tiles (:mod:`atrous.engine.tiling`).
 
-Outputs are written the way checkpoints are (:func:`atrous.engine.checkpoint.atomic_write`: a
+Outputs are written the way checkpoints are (:func:`atrous._files.atomic_write`: a
 temporary name in the same folder, then renamed), never through a symbolic link, and every input
 is decoded once before the first output is written, so a bad input leaves the folder untouched.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from atrous._checks import is_int, is_number
+from atrous._files import atomic_write, check_output_file
 from atrous.data.folders import DEFAULT_MAX_PIXELS, read_image
-from atrous.engine.checkpoint import META_FILE, atomic_write, checkpoint_dir, load_checkpoint, read_checkpoint_meta
+from atrous.engine.checkpoint import META_FILE, checkpoint_dir, load_checkpoint, read_checkpoint_meta
 from atrous.engine.config import TrainConfig
-from atrous.engine.evaluate import check_scales, predict_probabilities
+from atrous.engine.evaluate import check_scales, predict_labels
+from atrous.engine.preprocess import MEAN, STD, check_stats
 from atrous.engine.prior import with_background_prior
+from atrous.engine.tiling import DEFAULT_TILE, Tiler
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -30,40 +36,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     return checkpoint_dir(path)
-
-
-def check_output_file(path: str | Path, *, overwrite: bool, name: str, hint: str = "pass --overwrite") -> Path:
-    """Refuse an output path that would be written wrongly, before any work is done.
-
-    Args:
-        path: the file about to be written.
-        overwrite: whether an existing regular file may be replaced.
-        name: how the message names the path, e.g. ``"--out"``.
-        hint: how to allow replacing, for the message.
-
-    Raises:
-        ValueError: ``path`` is a symbolic link (even a dangling one) or not a regular file.
-        IsADirectoryError: ``path`` is a folder.
-        FileExistsError: ``path`` exists and ``overwrite`` is false.
-        FileNotFoundError, NotADirectoryError: its folder does not exist or is a file.
-    """
-    path = Path(path)
-    if os.path.islink(path):
-        raise ValueError(f"{name} {str(path)!r} is a symbolic link; atrous does not write through links "
-                         "(remove it or choose another name)")
-    if path.is_dir():
-        raise IsADirectoryError(f"{name} {str(path)!r} is a folder; expected a file name")
-    if path.exists():
-        if not path.is_file():
-            raise ValueError(f"{name} {str(path)!r} exists and is not a regular file")
-        if not overwrite:
-            raise FileExistsError(f"{name} {str(path)!r} already exists; {hint} to replace it")
-    parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise NotADirectoryError(f"the folder of {name} {str(path)!r} is a file: {str(parent)!r}")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"the folder of {name} {str(path)!r} does not exist: {str(parent)!r}")
-    return path
 
 
 def _field_error(file: Path, field: str, expected: str, value: Any) -> ValueError:
@@ -75,17 +47,17 @@ def _check_meta(meta: dict[str, Any], file: Path, in_channels: Any) -> None:
     if not isinstance(meta["model"], str):
         raise _field_error(file, "model", "a registered model name", meta["model"])
     classes = meta["num_classes"]
-    if isinstance(classes, bool) or not isinstance(classes, int) or not 1 <= classes <= 255:
+    if not is_int(classes) or not 1 <= classes <= 255:
         raise _field_error(file, "num_classes", "an int from 1 to 255", classes)
     names = meta.get("class_names")
     if names is not None and (not isinstance(names, list) or len(names) != classes
                               or not all(isinstance(n, str) for n in names)):
         raise _field_error(file, "class_names", f"a list of {classes} strings (one per class)", names)
-    channels = in_channels if isinstance(in_channels, int) and not isinstance(in_channels, bool) else 3
+    channels = in_channels if is_int(in_channels) else 3
     for key, low in (("mean", -math.inf), ("std", 0.0)):
         value = meta.get(key)
         numbers = isinstance(value, list) and len(value) == channels and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > low for v in value)
+            is_number(v) and math.isfinite(v) and v > low for v in value)
         if value is not None and not numbers:
             what = "finite numbers" if key == "mean" else "finite numbers > 0"
             raise _field_error(file, key, f"a list of {channels} {what} (one per input channel)", value)
@@ -139,6 +111,91 @@ def load_trained_model(path: str | Path, *, device: torch.device | str = "cpu") 
     return model.to(device).eval(), {**meta, "model_kwargs": dict(kwargs)}
 
 
+def classes_in_weights(name: str, state: dict[str, torch.Tensor], **model_args: Any) -> int | None:
+    """The class count a weights file was saved with, from the tensors whose shape follows ``num_classes``.
+
+    ``name`` is built twice on the meta device (1 and 2 classes, no memory); the axis that changes
+    in each differing tensor gives the count in ``state``. ``None`` when the file has none of those
+    tensors or they disagree.
+    """
+    from atrous.models import create
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one, two = (create(name, num_classes=k, **model_args).state_dict() for k in (1, 2))
+    counts = set()
+    for key, tensor in one.items():
+        if key in state and tensor.shape != two[key].shape and state[key].ndim == tensor.ndim:
+            axis = next(i for i, (a, b) in enumerate(zip(tensor.shape, two[key].shape)) if a != b)
+            counts.add(int(state[key].shape[axis]))
+    return counts.pop() if len(counts) == 1 else None
+
+
+def model_from_weights(
+    name: str,
+    weights: str | Path,
+    *,
+    num_classes: int | None = None,
+    model_args: dict[str, Any] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A registered segmentation model with a local weights file (``atrous.models.create(name, weights=...)``):
+    a released torchvision checkpoint, or a ``state_dict`` saved from an atrous model.
+
+    Args:
+        name: a registered segmentation model.
+        weights: the ``.pth``/``.pt`` or ``.safetensors`` file (atrous never downloads; see docs/inference.md).
+        num_classes: the class count; by default read from the file's classifier.
+        model_args: other builder arguments (``head="torchvision"`` for torchvision's DeepLab v3).
+        mean, std: input normalisation of RGB in [0, 1]; default ImageNet's, which torchvision's and
+            timm's checkpoints expect and atrous runs train with unless told otherwise.
+        device: where to put the model.
+
+    Returns:
+        ``(model in eval mode, meta)`` with ``meta`` as :func:`load_trained_model`'s (``model``,
+        ``num_classes``, ``mean``, ``std``, ``model_kwargs``) plus ``weights`` and ``weights_report``
+        (the one-line :class:`~atrous.models.WeightsReport`: what was loaded, skipped, newly initialised).
+
+    Raises:
+        FileNotFoundError: no file at ``weights``.
+        ValueError: not a segmentation model, a file that does not fit it (the message says how), a
+            class count neither given nor in the file, or bad ``mean``/``std``.
+    """
+    from atrous.engine.trainer import check_model_size
+    from atrous.models import create, model_task, read_state_dict
+
+    if model_task(name) != "segmentation":
+        raise ValueError(f"model (--model) {name!r} is a {model_task(name)} model; predict and eval need a "
+                         f"segmentation model")
+    model_args = dict(model_args or {})
+    for key in ("num_classes", "weights", "backbone_weights"):
+        if key in model_args:
+            raise ValueError(f"model_args (--model-arg) must not set {key!r}; it has its own argument")
+    channels = model_args.get("in_channels", 3)
+    if not is_int(channels) or channels < 1:
+        raise ValueError(f"model_args (--model-arg) in_channels must be an int >= 1, got {channels!r}")
+    if channels != 3 and (mean is None or std is None):
+        raise ValueError(f"a model with {channels} input channels needs mean (--mean) and std (--std): "
+                         f"ImageNet's statistics are for RGB")
+    mean, std = check_stats(MEAN if mean is None else mean, STD if std is None else std, channels=channels,
+                            names=("mean (--mean)", "std (--std)"))
+    if num_classes is None:
+        check_model_size(name, num_classes=2, **model_args)
+        num_classes = classes_in_weights(name, read_state_dict(weights), **model_args)
+        if num_classes is None:
+            raise ValueError(f"weights file {str(weights)!r} does not say how many classes {name} predicts; "
+                             f"give num_classes (--num-classes)")
+    if not is_int(num_classes) or not 1 <= num_classes <= 255:
+        raise ValueError(f"num_classes (--num-classes) must be an int from 1 to 255, got {num_classes!r}")
+    check_model_size(name, num_classes=num_classes, **model_args)
+    model = create(name, weights=weights, num_classes=num_classes, **model_args)
+    meta = {"model": name, "num_classes": num_classes, "mean": mean, "std": std, "model_kwargs": model_args,
+            "weights": str(weights), "weights_report": str(model.weights_report)}
+    return model.to(device).eval(), meta
+
+
 def read_rgb(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """An image file as ``(3, H, W)`` float32 in [0, 1], read as datasets read it
     (:func:`atrous.data.folders.read_image`: any mode, 16 bits kept); errors name the file."""
@@ -172,6 +229,8 @@ def predict_files(
     device: torch.device | str = "cpu",
     progress: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    tile: int = DEFAULT_TILE,
+    overlap: int | None = None,
 ) -> list[Path]:
     """Write ``STEM.png`` (palette PNG whose pixel values are class indices) and
     ``STEM_overlay.png`` for each image into ``out_dir``.
@@ -180,12 +239,14 @@ def predict_files(
     pixels are refused from their headers) and every output path checked. Each file is written
     to a temporary name in ``out_dir`` and renamed into place, so an output is whole or absent;
     a failure after the first image (a full disk) keeps the outputs of the images before it.
+    Images larger than ``tile`` on either side run in overlapping tiles of which only the class
+    indices are kept (:class:`~atrous.engine.tiling.Tiler`; ``tile=0`` runs every image whole).
 
     Raises:
         FileExistsError: an output exists and ``overwrite`` is false.
         ValueError: two inputs share a file stem or an output, an output would replace an input,
-            an input is unreadable, an output path is a symbolic link, or ``scales`` are not
-            finite numbers > 0.
+            an input is unreadable, an output path is a symbolic link, ``scales`` are not
+            finite numbers > 0, or ``tile``/``overlap`` are out of range.
         FileNotFoundError: an input does not exist.
         NotADirectoryError: ``out_dir`` is a file.
     """
@@ -197,6 +258,7 @@ def predict_files(
     from atrous.data.palette import overlay, save_index_png
 
     scales = check_scales(scales)
+    tiler = Tiler(model, tile=tile, overlap=overlap, name=meta.get("model", "the model"))
     out_dir = Path(out_dir)
     paths = [Path(p) for p in images]
     stems = [p.stem for p in paths]
@@ -237,10 +299,8 @@ def predict_files(
     try:
         for path, (mask_path, overlay_path) in zip(paths, targets):
             image = read_rgb(path, max_pixels=max_pixels)
-            probs = predict_probabilities(
-                model, image[None].to(device), flip=flip, scales=scales, mean=meta.get("mean"), std=meta.get("std")
-            )
-            mask = probs.argmax(1)[0].cpu()
+            mask = predict_labels(model, image[None], flip=flip, scales=scales, mean=meta.get("mean"),
+                                  std=meta.get("std"), tiler=tiler, device=device, progress=progress)[0]
             atomic_write(mask_path, lambda tmp: save_index_png(mask, tmp))
             picture = Image.fromarray(overlay(image, mask))
             atomic_write(overlay_path, lambda tmp: picture.save(tmp, format="PNG"))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
-# ImageNet statistics; stored with each checkpoint so prediction uses what training used.
+from atrous._checks import is_number
+
+# ImageNet statistics: the default of atrous runs, stored with each checkpoint so prediction uses what
+# training used, and what torchvision's and timm's released checkpoints expect on RGB in [0, 1].
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -16,3 +20,16 @@ def normalize(images: torch.Tensor, mean: Sequence[float] = MEAN, std: Sequence[
     mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images - mean_t) / std_t
+
+
+def check_stats(mean: Sequence[float], std: Sequence[float], *, channels: int = 3,
+                names: tuple[str, str] = ("mean", "std")) -> tuple[list[float], list[float]]:
+    """``mean`` and ``std`` as lists of ``channels`` finite numbers (``std`` > 0); errors name ``names``."""
+    result = []
+    for values, name, low in ((mean, names[0], -math.inf), (std, names[1], 0.0)):
+        what = "finite numbers" if low == -math.inf else "finite numbers > 0"
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != channels \
+                or not all(is_number(v) and math.isfinite(v) and v > low for v in values):
+            raise ValueError(f"{name} must be {channels} {what} (one per input channel), got {values!r}")
+        result.append([float(v) for v in values])
+    return result[0], result[1]

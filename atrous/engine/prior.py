@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from atrous._checks import check_float
+
 
 class BackgroundPrior(nn.Module):
     """``model(x)`` with ``log(1 / background_weight)`` added to the class-0 logit.
@@ -28,10 +30,8 @@ class BackgroundPrior(nn.Module):
 
     def __init__(self, model: nn.Module, background_weight: float) -> None:
         super().__init__()
-        if not (math.isfinite(background_weight) and background_weight > 0):
-            raise ValueError(f"background_weight must be a finite number > 0, got {background_weight!r}")
         self.model = model
-        self.background_weight = float(background_weight)
+        self.background_weight = check_float(background_weight, "background_weight", low=0.0, low_open=True)
         self.offset = -math.log(background_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

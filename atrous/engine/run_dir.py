@@ -29,6 +29,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from atrous._files import atomic_write
+
 LAST = "checkpoint"  # runs before numbered saves: the latest checkpoint folder
 BEST = "best"  # runs before numbered saves: the best checkpoint folder
 MARKER = ".atrous-run"
@@ -276,8 +278,6 @@ def newest_checkpoint(run_dir: Path, kind: str = "last") -> Path | None:
 
 def write_text(path: Path, text: str) -> None:
     """``path`` holds ``text``, written atomically."""
-    from atrous.engine.checkpoint import atomic_write
-
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 

@@ -21,12 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atrous._checks import is_int, is_number
 from atrous.data.sequence import adding_problem, copy_memory, one_hot_symbols
 from atrous.engine.loop import optimizer_step
 
 TASKS = ("adding", "copy", "audio")
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
 MODELS = ("tcn", "wavenet")
+# 2: the evaluation batch has a generator of its own (version 1 seeded it with seed + 1)
+SEQUENCE_CONFIG_VERSION = 2
 MAX_BATCH_SAMPLES = 2**26  # time steps in one batch (x up to 10 channels: 2.7 GB of float32)
 # Bai et al. (2018): adding T=600 (k=8, 8 levels, 24 hidden, Adam 2e-3); copy T=1000 (k=8, 8 levels,
 # 10 hidden, dropout 0.05, RMSprop 5e-4, clip 1.0). Audio: WaveNet, Adam 2e-3, 256 scored samples a window.
@@ -58,10 +61,12 @@ class SequenceTrainConfig:
         grad_clip: max gradient norm (0 disables clipping).
         eval_size: sequences in the fixed evaluation batch (synthetic tasks).
         log_every: steps between evaluations (an "epoch" of the run engine).
-        seed: seeds the initialisation, the training batches and (with seed + 1) the evaluation batch.
+        seed: seeds the initialisation, the training batches and the evaluation batch.
         model: ``"tcn"`` or ``"wavenet"`` (audio).
         model_kwargs: arguments of the model builder.
         data: audio only: a folder of mono WAV files.
+        config_version: 1 for runs saved before it existed, whose evaluation generator was seeded
+            with ``seed + 1`` (at seed 0 that is step 1's training batch).
     """
 
     task: str = "adding"
@@ -77,8 +82,11 @@ class SequenceTrainConfig:
     model: str = "tcn"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data: str | None = None
+    config_version: int = SEQUENCE_CONFIG_VERSION
 
     def __post_init__(self) -> None:
+        if not is_int(self.config_version) or self.config_version not in (1, SEQUENCE_CONFIG_VERSION):
+            raise ValueError(f"config_version must be 1 or {SEQUENCE_CONFIG_VERSION}, got {self.config_version!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -88,9 +96,9 @@ class SequenceTrainConfig:
         limits = {"steps": 10**9, "batch_size": 65_536, "length": 10**7, "eval_size": 10**6, "log_every": 10**9}
         for name, high in limits.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            if not is_int(value) or not 1 <= value <= high:
                 raise ValueError(f"{name} must be an int in 1..{high}, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+        if not is_int(self.seed) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an int in 0..{2**32 - 1}, got {self.seed!r}")
         for name in ("batch_size", "eval_size"):  # one batch must fit in memory: (size, channels, length)
             if getattr(self, name) * self.length > MAX_BATCH_SAMPLES:
@@ -98,8 +106,7 @@ class SequenceTrainConfig:
                                  f"got {getattr(self, name)} x {self.length}")
         for name, low_open in (("lr", True), ("grad_clip", False)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0 or (low_open and value == 0) or value > 1e3:
+            if not is_number(value) or not math.isfinite(value) or value < 0 or (low_open and value == 0) or value > 1e3:
                 bound = "> 0" if low_open else ">= 0 (0 disables it)"
                 raise ValueError(f"{name} must be a finite number {bound} and <= 1000, got {value!r}")
         if (self.model == "wavenet") != (self.task == "audio"):
@@ -119,6 +126,7 @@ class SequenceTrainConfig:
         if not isinstance(values, dict):
             raise ValueError(f"{source}: the config must be a JSON object, got {type(values).__name__}")
         known = {f.name for f in fields(cls)}
+        values = {"config_version": 1, **values}  # saved before the field existed
         try:
             return cls(**{k: v for k, v in values.items() if k in known})
         except (TypeError, ValueError) as error:
@@ -139,6 +147,15 @@ def sequence_config(task: str, *, model_kwargs: dict[str, Any] | None = None, **
     model = overrides.get("model", preset["model"])
     base = MODEL_PRESETS[task] if model == preset["model"] else {}
     return SequenceTrainConfig(task=task, **{**preset, **overrides}, model_kwargs={**base, **(model_kwargs or {})})
+
+
+def evaluation_seed(config: SequenceTrainConfig) -> int:
+    """The evaluation batch's generator seed, outside the range of every training step's seed.
+
+    Training step ``s`` draws from ``seed * 1_000_003 + s`` (below 2**53 for every valid seed and
+    step); counting down from 2**63 keeps the held-out batch apart from all of them.
+    """
+    return config.seed + 1 if config.config_version == 1 else 2**63 - 1 - config.seed
 
 
 def synthetic_batch(
@@ -208,7 +225,7 @@ class SequenceJob:
             window = model.receptive_field - 1 + config.length
             self.audio = WavFolderDataset(config.data, window, items=config.steps * config.batch_size, seed=config.seed)
         else:
-            held_out = torch.Generator().manual_seed(config.seed + 1)
+            held_out = torch.Generator().manual_seed(evaluation_seed(config))
             self.evaluation = synthetic_batch(config.task, config.eval_size, config.length, held_out)
 
     def steps_in(self, epoch: int) -> int:

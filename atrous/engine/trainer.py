@@ -2,14 +2,18 @@
 
 The DeepLab recipe (Chen et al. 2017): cross-entropy with the ignore label left out, SGD with
 momentum or AdamW, learning rate ``lr * (1 - step / total) ** 0.9``, validation after every
-epoch. The data order is a function of (seed, epoch) and each training item's augmentation a
-function of (seed, epoch, index), so any batch can be recomputed without the ones before it:
-the run engine (:mod:`atrous.engine.loop`) resumes mid-epoch exactly.
+epoch. Fine-tuning from released weights adds a pretrained model or backbone to start from, the
+auxiliary head's loss (weighted 0.5, as in torchvision's reference recipe) and, as usual for small
+batches, frozen BatchNorm and a lower learning rate for the backbone. The data order is a function
+of (seed, epoch) and each training item's augmentation a function of (seed, epoch, index), so any
+batch can be recomputed without the ones before it: the run engine (:mod:`atrous.engine.loop`)
+resumes mid-epoch exactly.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from atrous.engine import distributed
-from atrous.engine.config import TrainConfig
+from atrous.engine.config import DEFAULT_AUX_WEIGHT, TrainConfig
 from atrous.engine.evaluate import evaluate
 from atrous.engine.history import plot_curves, write_metrics
 from atrous.engine.loop import optimizer_step
@@ -78,16 +82,49 @@ class SeededItems(Dataset):
         return self.dataset[index]
 
 
-def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The model of ``config``, after checking on the meta device that its size is sane."""
-    from atrous.models import create, list_models
+def build_model(config: TrainConfig, num_classes: int, *, pretrained: bool = True) -> nn.Module:
+    """The model of ``config``, after checking on the meta device that its size is sane.
+
+    Args:
+        config: the run's settings.
+        num_classes: output channels.
+        pretrained: load ``config.weights`` / ``config.backbone_weights`` (a run that starts); a
+            resumed run passes False, its checkpoint holds the weights.
+    """
+    from atrous.models import WeightsWarning, create, list_models
 
     if config.model not in list_models(task="segmentation"):
         raise ValueError(
             f"unknown segmentation model {config.model!r}; choose one of: {', '.join(list_models(task='segmentation'))}"
         )
     check_model_size(config.model, num_classes=num_classes, **config.model_kwargs)
-    return create(config.model, num_classes=num_classes, **config.model_kwargs)
+    files = {}
+    if pretrained:
+        files = {name: str(check_weights_file(getattr(config, name), name))
+                 for name in ("weights", "backbone_weights") if getattr(config, name) is not None}
+    with warnings.catch_warnings():  # a partial load's warning: the run logs model.weights_report instead
+        warnings.simplefilter("ignore", WeightsWarning)
+        return create(config.model, num_classes=num_classes, **files, **config.model_kwargs)
+
+
+def check_weights_file(path: str | Path, name: str) -> Path:
+    """``path`` if it is a file this process can read; ``name`` (a config field or CLI option) names it.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a folder, or unreadable.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"{name} {str(path)!r}: no such file (expected a .pth or .safetensors file)")
+    if not file.is_file():
+        raise ValueError(f"{name} {str(path)!r} is not a file (expected a .pth or .safetensors file)")
+    try:
+        with open(file, "rb") as handle:
+            handle.read(1)
+    except OSError as error:
+        raise ValueError(f"{name} {str(path)!r} is unreadable: {error.strerror or error}") from None
+    return file
 
 
 def check_model_size(name: str, **kwargs: Any) -> int:
@@ -116,12 +153,79 @@ def poly_lr(config: TrainConfig, step: int, total_steps: int) -> float:
     return config.peak_lr * (1 - min(step, total_steps) / total_steps) ** config.poly_power
 
 
+def backbone_prefix(model: nn.Module) -> str | None:
+    """The ``named_parameters`` prefix of ``model``'s ResNet or VGG-16 trunk (``"backbone."``,
+    ``"features.body."``, ``"trunk."``): where ``backbone_weights`` load; None if it has none."""
+    from atrous.models.weights import find_backbone
+
+    found = find_backbone(name for name, _ in model.named_parameters())
+    return found[1] if found is not None else None
+
+
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of ``config`` over ``model``'s trainable parameters.
+
+    With ``backbone_lr_scale != 1`` it has two parameter groups, the backbone's and the rest, each
+    with its ``lr_scale``, which :func:`train_step` multiplies the scheduled learning rate by.
+
+    Raises:
+        ValueError: ``backbone_lr_scale != 1`` for a model without a ResNet or VGG-16 backbone.
+    """
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": [p for _, p in named]}]
+    if config.backbone_lr_scale != 1.0:
+        prefix = backbone_prefix(model)
+        if prefix is None:
+            raise ValueError(f"backbone_lr_scale (--backbone-lr-scale) {config.backbone_lr_scale:g} needs a model with "
+                             f"a ResNet or VGG-16 backbone; {config.model} has none (leave it at 1)")
+        scale = config.backbone_lr_scale
+        groups = [
+            {"params": [p for name, p in named if name.startswith(prefix)], "lr": config.peak_lr * scale,
+             "lr_scale": scale},
+            {"params": [p for name, p in named if not name.startswith(prefix)], "lr_scale": 1.0},
+        ]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=config.peak_lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    return torch.optim.AdamW(model.parameters(), lr=config.peak_lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=config.peak_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.peak_lr, weight_decay=config.weight_decay)
+
+
+def freeze_batchnorm(model: nn.Module) -> int:
+    """Stop training every BatchNorm layer's scale and shift; returns how many layers there are.
+
+    :func:`batchnorm_eval` keeps their running statistics as well: together they make each layer
+    the fixed affine map its statistics and parameters define, as detection and segmentation
+    recipes do when fine-tuning with batches too small for useful statistics.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        for parameter in layer.parameters(recurse=False):
+            parameter.requires_grad_(False)
+    return len(layers)
+
+
+def batchnorm_eval(model: nn.Module) -> None:
+    """Every BatchNorm layer of ``model`` in eval mode (normalising by, and leaving alone, its running statistics);
+    called after ``model.train()``, which would switch them back."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def training_loss(outputs: torch.Tensor | dict[str, torch.Tensor], masks: torch.Tensor, background_weight: float = 1.0,
+                  aux_weight: float = DEFAULT_AUX_WEIGHT) -> torch.Tensor:
+    """:func:`segmentation_loss` of a model's training output, in float32.
+
+    Args:
+        outputs: logits ``(N, K, H, W)``, or ``{"out": logits, "aux": aux_logits}`` from a model with an
+            auxiliary head, whose loss is then ``loss(out) + aux_weight * loss(aux)`` (torchvision's recipe).
+        masks: ``(N, H, W)`` class indices, 255 ignored.
+        background_weight: loss weight of class 0 in both terms.
+        aux_weight: weight of the auxiliary term.
+    """
+    if not isinstance(outputs, dict):
+        return segmentation_loss(outputs.float(), masks, background_weight)
+    loss = segmentation_loss(outputs["out"].float(), masks, background_weight)
+    return loss + aux_weight * segmentation_loss(outputs["aux"].float(), masks, background_weight)
 
 
 def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, background_weight: float = 1.0) -> torch.Tensor:
@@ -181,20 +285,24 @@ def train_step(
     background_weight: float = 1.0,
     *,
     step: int = 0,
+    aux_weight: float = DEFAULT_AUX_WEIGHT,
 ) -> float:
     """One optimizer step on a batch ``images (N, 3, H, W)`` in [0, 1], ``masks (N, H, W)``; returns the loss.
 
+    ``lr``: the scheduled learning rate; a parameter group with an ``lr_scale`` (the backbone's, see
+    :func:`build_optimizer`) gets ``lr * lr_scale``.
     ``autocast``: run the forward under ``torch.autocast`` in this dtype (the loss in float32).
     ``background_weight``: loss weight of class 0 (see :func:`segmentation_loss`).
+    ``aux_weight``: weight of an auxiliary head's loss (see :func:`training_loss`).
 
     Raises:
         TrainingDiverged: the loss or gradient is not finite (the weights are left as they were).
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     with torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
-        logits = model(normalize(images))
-    loss = segmentation_loss(logits.float(), masks, background_weight)
+        outputs = model(normalize(images))
+    loss = training_loss(outputs, masks, background_weight, aux_weight)
     return optimizer_step(model, optimizer, loss, step=step, lr=lr)
 
 
@@ -220,11 +328,15 @@ def epoch_order(size: int, config: TrainConfig, context, epoch: int) -> list[int
 
 
 class SegmentationJob:
-    """``config`` as a job for :func:`~atrous.engine.loop.run_job`; builds and checks everything up front."""
+    """``config`` as a job for :func:`~atrous.engine.loop.run_job`; builds and checks everything up front.
+
+    ``pretrained``: load the weights files of ``config`` (a run that starts from step 0); a resumed
+    run's own checkpoint replaces whatever the model starts with, so it reads none.
+    """
 
     kind = "segmentation"
 
-    def __init__(self, config: TrainConfig, context) -> None:
+    def __init__(self, config: TrainConfig, context, *, pretrained: bool = True) -> None:
         self.config, self.context = config, context
         self.train_set, self.val_set = build_datasets(config)
         for dataset in (self.train_set.dataset, self.val_set):  # every file read once, before a run folder exists
@@ -232,7 +344,13 @@ class SegmentationJob:
                 dataset.validate()
         self.num_classes = self.train_set.num_classes
         torch.manual_seed(config.seed)
-        self.model = build_model(config, self.num_classes).to(context.device)
+        self.model = build_model(config, self.num_classes, pretrained=pretrained).to(context.device)
+        if config.aux_weight is not None and getattr(self.model, "aux_classifier", None) is None:
+            raise ValueError(f"aux_weight (--aux-weight) {config.aux_weight:g} weighs an auxiliary head's loss and "
+                             f"{config.model} was built without one; add model_kwargs aux_loss=True "
+                             f"(--model-arg aux_loss=True) or leave it out")
+        if config.freeze_bn and freeze_batchnorm(self.model) == 0:
+            raise ValueError(f"freeze_bn (--freeze-bn): {config.model} has no BatchNorm layers to freeze; leave it off")
         self.optimizer = build_optimizer(config, self.model)
         self.trained = wrap_for_distributed(self.model, context)
         self.per_process = config.batch_size // context.world_size
@@ -250,8 +368,11 @@ class SegmentationJob:
         return self.steps_per_epoch
 
     def prepare(self, log) -> None:
-        """Draw generated training scenes ahead, on every core (a scene drawn between steps costs the
-        step its time; docs/data_loading.md)."""
+        """Say what a weights file loaded (and left out); draw generated training scenes ahead, on every
+        core (a scene drawn between steps costs the step its time; docs/data_loading.md)."""
+        report = getattr(self.model, "weights_report", None)
+        if report is not None:
+            log(str(report))
         scenes = self.train_set.dataset
         if not getattr(scenes, "caching", False):
             return
@@ -274,9 +395,12 @@ class SegmentationJob:
     def step(self, batch, step: int) -> float:
         images, masks = batch
         self.trained.train()
+        if self.config.freeze_bn:
+            batchnorm_eval(self.trained)
         device = self.context.device
         return train_step(self.trained, self.optimizer, images.to(device), masks.to(device), self.lr(step),
-                          self.autocast, self.config.background_weight, step=step + 1)
+                          self.autocast, self.config.background_weight, step=step + 1,
+                          aux_weight=self.config.aux_loss_weight)
 
     def evaluate(self) -> dict[str, float]:
         scores = evaluate(
@@ -297,8 +421,11 @@ class SegmentationJob:
 
     def describe(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())
-        return (f"{self.config.model} ({params:,} parameters, {self.num_classes} classes) | data {self.config.data}: "
-                f"{len(self.train_set):,} train / {len(self.val_set):,} val images, batch {self.config.batch_size}")
+        started = "".join(f" | started from {name.replace('_', ' ')} {getattr(self.config, name)}"
+                          for name in ("weights", "backbone_weights") if getattr(self.config, name) is not None)
+        return (f"{self.config.model} ({params:,} parameters, {self.num_classes} classes){started} | data "
+                f"{self.config.data}: {len(self.train_set):,} train / {len(self.val_set):,} val images, "
+                f"batch {self.config.batch_size}")
 
     def write_outputs(self, folder: Path, history: list[dict[str, Any]]) -> None:
         best = max(history, key=self.score)
@@ -337,7 +464,7 @@ def train(
         TrainingDiverged, TrainingInterrupted: see :func:`~atrous.engine.loop.run_job`.
     """
     from atrous.engine.loop import execute, saved_config
-    from atrous.engine.run_dir import check_resumable
+    from atrous.engine.run_dir import check_resumable, newest_checkpoint
 
     if resume:
         check_resumable(Path(out), "segmentation")
@@ -349,10 +476,12 @@ def train(
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     else:
         device = config.device
+    # A resumed run restores its checkpoint's weights; one whose first save never happened starts again from step 0
+    pretrained = not resume or newest_checkpoint(Path(out), "last") is None
     context = distributed.setup(device)
     try:
         state = execute(
-            lambda cfg: SegmentationJob(cfg, context), config, Path(out), kind="segmentation",
+            lambda cfg: SegmentationJob(cfg, context, pretrained=pretrained), config, Path(out), kind="segmentation",
             load_config=TrainConfig.from_dict, resume=resume, overwrite=overwrite, progress=progress,
             extend={"epochs": epochs} if epochs is not None else None, every=every, log=log, context=context,
             precision=lambda job: str(job.autocast or torch.float32).removeprefix("torch."),

@@ -24,6 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from atrous._checks import check_int
+from atrous._files import atomic_write, check_output_file
+
 DEFAULT_OPSET = 18
 MAX_OPSET = 23
 _AXIS_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
@@ -129,18 +132,13 @@ def export_onnx(
         ValueError: bad arguments, or a forward whose output cannot follow a dynamic size.
         FileNotFoundError, IsADirectoryError: ``path`` has no folder, or is one.
     """
-    from atrous.engine.checkpoint import atomic_write
-    from atrous.engine.predict import check_output_file
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
     if not isinstance(example_input, torch.Tensor) or example_input.ndim < 3:
         shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
         raise ValueError(f"example_input must be a tensor (batch, channels, *spatial), got {shape}")
-    if isinstance(opset, bool) or not isinstance(opset, int) or not 18 <= opset <= MAX_OPSET:
-        raise ValueError(f"opset must be an int from 18 to {MAX_OPSET} (the torch.export-based exporter's range), "
-                         f"got {opset!r}")
+    check_int(opset, "opset", low=18, high=MAX_OPSET)  # the torch.export-based exporter's range
     onnx = require("onnx")
     require("onnxscript")
     if check:

@@ -8,9 +8,32 @@ them by name without touching the backbone's code.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
+
+
+def run_children(
+    children: Iterable[tuple[str, nn.Module]], x: torch.Tensor, return_layers: Mapping[str, str]
+) -> dict[str, torch.Tensor]:
+    """Feed ``x`` through ``children`` in order; return ``{key: output}`` of those named in ``return_layers``.
+
+    Stops after the last requested child, so later ones cost nothing.
+
+    Args:
+        children: ``(name, module)`` pairs, e.g. ``backbone.named_children()``.
+        x: the input of the first child.
+        return_layers: ``{child name: output key}``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, module in children:
+        x = module(x)
+        if name in return_layers:
+            out[return_layers[name]] = x
+            if len(out) == len(return_layers):
+                break
+    return out
 
 
 class FeatureExtractor(nn.Module):
@@ -42,9 +65,4 @@ class FeatureExtractor(nn.Module):
         self.return_layers = dict(return_layers)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for name, module in self.body.items():
-            x = module(x)
-            if name in self.return_layers:
-                out[self.return_layers[name]] = x
-        return out
+        return run_children(self.body.items(), x, self.return_layers)

@@ -3,8 +3,8 @@
 ``y[i] = sum_k x[i * s + d * k] * w[k]`` over the padded input: the atrous convolution of
 Chen et al. (DeepLab, 2015) and the dilated convolution of Yu & Koltun (2016). One entry point
 serves every rank; the rank is read from the weight. How the convolution executes is chosen
-per call shape by :mod:`atrous.ops.backend` among the exact formulations of
-:mod:`atrous.ops.formulations` (``backend="auto"``), or fixed by the caller.
+per call shape among the exact formulations of :mod:`atrous.ops.formulations`
+(``backend="auto"``, see :mod:`atrous.ops.backend`), or fixed by the caller.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 
 from atrous.ops.backend import check_backend, run_conv
-from atrous.ops.formulations import CONV_BY_NDIM, ConvSpec, autocast_inputs, capturing
+from atrous.ops.capture import capturing
+from atrous.ops.geometry import CONV_BY_NDIM, ConvSpec, autocast_inputs
 from atrous.ops.padding import PaddingSpec, conv_output_size, kernel_extent, resolve_padding, to_tuple
 
-__all__ = ["CONV_BY_NDIM", "atrous_conv2d", "dilated_conv"]
+__all__ = ["atrous_conv2d", "dilated_conv"]
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 

@@ -9,14 +9,12 @@ convolution executes, ``"auto"`` by default (see :mod:`atrous.ops.backend`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from atrous.ops.backend import CHOOSER, STACK_CHOICES, check_backend, fixed, layout_key
-from atrous.ops.formulations import same_rate_stack
+from atrous.ops.backend import check_backend
 from atrous.ops.functional import dilated_conv
 from atrous.ops.padding import (
     PADDING_MODES,
@@ -27,6 +25,7 @@ from atrous.ops.padding import (
     resolve_padding,
     to_tuple,
 )
+from atrous.ops.stack_fusion import fuse_same_rate, same_rate_stack
 
 
 def _check_count(name: str, value: object) -> None:
@@ -45,18 +44,61 @@ def _check_channels(in_channels: object, out_channels: object, groups: object) -
                          f"groups={groups}")
 
 
-class _DilatedConvMixin:
-    """Shared forward and helpers; ``self.padding`` holds the user's spec ("same", 3, (1, 2), ...)."""
+class DilatedConvNd:
+    """What ``DilatedConv1d/2d/3d`` add to ``nn.Conv1d/2d/3d``: padding from a spec, the receptive
+    field and ``backend``. A subclass names its number of spatial axes in ``spatial_dims`` and lists
+    ``nn.ConvNd`` after this class; ``self.padding`` holds the user's spec ("same", 3, (1, 2), ...).
 
-    def _init_padding(self, padding: PaddingSpec, ndim: int) -> None:
+    Args:
+        in_channels, out_channels, kernel_size: as in ``nn.ConvNd``; the only positional arguments.
+        stride, dilation, groups, bias, padding_mode, device, dtype: as in ``nn.ConvNd``,
+            keyword only (so that a 4th positional argument cannot mean a stride here and a
+            dilation in :class:`CausalConv1d`).
+        padding: ``"same"`` (default; output ``ceil(n / stride)``), ``"valid"``, ``"causal"``
+            (1D only) or symmetric amounts (an int or one per axis).
+        backend: ``"auto"`` or a formulation name, as in :func:`atrous.dilated_conv`; not part
+            of the ``state_dict``.
+    """
+
+    spatial_dims: int  # set by each subclass
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        *,
+        stride: int | tuple[int, ...] = 1,
+        padding: PaddingSpec = "same",
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        backend: str = "auto",
+    ) -> None:
+        _check_channels(in_channels, out_channels, groups)
+        kernel_size = to_tuple(kernel_size, self.spatial_dims, "kernel_size")
+        stride = to_tuple(stride, self.spatial_dims, "stride")
+        dilation = to_tuple(dilation, self.spatial_dims, "dilation")
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be True or False, got {bias!r}")
+        super().__init__(  # nn.ConvNd, next in the subclass's bases; padding resolved per call
+            in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias, padding_mode, device, dtype
+        )
+        self._init_padding(padding)
+        self.backend = check_backend(backend)
+
+    def _init_padding(self, padding: PaddingSpec) -> None:
         if isinstance(padding, str):
             if padding not in PADDING_MODES:
                 raise ValueError(f"padding must be one of {PADDING_MODES}, an int or a tuple of ints, got {padding!r}")
-            if padding == "causal" and ndim != 1:
-                raise ValueError(f"padding='causal' is only defined for 1D convolutions, got {ndim}D")
+            if padding == "causal" and self.spatial_dims != 1:
+                raise ValueError(f"padding='causal' is only defined for 1D convolutions, got {self.spatial_dims}D")
             self.padding = padding
         else:
-            self.padding = to_tuple(padding, ndim, "padding", minimum=0)
+            self.padding = to_tuple(padding, self.spatial_dims, "padding", minimum=0)
 
     @property
     def receptive_field(self) -> tuple[int, ...]:
@@ -81,66 +123,52 @@ class _DilatedConvMixin:
         )
 
 
-def _conv_class(base: type[nn.modules.conv._ConvNd], ndim: int, doc: str) -> type:
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, ...],
-        stride: int | tuple[int, ...] = 1,
-        padding: PaddingSpec = "same",
-        dilation: int | tuple[int, ...] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        device=None,
-        dtype=None,
-        *,
-        backend: str = "auto",
-    ) -> None:
-        _check_channels(in_channels, out_channels, groups)
-        kernel_size = to_tuple(kernel_size, ndim, "kernel_size")
-        stride = to_tuple(stride, ndim, "stride")
-        dilation = to_tuple(dilation, ndim, "dilation")
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be True or False, got {bias!r}")
-        base.__init__(
-            self, in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias, padding_mode, device, dtype
-        )
-        self._init_padding(padding, ndim)
-        self.backend = check_backend(backend)
-
-    cls = type(f"DilatedConv{ndim}d", (_DilatedConvMixin, base), {"__init__": __init__, "__doc__": doc})
-    cls.__module__ = __name__
-    return cls
+_DilatedConvMixin = DilatedConvNd  # the name atrous.analysis still imports
 
 
-_ARGS_DOC = """
+class DilatedConv1d(DilatedConvNd, nn.Conv1d):
+    """1D dilated convolution, a drop-in ``nn.Conv1d`` (same parameters and ``state_dict``).
+
     Args:
-        in_channels, out_channels, kernel_size, stride, dilation, groups, bias, padding_mode,
-            device, dtype: as in ``nn.Conv{n}d``.
-        padding: ``"same"`` (default; output ``ceil(n / stride)``), ``"valid"``,{causal} or
-            symmetric amounts.
-        backend: keyword only; ``"auto"`` or a formulation name, as in :func:`atrous.dilated_conv`.
+        in_channels, out_channels, kernel_size: as in ``nn.Conv1d``.
+        stride, padding, dilation, groups, bias, padding_mode, device, dtype, backend: keyword
+            only, as in :class:`DilatedConvNd`; ``padding`` may be ``"causal"``.
 
     Shape:
-        ``(N, C_in, {shape})`` -> ``(N, C_out, {shape_out})``.
-"""
+        ``(N, C_in, L)`` -> ``(N, C_out, L_out)``.
+    """
 
-DilatedConv1d = _conv_class(
-    nn.Conv1d,
-    1,
-    "1D dilated convolution, a drop-in ``nn.Conv1d``.\n"
-    + _ARGS_DOC.format(n=1, causal=' ``"causal"``,', shape="L", shape_out="L_out"),
-)
-DilatedConv2d = _conv_class(
-    nn.Conv2d, 2, "2D dilated convolution, a drop-in ``nn.Conv2d``.\n" + _ARGS_DOC.format(
-        n=2, causal="", shape="H, W", shape_out="H_out, W_out")
-)
-DilatedConv3d = _conv_class(
-    nn.Conv3d, 3, "3D dilated convolution, a drop-in ``nn.Conv3d``.\n" + _ARGS_DOC.format(
-        n=3, causal="", shape="D, H, W", shape_out="D_out, H_out, W_out")
-)
+    spatial_dims = 1
+
+
+class DilatedConv2d(DilatedConvNd, nn.Conv2d):
+    """2D dilated convolution, a drop-in ``nn.Conv2d`` (same parameters and ``state_dict``).
+
+    Args:
+        in_channels, out_channels, kernel_size: as in ``nn.Conv2d``.
+        stride, padding, dilation, groups, bias, padding_mode, device, dtype, backend: keyword
+            only, as in :class:`DilatedConvNd`.
+
+    Shape:
+        ``(N, C_in, H, W)`` -> ``(N, C_out, H_out, W_out)``.
+    """
+
+    spatial_dims = 2
+
+
+class DilatedConv3d(DilatedConvNd, nn.Conv3d):
+    """3D dilated convolution, a drop-in ``nn.Conv3d`` (same parameters and ``state_dict``).
+
+    Args:
+        in_channels, out_channels, kernel_size: as in ``nn.Conv3d``.
+        stride, padding, dilation, groups, bias, padding_mode, device, dtype, backend: keyword
+            only, as in :class:`DilatedConvNd`.
+
+    Shape:
+        ``(N, C_in, D, H, W)`` -> ``(N, C_out, D_out, H_out, W_out)``.
+    """
+
+    spatial_dims = 3
 
 
 class CausalConv1d(DilatedConv1d):
@@ -148,8 +176,8 @@ class CausalConv1d(DilatedConv1d):
 
     Args:
         in_channels, out_channels, kernel_size: as in ``nn.Conv1d``.
-        dilation, stride, groups, bias, device, dtype: as in ``nn.Conv1d``.
-        backend: ``"auto"`` or a formulation name, as in :func:`atrous.dilated_conv`.
+        dilation, stride, groups, bias, device, dtype: keyword only, as in ``nn.Conv1d``.
+        backend: keyword only; ``"auto"`` or a formulation name, as in :func:`atrous.dilated_conv`.
 
     Shape:
         ``(N, C_in, T)`` -> ``(N, C_out, ceil(T / stride))``.
@@ -160,13 +188,13 @@ class CausalConv1d(DilatedConv1d):
         in_channels: int,
         out_channels: int,
         kernel_size: int,
-        dilation: int = 1,
         *,
+        dilation: int = 1,
         stride: int = 1,
         groups: int = 1,
         bias: bool = True,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         backend: str = "auto",
     ) -> None:
         super().__init__(
@@ -267,49 +295,11 @@ class DilatedStack(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for start, stop, fused in self.groups_of_layers():
-            if fused and self._fuse(x, start, stop):
-                x = same_rate_stack(x, self.convs[start:stop], self.activations[start:stop], self.rates[start])
-            else:
-                for i in range(start, stop):
-                    x = self.activations[i](self.convs[i](x))
+            if fused:
+                convs, activations, rate = self.convs[start:stop], self.activations[start:stop], self.rates[start]
+                if fuse_same_rate(x, convs, activations, rate, tune=self.backend == "auto"):
+                    x = same_rate_stack(x, convs, activations, rate)
+                    continue
+            for i in range(start, stop):
+                x = self.activations[i](self.convs[i](x))
         return x
-
-    def _fuse(self, x: torch.Tensor, start: int, stop: int) -> bool:
-        """Whether the fusable run ``[start, stop)`` goes through space_to_batch for this input."""
-        if self.backend != "auto" or fixed() or x.device.type not in ("cpu", "cuda"):
-            return True
-        convs, activations = self.convs[start:stop], self.activations[start:stop]
-        if x.shape[0] * math.prod(x.shape[2:]) * sum(conv.weight.numel() for conv in convs) < CHOOSER.min_macs:
-            return True
-        params = [p for conv in convs for p in conv.parameters() if p.requires_grad]
-        grad = torch.is_grad_enabled() and (x.requires_grad or bool(params))
-        layers = tuple((tuple(conv.weight.shape), conv.bias is not None, conv.backend) for conv in convs)
-        acts = tuple(type(act).__name__ for act in activations)
-        key = ("stack", self.rates[start], tuple(x.shape), layers, acts, grad, x.requires_grad, *layout_key(x))
-        choice = CHOOSER.cache.get(key)
-        if choice is None:
-            # "layers" first: the plain-PyTorch way is kept unless space_to_batch is clearly faster.
-            choice = CHOOSER.choose(key, STACK_CHOICES, self._timed_run(x, start, stop, grad), x.device)
-        return choice == "space_to_batch"
-
-    def _timed_run(self, x: torch.Tensor, start: int, stop: int, grad: bool) -> Callable[[str], None]:
-        """Runs one way of executing ``[start, stop)`` (and its backward when ``grad``) for timing:
-        no hooks fire, no ``.grad`` is written and the RNG state is restored."""
-        convs, activations = self.convs[start:stop], self.activations[start:stop]
-        inputs = x.detach().requires_grad_(grad and x.requires_grad)
-        params = [p for conv in convs for p in conv.parameters() if p.requires_grad]
-        wanted = ([inputs] if inputs.requires_grad else []) + params
-
-        def run(name: str) -> None:
-            devices = [x.device] if x.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), torch.set_grad_enabled(grad):
-                if name == "space_to_batch":
-                    y = same_rate_stack(inputs, convs, activations, self.rates[start])
-                else:
-                    y = inputs
-                    for conv, act in zip(convs, activations):
-                        y = act(conv.forward(y))
-                if grad:
-                    torch.autograd.grad(y, wanted, torch.ones_like(y))
-
-        return run

@@ -4,8 +4,8 @@ A dilated convolution at rate ``r`` applied to a tensor equals an undilated conv
 each of the ``r**n`` interleaved sub-grids ``x[..., i::r, j::r]``. Moving those sub-grids into the
 batch (``space_to_batch``) lets a run of layers with one rate execute as ordinary dense
 convolutions and pay for the rearrangement once (the trick documented with TensorFlow's
-``atrous_conv2d``); :mod:`atrous.ops.formulations` builds on these for one layer and for a
-same-rate stack.
+``atrous_conv2d``); :mod:`atrous.ops.formulations` builds on these for one layer and
+:mod:`atrous.ops.stack_fusion` for a same-rate stack.
 """
 
 from __future__ import annotations

@@ -8,18 +8,16 @@ feeds the new states back in: the queues of fast WaveNet generation (Paine et al
 WaveNet generation algorithm") as graph inputs and outputs. State ``i`` is ``(B, C_i,
 (k_i - 1) d_i)``, the layer's last inputs, oldest first; a new stream starts from zeros (the
 causal padding). The step uses only slicing, ``torch.cat``, matrix products, embedding lookups
-and pointwise functions.
+and pointwise functions: each op's ``evaluate`` from :data:`~atrous.streaming.opset.OPS`.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from atrous.streaming.program import ACT, ADD, CONV, EMBED, GATE, LINEAR, Program, Span, lower
-
-_ACTIVATIONS = (lambda x: x, torch.relu, torch.tanh, torch.sigmoid, F.gelu, F.silu)
+from atrous.streaming.opset import OPS, IdSource, Operands, Span
+from atrous.streaming.program import Program, lower
 
 
 class StreamingStep(nn.Module):
@@ -81,31 +79,20 @@ class StreamingStep(nn.Module):
             values.append((program.input, x))
         if local is not None:
             values.append((program.local, local))
+        ids = [None] * len(IdSource)
+        ids[IdSource.INPUT], ids[IdSource.GLOBAL] = x if program.input is None else None, global_ids
         new_states = []
         for op in program.ops:
-            if op.code in (LINEAR, CONV):
-                lhs = read(op.src)
-                if op.code == CONV:
-                    state, d = states[op.ring], op.dilation
-                    context = state.shape[2]
-                    taps = [state[:, :, context - m * d] for m in range(op.kernel_size - 1, 0, -1)]
-                    new_states.append(torch.cat([state[:, :, 1:], lhs.unsqueeze(2)], dim=2))
-                    lhs = torch.cat([*taps, lhs], dim=1)  # (B, k C_in), oldest tap first
-                out = lhs @ weights[op.weight]
-                if op.bias is not None:
-                    out = out + weights[op.bias]
-                if op.init is not None:
-                    out = out + read(op.init)
-            elif op.code == ACT:
-                out = _ACTIVATIONS[op.arg](read(op.src))
-            elif op.code == GATE:
-                pre = read(op.src)
-                out = torch.tanh(pre[:, : op.dst.width]) * torch.sigmoid(pre[:, op.dst.width :])
-            elif op.code == ADD:
-                out = read(op.src) + read(op.init)
-            elif op.code == EMBED:
-                out = F.embedding(x if op.arg == 0 else global_ids, weights[op.weight])
-            else:
-                raise ValueError(f"unknown op code {op.code}")
+            src, past = None if op.src is None else read(op.src), ()
+            if op.ring is not None:  # state oldest first: x[t - m d] is at column context - m d
+                state, d = states[op.ring], op.dilation
+                context = state.shape[2]
+                past = [state[:, :, context - m * d] for m in range(op.kernel_size - 1, 0, -1)]
+                new_states.append(torch.cat([state[:, :, 1:], src.unsqueeze(2)], dim=2))
+            out = OPS[op.code].evaluate(Operands(
+                src=src, past=past, init=None if op.init is None else read(op.init),
+                weight=None if op.weight is None else weights[op.weight],
+                bias=None if op.bias is None else weights[op.bias], ids=ids, arg=op.arg,
+            ))
             values.append((op.dst, out))
         return (read(program.output), *new_states)

@@ -23,10 +23,21 @@ typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
 typedef int32_t i16 __attribute__((vector_size(64)));
 
-// Op codes and the columns of one op row; they must match atrous/streaming/program.py.
+// Codes and layouts defined in atrous/streaming/opset.py (what each means is documented there);
+// tests/streaming/test_opset.py fails when a name or value here differs from it.
 enum OpCode : int64_t { LINEAR = 0, CONV = 1, ACT = 2, GATE = 3, ADD = 4, EMBED = 5 };
 enum ActKind : int64_t { IDENTITY = 0, RELU = 1, TANH = 2, SIGMOID = 3, GELU = 4, SILU = 5 };
-enum Field { OPC, SRC, SRC_W, DST, DST_W, INIT, WEIGHT, BIAS, RING, KSIZE, DIL, ARG, NFIELDS };
+enum IdSource : int64_t { IDS_INPUT = 0, IDS_GLOBAL = 1 };
+enum Field { CODE, SRC, SRC_WIDTH, DST, DST_WIDTH, INIT, WEIGHT, BIAS, RING, KERNEL_SIZE, DILATION, ARG, NFIELDS };
+enum ConfigSlot {
+  CONFIG_OPS, CONFIG_N_OPS, CONFIG_WEIGHTS, CONFIG_WEIGHT_ROWS, CONFIG_RINGS, CONFIG_WORK, CONFIG_BATCH,
+  CONFIG_WIDTH, CONFIG_X_CHANNELS, CONFIG_X_OFFSET, CONFIG_LOCAL_CHANNELS, CONFIG_LOCAL_OFFSET,
+  CONFIG_OUT_CHANNELS, CONFIG_OUT_OFFSET
+};
+enum CallSlot {
+  CALL_X, CALL_IDS, CALL_LOCAL, CALL_GLOBAL_IDS, CALL_OUT, CALL_STEPS, CALL_START, CALL_THREADS, CALL_BAD_ID
+};
+enum Status : int { STATUS_OK = 0, STATUS_BAD_INPUT_ID = 1, STATUS_BAD_GLOBAL_ID = 2 };
 
 inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 inline void store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
@@ -90,7 +101,8 @@ inline v16 activate(v16 x, int64_t kind) {
       for (float& v : tmp) v = 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
       return load(tmp);
     }
-    default: return x;
+    case IDENTITY:
+    default: return x;  // every kind is checked on the Python side
   }
 }
 
@@ -181,8 +193,8 @@ void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, f
   for (int64_t i = 0; i < n_ops; ++i, op += NFIELDS) {
     float* dst = work + op[DST];
     const float* src = work + op[SRC];
-    const int64_t K = op[SRC_W], N = op[DST_W];
-    switch (op[OPC]) {
+    const int64_t K = op[SRC_WIDTH], N = op[DST_WIDTH];
+    switch (op[CODE]) {
       case LINEAR:
       case CONV: {
         const float* bias = op[BIAS] >= 0 ? weights[op[BIAS]] : nullptr;
@@ -198,8 +210,8 @@ void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, f
           }
         }
         const float* w = weights[op[WEIGHT]];
-        if (op[OPC] == CONV) {
-          const int64_t k = op[KSIZE], d = op[DIL], L = (k - 1) * d;
+        if (op[CODE] == CONV) {
+          const int64_t k = op[KERNEL_SIZE], d = op[DILATION], L = (k - 1) * d;
           float* ring = rings[op[RING]] + r0 * K;  // (L, B, K): x[time] of every stream in slot time % L
           const int64_t slot_size = batch * K;
           for (int64_t m = k - 1; m >= 1; --m) {     // tap k - 1 - m holds x[time - m d]
@@ -237,7 +249,7 @@ void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, f
       case EMBED: {
         const float* table = weights[op[WEIGHT]];
         for (int64_t r = 0; r < rows; ++r) {
-          const int64_t b = r0 + r, row = op[ARG] == 0 ? in.ids[b * T + t] : in.gids[b];
+          const int64_t b = r0 + r, row = op[ARG] == IDS_INPUT ? in.ids[b * T + t] : in.gids[b];
           std::memcpy(dst + r * W, table + row * N, N * sizeof(float));
         }
         break;
@@ -253,37 +265,37 @@ void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, f
 
 extern "C" {
 
-// config (fixed per streamer): ops, n_ops, weights (float**), weight rows (int64*), rings
-// (float**), work, batch, width, x_channels, x_off, local_channels, local_off, out_channels,
-// out_off; pointers as int64. call (per call): x, ids, local, gids, out (pointers or 0), steps,
-// t0, threads, and call[8] receives the offending id. Runs `steps` steps from time t0 for all
-// streams, split over `threads` OpenMP threads by stream. Returns 0, or 1 (class ids) / 2
-// (global ids) when an id is outside its embedding table; nothing is run then.
+// config (fixed per streamer) and call (per call) are laid out as ConfigSlot and CallSlot say,
+// pointers as int64 (0 when absent). Runs call[CALL_STEPS] steps from time call[CALL_START] for
+// all streams, split over call[CALL_THREADS] OpenMP threads by stream. Returns STATUS_OK, or the
+// status of an id outside its embedding table (written to call[CALL_BAD_ID]); nothing runs then.
 int atrous_fused_run(const int64_t* config, int64_t* call) {
   auto ptr = [](int64_t p) { return reinterpret_cast<void*>(p); };
-  const int64_t* ops = static_cast<const int64_t*>(ptr(config[0]));
-  const int64_t n_ops = config[1], batch = config[6], width = config[7];
-  const float* const* weights = static_cast<const float* const*>(ptr(config[2]));
-  const int64_t* weight_rows = static_cast<const int64_t*>(ptr(config[3]));
-  float* const* rings = static_cast<float* const*>(ptr(config[4]));
-  float* work = static_cast<float*>(ptr(config[5]));
-  const int64_t* ids = static_cast<const int64_t*>(ptr(call[1]));
-  const int64_t* gids = static_cast<const int64_t*>(ptr(call[3]));
-  const int64_t steps = call[5], t0 = call[6], threads = call[7];
+  const int64_t* ops = static_cast<const int64_t*>(ptr(config[CONFIG_OPS]));
+  const int64_t n_ops = config[CONFIG_N_OPS], batch = config[CONFIG_BATCH], width = config[CONFIG_WIDTH];
+  const float* const* weights = static_cast<const float* const*>(ptr(config[CONFIG_WEIGHTS]));
+  const int64_t* weight_rows = static_cast<const int64_t*>(ptr(config[CONFIG_WEIGHT_ROWS]));
+  float* const* rings = static_cast<float* const*>(ptr(config[CONFIG_RINGS]));
+  float* work = static_cast<float*>(ptr(config[CONFIG_WORK]));
+  const int64_t* ids = static_cast<const int64_t*>(ptr(call[CALL_IDS]));
+  const int64_t* gids = static_cast<const int64_t*>(ptr(call[CALL_GLOBAL_IDS]));
+  const int64_t steps = call[CALL_STEPS], t0 = call[CALL_START], threads = call[CALL_THREADS];
   for (int64_t i = 0; i < n_ops; ++i) {
     const int64_t* op = ops + i * NFIELDS;
-    if (op[OPC] != EMBED) continue;
-    const int64_t* check = op[ARG] == 0 ? ids : gids;
-    const int64_t count = op[ARG] == 0 ? batch * steps : batch, rows = weight_rows[op[WEIGHT]];
+    if (op[CODE] != EMBED) continue;
+    const bool input = op[ARG] == IDS_INPUT;
+    const int64_t* check = input ? ids : gids;
+    const int64_t count = input ? batch * steps : batch, rows = weight_rows[op[WEIGHT]];
     for (int64_t j = 0; j < count; ++j)
       if (check[j] < 0 || check[j] >= rows) {
-        call[8] = check[j];
-        return op[ARG] == 0 ? 1 : 2;
+        call[CALL_BAD_ID] = check[j];
+        return input ? STATUS_BAD_INPUT_ID : STATUS_BAD_GLOBAL_ID;
       }
   }
-  const Inputs in{static_cast<const float*>(ptr(call[0])), config[8], config[9], ids,
-                  static_cast<const float*>(ptr(call[2])), config[10], config[11], gids,
-                  static_cast<float*>(ptr(call[4])), config[12], config[13], steps};
+  const Inputs in{static_cast<const float*>(ptr(call[CALL_X])), config[CONFIG_X_CHANNELS], config[CONFIG_X_OFFSET],
+                  ids, static_cast<const float*>(ptr(call[CALL_LOCAL])), config[CONFIG_LOCAL_CHANNELS],
+                  config[CONFIG_LOCAL_OFFSET], gids, static_cast<float*>(ptr(call[CALL_OUT])),
+                  config[CONFIG_OUT_CHANNELS], config[CONFIG_OUT_OFFSET], steps};
   auto run_rows = [&](int64_t r0, int64_t r1) {
     for (int64_t t = 0; t < steps; ++t)
       step_rows(ops, n_ops, weights, rings, work, batch, width, in, r0, r1, t0 + t, t);
@@ -291,11 +303,11 @@ int atrous_fused_run(const int64_t* config, int64_t* call) {
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, batch / 4));  // >= 4 streams a thread
   if (parts == 1) {
     run_rows(0, batch);
-    return 0;
+    return STATUS_OK;
   }
 #pragma omp parallel for num_threads(parts) schedule(static)
   for (int64_t p = 0; p < parts; ++p) run_rows(batch * p / parts, batch * (p + 1) / parts);
-  return 0;
+  return STATUS_OK;
 }
 
 }  // extern "C"

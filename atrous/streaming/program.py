@@ -9,7 +9,8 @@ weights resolved (weight-norm parametrisations applied, grouped convolutions mad
 1x1 skip convolutions of all WaveNet layers stacked into one matrix), so that an executor
 (C++ in ``fused_step.cpp``, or PyTorch ops) runs a step without the model's Python code.
 
-Every value lives in a column range (:class:`Span`) of one workspace row per stream.
+Every value lives in a column range (:class:`~atrous.streaming.opset.Span`) of one workspace row
+per stream; the ops and what they compute are defined in :mod:`atrous.streaming.opset`.
 Supported: :class:`~atrous.models.sequence.WaveNet` (class-id input, global and local
 conditioning), :class:`~atrous.models.sequence.TCN` and ``nn.Sequential`` stacks of
 ``CausalConv1d``, 1x1 ``Conv1d``, ``TemporalBlock``, ReLU/Tanh/Sigmoid/GELU/SiLU, ``Identity``
@@ -26,40 +27,9 @@ from torch import nn
 
 from atrous.models.sequence import TCN, TemporalBlock, WaveNet
 from atrous.ops.layers import DilatedConv1d
+from atrous.streaming.opset import ACTIVATIONS, ActKind, IdSource, Op, OpCode, Span
 
-LINEAR, CONV, ACT, GATE, ADD, EMBED = range(6)  # op codes, as in fused_step.cpp
-ACTIVATIONS = {nn.Identity: 0, nn.ReLU: 1, nn.Tanh: 2, nn.Sigmoid: 3, nn.GELU: 4, nn.SiLU: 5}
-RELU = ACTIVATIONS[nn.ReLU]
-
-
-@dataclass(frozen=True)
-class Span:
-    """Columns ``[offset, offset + width)`` of the workspace."""
-
-    offset: int
-    width: int
-
-
-@dataclass
-class Op:
-    """One step of the program; unused fields stay ``None``/``0``.
-
-    ``LINEAR``/``CONV``: ``dst = init + bias + src @ weight`` (for ``CONV`` the k taps, oldest
-    first, are stacked along the rows of ``weight``); ``ACT``: ``dst = act(src)``; ``GATE``:
-    ``dst = tanh(src[:w]) * sigmoid(src[w:])``; ``ADD``: ``dst = src + init``; ``EMBED``:
-    ``dst = weight[ids]`` with ``arg`` 0 (the input ids) or 1 (the global condition ids).
-    """
-
-    code: int
-    src: Span | None
-    dst: Span
-    init: Span | None = None
-    weight: int | None = None  # index into Program.weights
-    bias: int | None = None
-    ring: int | None = None  # index into Program.rings (CONV)
-    kernel_size: int = 1
-    dilation: int = 1
-    arg: int = 0  # activation kind (ACT) or which ids (EMBED)
+_ACTIVATION_OF = {activation.module: kind for kind, activation in ACTIVATIONS.items()}
 
 
 @dataclass
@@ -85,7 +55,7 @@ class Program:
         self.weights.append(tensor.detach().to(torch.float32).contiguous().clone())
         return len(self.weights) - 1
 
-    def emit(self, code: int, src: Span | None, width: int, **fields) -> Span:
+    def emit(self, code: OpCode, src: Span | None, width: int, **fields) -> Span:
         dst = fields.pop("dst", None) or self.alloc(width)
         self.ops.append(Op(code, src, dst, **fields))
         return dst
@@ -94,7 +64,8 @@ class Program:
                dst: Span | None = None) -> Span:
         """``matrix``: ``(src.width, out)``."""
         bias_index = None if bias is None else self.weight(bias)
-        return self.emit(LINEAR, src, matrix.shape[1], init=init, weight=self.weight(matrix), bias=bias_index, dst=dst)
+        return self.emit(OpCode.LINEAR, src, matrix.shape[1], init=init, weight=self.weight(matrix), bias=bias_index,
+                         dst=dst)
 
     def conv(self, src: Span, conv: nn.Conv1d, *, init: Span | None = None) -> Span:
         k, d = conv.kernel_size[0], conv.dilation[0]
@@ -104,12 +75,12 @@ class Program:
         if k == 1:
             return self.linear(src, matrix, bias, init=init)
         self.rings.append(((k - 1) * d, src.width))
-        return self.emit(CONV, src, weight.shape[0], init=init, weight=self.weight(matrix),
+        return self.emit(OpCode.CONV, src, weight.shape[0], init=init, weight=self.weight(matrix),
                          bias=None if bias is None else self.weight(bias), ring=len(self.rings) - 1,
                          kernel_size=k, dilation=d)
 
-    def act(self, src: Span, kind: int) -> Span:
-        return self.emit(ACT, src, src.width, arg=kind)
+    def act(self, src: Span, kind: ActKind) -> Span:
+        return self.emit(OpCode.ACT, src, src.width, arg=kind)
 
 
 def _dense_weight(conv: nn.Conv1d) -> torch.Tensor:
@@ -141,7 +112,7 @@ def _lower_module(program: Program, name: str, module: nn.Module, x: Span) -> Sp
         residual = x
         if module.downsample is not None:
             residual = _lower_module(program, prefix + "downsample", module.downsample, x)
-        return program.act(program.emit(ADD, out, out.width, init=residual), RELU)
+        return program.act(program.emit(OpCode.ADD, out, out.width, init=residual), ActKind.RELU)
     if isinstance(module, TCN):
         features = _lower_module(program, prefix + "blocks", module.blocks, x)
         return _lower_module(program, prefix + "head", module.head, features)
@@ -166,13 +137,13 @@ def _lower_module(program: Program, name: str, module: nn.Module, x: Span) -> Sp
         scale = (module.running_var + module.eps).rsqrt() * (module.weight if module.affine else 1.0)
         shift = (module.bias if module.affine else 0.0) - module.running_mean * scale
         return program.linear(x, torch.diag(scale.detach()), shift.detach())
-    if type(module) in ACTIVATIONS:
+    if type(module) in _ACTIVATION_OF:
         if isinstance(module, nn.GELU) and module.approximate != "none":
             raise ValueError(f"cannot fuse {label}: only approximate='none' is supported, got {module.approximate!r}")
-        return program.act(x, ACTIVATIONS[type(module)])
+        return program.act(x, _ACTIVATION_OF[type(module)])
     raise ValueError(
         f"cannot fuse {label}: supported are WaveNet, TCN and nn.Sequential stacks of CausalConv1d, 1x1 Conv1d, "
-        f"TemporalBlock, {', '.join(sorted(t.__name__ for t in ACTIVATIONS))}, Dropout and BatchNorm1d (eval); "
+        f"TemporalBlock, {', '.join(sorted(t.__name__ for t in _ACTIVATION_OF))}, Dropout and BatchNorm1d (eval); "
         "atrous.streaming.Streamer streams any causal stack"
     )
 
@@ -182,10 +153,11 @@ def _lower_wavenet(model: WaveNet) -> Program:
     program = Program(classes=cfg.classes, global_classes=cfg.global_classes)
     half, layers = cfg.gate_channels // 2, len(model.layers)
     table = model.input.weight[:, :, 0].t() + model.input.bias  # a 1x1 conv of a one-hot input is a lookup
-    h = program.emit(EMBED, None, cfg.residual_channels, weight=program.weight(table), arg=0)
+    h = program.emit(OpCode.EMBED, None, cfg.residual_channels, weight=program.weight(table), arg=IdSource.INPUT)
     speaker = None
     if cfg.global_classes:
-        speaker = program.emit(EMBED, None, cfg.gate_channels, weight=program.weight(model.speaker.weight), arg=1)
+        speaker = program.emit(OpCode.EMBED, None, cfg.gate_channels, weight=program.weight(model.speaker.weight),
+                               arg=IdSource.GLOBAL)
     local = None
     if cfg.local_channels:
         program.local = program.alloc(cfg.local_channels)
@@ -196,15 +168,15 @@ def _lower_wavenet(model: WaveNet) -> Program:
         init = speaker
         if local is not None:
             local_i = Span(local.offset + i * cfg.gate_channels, cfg.gate_channels)
-            init = local_i if speaker is None else program.emit(ADD, speaker, cfg.gate_channels, init=local_i)
+            init = local_i if speaker is None else program.emit(OpCode.ADD, speaker, cfg.gate_channels, init=local_i)
         pre = program.conv(h, layer.dilated, init=init)
-        z = program.emit(GATE, pre, half, dst=Span(gated.offset + i * half, half))
+        z = program.emit(OpCode.GATE, pre, half, dst=Span(gated.offset + i * half, half))
         if layer.residual is not None:
             h = program.linear(z, layer.residual.weight[:, :, 0].t(), layer.residual.bias, init=h)
     skip_matrix = torch.cat([layer.skip.weight[:, :, 0].t() for layer in model.layers], dim=0)
     skip_bias = torch.stack([layer.skip.bias for layer in model.layers]).sum(0)
-    y = program.act(program.linear(gated, skip_matrix, skip_bias), RELU)
-    y = program.act(program.linear(y, model.head[1].weight[:, :, 0].t(), model.head[1].bias), RELU)
+    y = program.act(program.linear(gated, skip_matrix, skip_bias), ActKind.RELU)
+    y = program.act(program.linear(y, model.head[1].weight[:, :, 0].t(), model.head[1].bias), ActKind.RELU)
     program.output = program.linear(y, model.head[3].weight[:, :, 0].t(), model.head[3].bias)
     return program
 

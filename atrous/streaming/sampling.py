@@ -31,6 +31,7 @@ def sample_autoregressive(
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
     fused: bool | None = None,
+    classes: int | None = None,
 ) -> torch.Tensor:
     """Draw ``steps`` class ids per stream from a model over classes (e.g. WaveNet).
 
@@ -49,10 +50,20 @@ def sample_autoregressive(
         fused: stream with :class:`~atrous.streaming.FusedStreamer` (``True``), with
             :class:`~atrous.streaming.Streamer` (``False``), or with the fused one whenever the
             model can be lowered to it (``None``: WaveNet, TCN, causal ``nn.Sequential``).
+        classes: the number of classes the model takes and predicts (default: its
+            ``in_channels``, which a WaveNet sets to its classes).
 
     Returns:
-        ``(B, steps)`` int64 class ids.
+        ``(B, steps)`` int64 class ids. The model runs in eval mode; each of its modules is
+        left in the training mode it had.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: a bad argument (named), no ``classes`` given for a model without an int
+            ``in_channels``, or logits over another number of classes than ``classes``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
@@ -63,11 +74,38 @@ def sample_autoregressive(
         raise ValueError(
             f"local_condition must be (B, C_cond, >= steps={steps}), got {tuple(local_condition.shape)}"
         )
-    classes = getattr(model, "in_channels", None) or 256
+    classes = _classes(model, classes)
     if first is not None and (isinstance(first, bool) or not isinstance(first, int) or not 0 <= first < classes):
         raise ValueError(f"first must be a class id in [0, {classes}), got {first!r}")
+    modes = [(module, module.training) for module in model.modules()]  # each one's own, restored after
     model.eval()
-    device = next(model.parameters()).device
+    try:
+        return _sample(model, steps, classes=classes, batch_size=batch_size, temperature=temperature,
+                       first=classes // 2 if first is None else first, global_condition=global_condition,
+                       local_condition=local_condition, generator=generator, progress=progress, fused=fused)
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _classes(model: nn.Module, classes: int | None) -> int:
+    if classes is None:
+        classes = getattr(model, "in_channels", None)
+        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+            raise ValueError(f"classes must be given for a {type(model).__name__}: it has no int in_channels to read "
+                             f"the number of classes from (got in_channels={classes!r})")
+    elif isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise ValueError(f"classes must be an int >= 1, got {classes!r}")
+    return classes
+
+
+def _sample(model: nn.Module, steps: int, *, classes: int, batch_size: int, temperature: float, first: int,
+            global_condition: torch.Tensor | None, local_condition: torch.Tensor | None,
+            generator: torch.Generator | None, progress: Callable[[int], None] | None,
+            fused: bool | None) -> torch.Tensor:
+    """The sampling loop of :func:`sample_autoregressive`, arguments checked, model in eval mode."""
+    parameter = next(model.parameters(), None)
+    device = torch.device("cpu") if parameter is None else parameter.device
     streamer = None
     if fused or (fused is None and device.type == "cpu"):
         try:
@@ -76,7 +114,7 @@ def sample_autoregressive(
             if fused:
                 raise
     streamer = streamer or Streamer(model, batch_size)
-    current = torch.full((batch_size, 1), classes // 2 if first is None else first, dtype=torch.long, device=device)
+    current = torch.full((batch_size, 1), first, dtype=torch.long, device=device)
     out = torch.empty(batch_size, steps, dtype=torch.long, device=device)
     kwargs = {}
     if global_condition is not None:
@@ -85,6 +123,9 @@ def sample_autoregressive(
         if local_condition is not None:
             kwargs["local_condition"] = local_condition[:, :, t : t + 1]
         logits = streamer.step(current, **kwargs)[:, :, -1]  # (B, classes)
+        if logits.shape[1] != classes:
+            raise ValueError(f"the model predicts {logits.shape[1]} classes per step but takes classes={classes}; "
+                             "sampling feeds each draw back in, so the two must agree")
         if temperature == 0:
             current = logits.argmax(dim=1, keepdim=True)
         else:

@@ -30,7 +30,7 @@ operator. For WaveNet, TCN and causal ``nn.Sequential`` stacks,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -39,6 +39,7 @@ from torch import nn
 
 from atrous.ops.layers import CausalConv1d, DilatedConv1d
 from atrous.ops.padding import causal_padding
+from atrous.streaming.base import StreamerBase
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _ALWAYS_POINTWISE = (
@@ -187,7 +188,7 @@ class _LayerState:
             self.buffer[rows] = 0
 
 
-class Streamer:
+class Streamer(StreamerBase):
     """Run a causal model one chunk at a time on ``batch_size`` independent streams.
 
     The concatenation of the outputs of :meth:`step` equals ``model(concatenated inputs)`` for
@@ -208,12 +209,8 @@ class Streamer:
     """
 
     def __init__(self, model: nn.Module, batch_size: int) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        super().__init__(model, batch_size)
         self.model = model
-        self.batch_size = batch_size
         self._states: dict[str, _LayerState] = {}
         self._pointwise: list[_Pointwise] = []
         self._eval_only: list[tuple[str, nn.Module]] = []
@@ -235,7 +232,6 @@ class Streamer:
         self.in_channels = _expected_in_channels(model)
         # (B, C, L) chunks must match the weights: the offline forward would refuse another dtype too
         self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-        self.samples_seen = 0
 
     @property
     def context(self) -> int:
@@ -243,13 +239,7 @@ class Streamer:
         return sum(state.context for state in self._states.values())
 
     def _check_chunk(self, chunk: torch.Tensor) -> None:
-        if not isinstance(chunk, torch.Tensor):
-            raise TypeError(f"chunk must be a torch.Tensor, got {type(chunk).__name__}")
-        if chunk.ndim < 2 or chunk.shape[0] != self.batch_size or chunk.shape[-1] < 1:
-            raise ValueError(
-                f"chunk must have shape (batch_size={self.batch_size}, ..., L >= 1) with time last, "
-                f"got {tuple(chunk.shape)}"
-            )
+        self._check_batch(chunk)
         if chunk.ndim == 3 and self.dtype is not None and chunk.dtype != self.dtype:
             raise TypeError(
                 f"chunk of shape {tuple(chunk.shape)} has dtype {chunk.dtype} but the model's parameters are "
@@ -317,32 +307,6 @@ class Streamer:
         self.samples_seen += chunk.shape[-1]
         return out
 
-    def reset(self, indices: int | Sequence[int] | torch.Tensor | None = None) -> None:
-        """Forget the past of some streams (all when ``indices`` is ``None``).
-
-        A reset stream continues as if it started now: its past is zeros, the causal padding
-        of the offline forward.
-
-        Args:
-            indices: stream indices in ``[0, batch_size)``: an int, a sequence of ints or an
-                integer tensor.
-        """
-        rows = None
-        if indices is not None:
-            try:
-                rows = torch.as_tensor(indices)
-            except (TypeError, ValueError, RuntimeError):
-                rows = None
-            if rows is None or rows.numel() and (rows.dtype == torch.bool or rows.is_floating_point()
-                                                 or rows.is_complex()):
-                raise TypeError(f"indices must be an int, a sequence of ints or an integer tensor of stream indices "
-                                f"in [0, {self.batch_size}), got {indices!r}")
-            rows = rows.to(torch.long).reshape(-1)
-            if rows.numel() and (rows.min() < 0 or rows.max() >= self.batch_size):
-                raise ValueError(
-                    f"indices must lie in [0, {self.batch_size}) (batch_size={self.batch_size}), got {rows.tolist()}"
-                )
-        else:
-            self.samples_seen = 0
+    def _zero_streams(self, rows: torch.Tensor | None) -> None:
         for state in self._states.values():
             state.reset(rows)

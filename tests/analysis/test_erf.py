@@ -8,6 +8,7 @@ from torch import nn
 
 from atrous import DilatedConv1d, DilatedConv2d
 from atrous.analysis import effective_receptive_field, empirical_receptive_field, gridding, receptive_field
+from atrous.viz import plot_erf
 
 
 def test_empirical_support_shows_the_gridding_holes():
@@ -40,7 +41,8 @@ def test_erf_inside_the_analytic_field_and_plot(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(DilatedConv2d(1, 4, 3, dilation=1), nn.ReLU(), DilatedConv2d(4, 1, 3, dilation=3))
     path = tmp_path / "erf.png"
-    erf = effective_receptive_field(model, (1, 33, 33), plot=path)
+    erf = effective_receptive_field(model, (1, 33, 33))
+    assert plot_erf(erf, path) == path
     field = receptive_field(model, (1, 33, 33))
     rows, cols = torch.nonzero(erf, as_tuple=True)
     assert erf.shape == (33, 33) and erf[16, 16] >= 0
@@ -63,7 +65,7 @@ def test_empirical_errors():
 def test_erf_plot_title_says_which_weights(tmp_path, plot_titles, weights, shown):
     titles = plot_titles
     model = nn.Sequential(DilatedConv1d(1, 1, 3, dilation=2))
-    effective_receptive_field(model, (1, 21), plot=tmp_path / "erf.png", weights=weights)
+    plot_erf(effective_receptive_field(model, (1, 21)), tmp_path / "erf.png", weights=weights)
     assert len(titles) == 1 and titles[0].endswith(shown)
 
 
@@ -77,7 +79,5 @@ def test_erf_of_a_float64_model_matches_float32():
 
 
 def test_erf_plot_refuses_an_empty_weights_label(tmp_path):
-    from atrous.viz import plot_erf
-
     with pytest.raises(ValueError, match="weights"):
         plot_erf(np.ones(5), tmp_path / "erf.png", weights=" ")

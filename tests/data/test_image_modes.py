@@ -186,10 +186,11 @@ def test_pillows_own_limit_is_replaced_not_stacked(tmp_path, monkeypatch):
     assert Image.MAX_IMAGE_PIXELS == 50  # restored after the header was read
 
 
-@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "100"])
-def test_bad_max_pixels_is_named(tmp_path, bad):
+@pytest.mark.parametrize(("bad", "error"), [(0, ValueError), (-5, ValueError), (1.5, TypeError), (True, TypeError),
+                                            ("100", TypeError)])
+def test_bad_max_pixels_is_named(tmp_path, bad, error):
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "a.png")
-    with pytest.raises(ValueError, match="max_pixels"):
+    with pytest.raises(error, match=f"max_pixels .* must be an int >= 1, got {bad!r}"):
         read_image(tmp_path / "a.png", max_pixels=bad)
 
 

@@ -23,7 +23,7 @@ from atrous.engine.loop import CheckpointEvery, TrainingDiverged, optimizer_step
 from atrous.engine.run_dir import RunDir, RunLockedError, newest_checkpoint
 from atrous.engine.sequence import sequence_config, train_sequence_run
 from atrous.engine.trainer import train
-from atrous.ops.backend import CHOOSER, clear_backend_cache
+from atrous.ops import clear_backend_cache, tuning_settings
 
 TINY = {"model": "context_net", "model_kwargs": {"width_multiplier": 0.25}, "train_images": 12, "val_images": 4,
         "batch_size": 4, "epochs": 2, "device": "cpu"}
@@ -173,13 +173,12 @@ def test_a_signal_mid_epoch_saves_that_step_and_resume_finishes_exactly(referenc
 
 
 def test_two_fresh_runs_choose_alike_and_end_identical(tmp_path, monkeypatch):
-    # Time every dilated conv, so that the backend's choices really come from timings.
-    monkeypatch.setattr(CHOOSER, "min_macs", 0)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     results = []
     for name in ("first", "second"):
         clear_backend_cache()  # a fresh process
-        train(TrainConfig(**{**TINY, "epochs": 1}), tmp_path / name, progress=False, log=lambda _: None)
+        with tuning_settings(min_macs=0):  # time every dilated conv: the choices really come from timings
+            train(TrainConfig(**{**TINY, "epochs": 1}), tmp_path / name, progress=False, log=lambda _: None)
         record = json.loads((newest_checkpoint(tmp_path / name) / "checkpoint.json").read_text())
         results.append(record["meta"]["backend_choices"])
     clear_backend_cache()

@@ -12,40 +12,27 @@ import warnings
 
 import pytest
 import torch
+from tiny_models import calibrated, create_tiny
 from torch import nn
 
-from atrous.models import create, list_models
+from atrous.models import list_models
 from atrous.ops import CausalConv1d, DilatedConv1d, DilatedConv2d, DilatedStack
 
 pytestmark = [
     # Tiny inputs are smaller than ASPP's rates; eager forwards warn so (captured ones do not).
-    pytest.mark.filterwarnings("ignore::atrous.models.segmentation.aspp.RateWarning"),
+    pytest.mark.filterwarnings("ignore::atrous.models.RateWarning"),
     # torch.jit.trace and the script methods it builds are deprecated since torch 2.9.
     pytest.mark.filterwarnings("ignore:`torch\\.jit:DeprecationWarning"),
 ]
 
 SEGMENTATION = list_models("segmentation")
-SEQUENCE_TINY = {
-    "tcn": {"in_channels": 3, "out_channels": 2, "hidden": 4, "levels": 3, "kernel_size": 3},
-    "wavenet": {"classes": 8, "blocks": 2, "layers": 3, "residual_channels": 4, "gate_channels": 6, "skip_channels": 3},
-}
 
 
 def tiny_segmentation(name: str) -> nn.Module:
-    """A registered model at 1/16 width with random BatchNorm scales and shifts (so residual
-    branches that start at zero take part) and statistics of random images (O(1) outputs)."""
+    """A registered model built tiny, with random BatchNorm scales and shifts (so residual branches
+    that start at zero take part) and statistics of random images (O(1) outputs)."""
     torch.manual_seed(0)
-    model = create(name, num_classes=3, width_multiplier=1 / 16)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.1)
-            module.momentum = None
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.train()(torch.randn(2, 3, 64, 64))
-    return model.eval()
+    return calibrated(create_tiny(name), torch.randn(2, 3, 64, 64))
 
 
 def trace(model: nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
@@ -74,7 +61,7 @@ def test_segmentation_model_compiles_to_one_graph(name):
 def test_sequence_model_compiles_to_one_graph(name):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = create(name, **SEQUENCE_TINY[name]).eval().double()
+    model = create_tiny(name).eval().double()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     assert_matches_eager(compiled, model, torch.randn(2, model.in_channels, 37, dtype=torch.float64))
 
@@ -93,7 +80,7 @@ def test_inductor_compiles_context_net():
     """The default backend once, generating and compiling C++ (tens of seconds on 2 cores)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = create("context_net", width_multiplier=0.25).eval()
+    model = create_tiny("context_net", width_multiplier=0.25).eval()
     compiled = torch.compile(model, fullgraph=True)
     assert_matches_eager(compiled, model, torch.randn(2, 3, 64, 64))
 
@@ -111,7 +98,7 @@ def test_segmentation_model_traces_and_replays_at_new_sizes(name):
 @pytest.mark.parametrize("name", list_models("sequence"))
 def test_sequence_model_traces_and_replays_at_new_lengths(name):
     torch.manual_seed(0)
-    model = create(name, **SEQUENCE_TINY[name]).eval()
+    model = create_tiny(name).eval()
     traced = trace(model, torch.randn(1, model.in_channels, 37))
     assert_matches_eager(traced, model, torch.randn(3, model.in_channels, 50))
 
@@ -142,7 +129,7 @@ def layers_of_every_padding() -> list[nn.Module]:
     ]
     sequence = [
         DilatedConv1d(2, 3, 4, stride=3, dilation=2, padding_mode="reflect"),
-        CausalConv1d(2, 3, 3, 2, stride=2),
+        CausalConv1d(2, 3, 3, dilation=2, stride=2),
     ]
     return [layer.eval() for layer in planar + sequence]
 

@@ -15,40 +15,17 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from tiny_models import SEGMENTATION, calibrated, create_tiny
 from torch import nn
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from atrous.export import export_onnx, onnx_session, run_onnx
-from atrous.models import create, list_models
+from atrous.models import list_models
 from atrous.ops import CausalConv1d, DilatedConv1d, DilatedConv2d, DilatedStack
 
 TOLERANCE = 1e-4
-SEQUENCE_TINY = {
-    "tcn": {"in_channels": 3, "out_channels": 2, "hidden": 4, "levels": 3, "kernel_size": 3},
-    "wavenet": {"classes": 8, "blocks": 2, "layers": 3, "residual_channels": 4, "gate_channels": 6, "skip_channels": 3},
-}
-
-
-def calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Random BatchNorm scales and shifts, then statistics of ``x``, returned in eval mode.
-
-    The scales matter: residual branches that start at zero (the context module's) would
-    otherwise leave their dilated convolutions out of the output. The statistics keep tiny
-    random networks at O(1) outputs."""
-    generator = torch.Generator().manual_seed(2)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                module.weight.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
-            module.momentum = None  # cumulative average: one batch sets the statistics
-    model.train()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model(x)
-    return model.eval()
 
 
 def assert_parity(path, model: nn.Module, shapes) -> None:
@@ -82,9 +59,7 @@ def _ingredients(model: nn.Module) -> set:
 def covering_models() -> list[str]:
     """Registered segmentation models that together hold every module class and conv kind,
     picked greedily (most new ingredients first, then fewest modules)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        models = {name: create(name, num_classes=3, width_multiplier=1 / 16) for name in list_models("segmentation")}
+    models = {name: create_tiny(name) for name in list_models("segmentation")}
     ingredients = {name: _ingredients(model) for name, model in models.items()}
     sizes = {name: sum(1 for _ in model.modules()) for name, model in models.items()}
     missing, chosen = set().union(*ingredients.values()), []
@@ -98,17 +73,17 @@ def covering_models() -> list[str]:
 @pytest.mark.parametrize("name", covering_models())
 def test_segmentation_model_follows_any_input_size_in_onnxruntime(name, tmp_path):
     torch.manual_seed(0)
-    model = calibrated(create(name, num_classes=3, width_multiplier=1 / 16), torch.randn(2, 3, 64, 64))
+    model = calibrated(create_tiny(name), torch.randn(2, 3, 64, 64))
     result = export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 33, 47), optimize=False)
     assert result.input_shape == ("batch", 3, "height", "width")
-    assert result.output_shape == ("batch", 3, "height", "width")
+    assert result.output_shape == ("batch", SEGMENTATION["num_classes"], "height", "width")
     assert_parity(result.path, model, [(2, 3, 97, 131), (1, 3, 40, 36)])
 
 
 @pytest.mark.parametrize("name", list_models("sequence"))
 def test_sequence_model_follows_any_length_in_onnxruntime(name, tmp_path):
     torch.manual_seed(0)
-    model = create(name, **SEQUENCE_TINY[name]).eval()
+    model = create_tiny(name).eval()
     channels = model.in_channels
     result = export_onnx(model, tmp_path / "m.onnx", torch.randn(1, channels, 37), optimize=False)
     assert result.input_shape == ("batch", channels, "length")
@@ -145,9 +120,10 @@ class EveryPadding(nn.Module):
             DilatedConv2d(2, 3, 4, stride=2, dilation=2, padding_mode="replicate"),
         ]
         self.planar = nn.ModuleList(planar)
-        self.sequence = nn.ModuleList(
-            [DilatedConv1d(2, 3, 4, stride=3, dilation=2, padding_mode="reflect"), CausalConv1d(2, 3, 3, 2, stride=2)]
-        )
+        self.sequence = nn.ModuleList([
+            DilatedConv1d(2, 3, 4, stride=3, dilation=2, padding_mode="reflect"),
+            CausalConv1d(2, 3, 3, dilation=2, stride=2),
+        ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 2, H, W) -> (N, sum of output sizes)
         outputs = [layer(x) for layer in self.planar] + [layer(x.flatten(2)) for layer in self.sequence]
@@ -175,12 +151,13 @@ def test_a_forward_that_branches_on_the_size_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [({"example_input": torch.randn(3, 4)}, "example_input"), ({"opset": 17}, "opset"), ({"opset": True}, "opset")],
+    ("kwargs", "error", "message"),
+    [({"example_input": torch.randn(3, 4)}, ValueError, "example_input"), ({"opset": 17}, ValueError, "opset"),
+     ({"opset": True}, (TypeError, ValueError), "opset")],  # a bool is not an int: either error names it
 )
-def test_bad_arguments_are_named(kwargs, message, tmp_path):
+def test_bad_arguments_are_named(kwargs, error, message, tmp_path):
     arguments = {"example_input": torch.randn(1, 2, 8, 8), **kwargs}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         export_onnx(nn.Identity(), tmp_path / "x.onnx", **arguments)
 
 

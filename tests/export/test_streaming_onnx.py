@@ -61,7 +61,7 @@ def test_tcn_streams_500_steps_through_onnxruntime(tmp_path):
 
 def test_functional_step_matches_offline_and_rejects_bad_arguments(tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(CausalConv1d(2, 4, 3, 2), nn.GELU(), CausalConv1d(4, 1, 2, 5)).eval()
+    model = nn.Sequential(CausalConv1d(2, 4, 3, dilation=2), nn.GELU(), CausalConv1d(4, 1, 2, dilation=5)).eval()
     step = StreamingStep(model)
     states, outs, x = step.initial_states(2), [], torch.randn(2, 2, 30)
     with torch.no_grad():

@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 import torch
+from tiny_models import create_tiny, tiny_kwargs
 
 from atrous.models import create, list_models
 
-TINY = 1 / 16
 SEGMENTATION = list_models("segmentation")
 BACKBONES = list_models("backbone")
 SIZES = [(64, 64), (49, 71)]
@@ -17,9 +17,7 @@ SIZES = [(64, 64), (49, 71)]
 
 def _build(name, **kwargs):
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ASPP rightly warns that tiny inputs are smaller than its rates
-        return create(name, width_multiplier=TINY, **kwargs)
+    return create_tiny(name, **kwargs)
 
 
 def _forward_backward(model, size):
@@ -45,12 +43,12 @@ def test_registry_lists_the_required_models():
 
 @pytest.mark.parametrize("name", SEGMENTATION)
 def test_segmentation_model_trains(name):
-    model = _build(name, num_classes=3)
+    model = _build(name)
     model.train()
     for size in SIZES:
         model.zero_grad()
         out = _forward_backward(model, size)
-        assert out.shape == (2, 3, *size)
+        assert out.shape == (2, tiny_kwargs(name)["num_classes"], *size)
         missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
         assert not missing, f"parameters without a finite gradient: {missing}"
 
@@ -71,10 +69,10 @@ def test_backbone_trains_and_downsamples_by_its_output_stride(name):
 @pytest.mark.parametrize("name", SEGMENTATION)
 def test_segmentation_builder_rejects_bad_num_classes(name):
     with pytest.raises(ValueError, match="num_classes"):
-        create(name, num_classes=0, width_multiplier=TINY)
+        create(name, **{**tiny_kwargs(name), "num_classes": 0})
 
 
 @pytest.mark.parametrize("name", SEGMENTATION + BACKBONES)
 def test_builder_rejects_bad_width(name):
     with pytest.raises(ValueError, match="width_multiplier"):
-        create(name, width_multiplier=0)
+        create(name, **{**tiny_kwargs(name), "width_multiplier": 0})

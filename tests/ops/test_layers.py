@@ -1,4 +1,6 @@
-"""Drop-in layers: state_dict compatibility with nn.Conv*, padding, receptive field."""
+"""Drop-in layers: state_dict compatibility with nn.Conv*, keyword-only geometry, padding, receptive field."""
+
+import inspect
 
 import pytest
 import torch
@@ -6,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atrous import CausalConv1d, DilatedConv1d, DilatedConv2d, DilatedConv3d
+from atrous.ops import DilatedConvNd
 
 
 @pytest.mark.parametrize(
@@ -62,3 +65,31 @@ def test_receptive_field_property(kernel, dilation, field):
 def test_repr_shows_padding_spec():
     assert "padding=same" in repr(DilatedConv2d(1, 1, 3, dilation=2))
     assert "padding=causal" in repr(CausalConv1d(1, 1, 2))
+
+
+@pytest.mark.parametrize(
+    ("cls", "plain"),
+    [(DilatedConv1d, nn.Conv1d), (DilatedConv2d, nn.Conv2d), (DilatedConv3d, nn.Conv3d), (CausalConv1d, nn.Conv1d)],
+)
+def test_a_fourth_positional_argument_is_refused(cls, plain):
+    # nn.ConvNd's 4th argument is the stride; CausalConv1d's used to be the dilation: neither is
+    # positional here, so the two can never be mixed up.
+    with pytest.raises(TypeError, match="positional argument"):
+        cls(1, 1, 3, 2)
+    conv = cls(1, 1, 3, dilation=2)
+    assert isinstance(conv, plain) and isinstance(conv, DilatedConvNd) and conv.dilation == (2,) * conv.spatial_dims
+
+
+@pytest.mark.parametrize(
+    ("cls", "plain"), [(DilatedConv1d, nn.Conv1d), (DilatedConv2d, nn.Conv2d), (DilatedConv3d, nn.Conv3d)]
+)
+def test_each_layer_is_a_class_statement_a_grep_finds(cls, plain):
+    assert inspect.getsource(cls).startswith(f"class {cls.__name__}(DilatedConvNd, nn.{plain.__name__}):")
+    assert cls.__module__ == "atrous.ops.layers" and cls.__mro__[1:3] == (DilatedConvNd, plain)
+    assert cls.__init__ is DilatedConvNd.__init__ and cls.__doc__.startswith(f"{cls.spatial_dims}D dilated")
+
+
+def test_the_private_base_name_still_imports():
+    from atrous.ops.layers import _DilatedConvMixin
+
+    assert _DilatedConvMixin is DilatedConvNd

@@ -9,18 +9,9 @@ from torch import nn
 
 from atrous.models import create
 from atrous.ops.layers import CausalConv1d
-from atrous.streaming import FusedStreamer, Streamer
-from atrous.streaming.fused import load_kernel
+from atrous.streaming import FusedStreamer, Streamer, kernel_cache
 
-
-@pytest.fixture(scope="module", params=["cpp", "torch"])
-def backend(request):
-    if request.param == "cpp":
-        try:
-            load_kernel()
-        except RuntimeError as error:  # no C++ compiler here: the PyTorch backend is still tested
-            pytest.skip(f"C++ step unavailable: {error}")
-    return request.param
+# `backend` (tests/streaming/conftest.py): "cpp" and "torch"; "cpp" is skipped only without a compiler
 
 
 def stream(streamer, x: torch.Tensor, lengths: list[int], local: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
@@ -52,7 +43,7 @@ def causal_stacks(draw):
         if kind == "causal":
             groups = draw(st.sampled_from([1, 2])) if channels % 2 == 0 else 1
             kernel, dilation = draw(st.integers(1, 4)), draw(st.integers(1, 6))
-            layers.append(CausalConv1d(channels, channels, kernel, dilation, groups=groups))
+            layers.append(CausalConv1d(channels, channels, kernel, dilation=dilation, groups=groups))
         elif kind == "pointwise":
             layers.append(nn.Conv1d(channels, channels, 1, bias=draw(st.booleans())))
         elif kind == "norm":
@@ -62,23 +53,20 @@ def causal_stacks(draw):
             layers.append(draw(st.sampled_from([norm, nn.Dropout(0.3)])))
         else:
             layers.append(draw(st.sampled_from([nn.Tanh, nn.ReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Identity]))())
-    layers.append(CausalConv1d(channels, 3, 2, draw(st.integers(1, 8))))
+    layers.append(CausalConv1d(channels, 3, 2, dilation=draw(st.integers(1, 8))))
     return nn.Sequential(*layers).eval()
 
 
 @settings(max_examples=20, deadline=None)
 @given(model=causal_stacks(), batch=st.integers(1, 5), seed=st.integers(0, 2**16))
-def test_random_stacks_stream_exactly(model, batch, seed):
+def test_random_stacks_stream_exactly(backend, model, batch, seed):
     torch.manual_seed(seed)
     x = torch.randn(batch, model[-1].in_channels, 40)
     with torch.no_grad():
         expected = model(x)
-    for backend in ("cpp", "torch"):
-        try:
-            streamer = FusedStreamer(model, batch, backend=backend)
-        except RuntimeError:  # no compiler: covered by the torch backend
-            continue
-        torch.testing.assert_close(stream(streamer, x, chunks(40, seed)), expected, atol=1e-5, rtol=0)
+    streamer = FusedStreamer(model, batch, backend=backend)
+    assert streamer.backend == backend
+    torch.testing.assert_close(stream(streamer, x, chunks(40, seed)), expected, atol=1e-5, rtol=0)
 
 
 def tiny_wavenet(**kwargs) -> nn.Module:
@@ -176,9 +164,7 @@ def test_unsupported_layers_and_bad_inputs_give_clear_errors(backend):
 
 
 def test_auto_backend_falls_back_to_pytorch_ops_without_a_compiler(monkeypatch):
-    from atrous.streaming import fused
-
-    monkeypatch.setattr(fused, "_load", lambda: "no C++ compiler (c++, g++ or clang++) on PATH")
+    monkeypatch.setattr(kernel_cache, "_load", lambda: "no C++ compiler (c++, g++ or clang++) on PATH")
     model, x = tiny_tcn(), torch.randn(2, 3, 5)
     with pytest.warns(UserWarning, match=r"no C\+\+ compiler.*backend='torch'"):
         streamer = FusedStreamer(model, 2)
@@ -186,3 +172,16 @@ def test_auto_backend_falls_back_to_pytorch_ops_without_a_compiler(monkeypatch):
     torch.testing.assert_close(streamer.step(x), model(x), atol=1e-5, rtol=0)
     with pytest.raises(RuntimeError, match=r"could not be built: no C\+\+ compiler"):
         FusedStreamer(tiny_tcn(), 1, backend="cpp")
+
+
+def test_streams_split_across_threads_stream_exactly(backend):
+    """At 2 threads and 8 streams the C++ step runs two halves of the batch in parallel."""
+    torch.manual_seed(0)
+    model, x = tiny_tcn(), torch.randn(8, 3, 40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = stream(FusedStreamer(model, 8, backend=backend), x, chunks(40, 2))
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(got, model(x), atol=1e-5, rtol=0)

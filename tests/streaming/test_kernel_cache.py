@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from atrous.ops.layers import CausalConv1d
-from atrous.streaming import FusedStreamer
-from atrous.streaming import fused
+from atrous.streaming import FusedStreamer, kernel_cache
 
 COMPILER = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 pytestmark = pytest.mark.skipif(COMPILER is None, reason="no C++ compiler to build the fused step")
@@ -26,20 +25,20 @@ PLANTED_SOURCE = 'extern "C" int atrous_fused_run(const long long* config, long 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    fused._load.cache_clear()
+    kernel_cache._load.cache_clear()
     yield tmp_path / "xdg" / "atrous"
-    fused._load.cache_clear()  # later tests load the kernel from the real cache again
+    kernel_cache._load.cache_clear()  # later tests load the kernel from the real cache again
 
 
 def reload() -> None:
-    fused._load.cache_clear()
-    fused.load_kernel()
+    kernel_cache._load.cache_clear()
+    kernel_cache.load_kernel()
 
 
 def assert_streams_like_offline() -> None:
     """The loaded kernel computes the model: its streamed output equals the offline forward."""
     torch.manual_seed(0)
-    model = nn.Sequential(CausalConv1d(3, 4, 3, 2), nn.ReLU(), CausalConv1d(4, 2, 2, 3)).eval()
+    model = nn.Sequential(CausalConv1d(3, 4, 3, dilation=2), nn.ReLU(), CausalConv1d(4, 2, 2, dilation=3)).eval()
     x = torch.randn(2, 3, 12)
     streamer = FusedStreamer(model, 2, backend="cpp")
     streamed = torch.cat([streamer.step(x[..., :5]), streamer.step(x[..., 5:])], dim=-1)
@@ -80,7 +79,7 @@ def assert_sound(library: Path) -> None:
 
 
 def test_a_replaced_library_is_rebuilt_not_loaded(cache, tmp_path):
-    fused.load_kernel()
+    kernel_cache.load_kernel()
     library = recorded_library(cache)
     replace(library, planted_library(tmp_path))  # a valid library, same symbol, wrong result
     planted_inode = os.stat(library).st_ino
@@ -92,7 +91,7 @@ def test_a_replaced_library_is_rebuilt_not_loaded(cache, tmp_path):
 
 
 def test_a_truncated_library_is_rebuilt_without_a_crash(cache):
-    fused.load_kernel()
+    kernel_cache.load_kernel()
     library = recorded_library(cache)
     size = library.stat().st_size
     replace(library, library.read_bytes()[: size // 2])
@@ -105,7 +104,7 @@ def test_a_truncated_library_is_rebuilt_without_a_crash(cache):
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown to another uid needs root")
 def test_a_library_and_record_planted_by_another_user_are_refused(cache, tmp_path):
     """Exactly what an install writes, hash included, but owned by someone else."""
-    fused.load_kernel()
+    kernel_cache.load_kernel()
     library, planted = recorded_library(cache), planted_library(tmp_path)
     record = next(cache.glob("*.sha256"))
     library.unlink()
@@ -124,21 +123,21 @@ def test_a_library_and_record_planted_by_another_user_are_refused(cache, tmp_pat
 
 def test_everything_owned_by_another_uid_is_refused_and_never_loaded(cache, monkeypatch):
     """Seen from another uid, the cache and the temporary folder are not theirs: nothing loads."""
-    fused.load_kernel()  # a sound cache, as far as the real user is concerned
+    kernel_cache.load_kernel()  # a sound cache, as far as the real user is concerned
     loaded = []
-    monkeypatch.setattr(fused.ctypes, "CDLL", lambda *args, **kwargs: loaded.append(args))
+    monkeypatch.setattr(kernel_cache.ctypes, "CDLL", lambda *args, **kwargs: loaded.append(args))
     real_uid = os.geteuid()
     monkeypatch.setattr(os, "geteuid", lambda: real_uid + 1)
-    fused._load.cache_clear()
+    kernel_cache._load.cache_clear()
     with pytest.warns(UserWarning, match="not used"), pytest.raises(RuntimeError, match=f"owned by uid {real_uid}"):
-        fused.load_kernel()
+        kernel_cache.load_kernel()
     assert loaded == []
     with pytest.warns(UserWarning, match="backend='torch'"):
-        assert FusedStreamer(nn.Sequential(CausalConv1d(3, 2, 2, 2)).eval(), 1).backend == "torch"
+        assert FusedStreamer(nn.Sequential(CausalConv1d(3, 2, 2, dilation=2)).eval(), 1).backend == "torch"
 
 
 def test_an_open_cache_folder_is_made_private_and_open_libraries_rebuilt(cache):
-    fused.load_kernel()
+    kernel_cache.load_kernel()
     library = recorded_library(cache)
     os.chmod(cache, 0o777)  # what the first release left under umask 000
     os.chmod(library, 0o777)
@@ -152,7 +151,7 @@ def test_an_open_cache_folder_is_made_private_and_open_libraries_rebuilt(cache):
 
 def test_a_symlinked_cache_folder_is_not_used(cache, tmp_path):
     """Not even a library and record of this user, hash matching, behind the link are loaded."""
-    fused.load_kernel()
+    kernel_cache.load_kernel()
     record = next(cache.glob("*.sha256"))
     elsewhere, planted = tmp_path / "elsewhere", planted_library(tmp_path)
     elsewhere.mkdir(mode=0o700)
@@ -173,7 +172,7 @@ def test_a_symlinked_cache_folder_is_not_used(cache, tmp_path):
 def test_umask_000_still_gives_a_private_folder_and_library(cache):
     previous = os.umask(0o000)
     try:
-        fused.load_kernel()
+        kernel_cache.load_kernel()
     finally:
         os.umask(previous)
     for path in (cache.parent, cache):
@@ -184,10 +183,10 @@ def test_umask_000_still_gives_a_private_folder_and_library(cache):
 
 
 def test_a_sound_cache_is_loaded_without_rebuilding(cache, monkeypatch):
-    fused.load_kernel()
+    kernel_cache.load_kernel()
     library = recorded_library(cache)
     built = os.stat(library).st_ino
-    monkeypatch.setattr(fused.shutil, "which", lambda name: None)  # no compiler: must come from the cache
+    monkeypatch.setattr(kernel_cache.shutil, "which", lambda name: None)  # no compiler: must come from the cache
     reload()
     assert os.stat(library).st_ino == built
     assert_streams_like_offline()

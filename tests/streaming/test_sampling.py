@@ -50,4 +50,37 @@ def test_fused_and_plain_streamers_draw_the_same_samples():
     ]
     assert torch.equal(draws[0], draws[1])
     with pytest.raises(ValueError, match=r"cannot fuse"):
-        sample_autoregressive(torch.nn.Sequential(torch.nn.LSTM(2, 2)), 3, fused=True)
+        sample_autoregressive(torch.nn.Sequential(torch.nn.LSTM(2, 2)), 3, fused=True, classes=2)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_sampling_runs_in_eval_mode_and_gives_each_module_its_mode_back(fused):
+    torch.manual_seed(0)
+    model = create("wavenet", classes=8, blocks=1, layers=2, residual_channels=2, gate_channels=2, skip_channels=2)
+    model.head.eval()  # a mixed model: every module must get its own mode back
+    modes = {name: module.training for name, module in model.named_modules()}
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    sample_autoregressive(model, 4, fused=fused)
+    assert seen == ([] if fused else [False] * 4)  # the fused step never calls the model's forward
+    assert {name: module.training for name, module in model.named_modules()} == modes
+    with pytest.raises(ValueError, match=r"global_condition"):  # raised inside the sampling loop
+        sample_autoregressive(model, 3, global_condition=torch.tensor([0]), fused=fused)
+    assert {name: module.training for name, module in model.named_modules()} == modes
+
+
+def test_the_number_of_classes_comes_from_the_model_or_the_argument():
+    torch.manual_seed(0)
+    model = create("wavenet", classes=8, blocks=1, layers=2, residual_channels=2, gate_channels=2, skip_channels=2)
+    got = sample_autoregressive(model, 5, temperature=0.0)
+    assert torch.equal(got, sample_autoregressive(model, 5, temperature=0.0, classes=8))
+    assert torch.equal(got, sample_autoregressive(model, 5, temperature=0.0, first=4))  # default: classes // 2
+    with pytest.raises(ValueError, match=r"first must be a class id in \[0, 8\), got 8"):
+        sample_autoregressive(model, 5, first=8)
+    with pytest.raises(ValueError, match=r"predicts 8 classes per step but takes classes=16"):
+        sample_autoregressive(model, 5, classes=16, first=3)
+    with pytest.raises(ValueError, match=r"classes must be an int >= 1, got 0"):
+        sample_autoregressive(model, 5, classes=0)
+    stack = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 1))
+    with pytest.raises(ValueError, match=r"classes must be given for a Sequential.*in_channels"):
+        sample_autoregressive(stack, 5)

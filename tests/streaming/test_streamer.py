@@ -44,12 +44,12 @@ def causal_sequentials(draw):
         if kind == "causal":
             groups = draw(st.sampled_from([1, 2]))
             kernel, dilation = draw(st.integers(1, 4)), draw(st.integers(1, 5))
-            layers.append(CausalConv1d(channels, channels, kernel, dilation, groups=groups))
+            layers.append(CausalConv1d(channels, channels, kernel, dilation=dilation, groups=groups))
         elif kind == "pointwise":
             layers.append(nn.Conv1d(channels, channels, 1))
         else:
             layers.append(draw(st.sampled_from([nn.Tanh, nn.ReLU, nn.GELU, nn.Identity]))())
-    layers.append(CausalConv1d(channels, 3, 2, draw(st.integers(1, 8))))
+    layers.append(CausalConv1d(channels, 3, 2, dilation=draw(st.integers(1, 8))))
     return nn.Sequential(*layers).eval()
 
 
@@ -190,8 +190,8 @@ def test_no_drift_over_100k_steps():
     """After 100k samples (single steps and chunks), the output still equals an offline forward
     over the last receptive field: the ring buffers neither drift nor lose alignment."""
     torch.manual_seed(0)
-    model = nn.Sequential(CausalConv1d(1, 2, 2, 1), nn.Tanh(), CausalConv1d(2, 2, 3, 7), nn.ReLU(),
-                          CausalConv1d(2, 1, 2, 16)).eval()
+    model = nn.Sequential(CausalConv1d(1, 2, 2, dilation=1), nn.Tanh(), CausalConv1d(2, 2, 3, dilation=7),
+                          nn.ReLU(), CausalConv1d(2, 1, 2, dilation=16)).eval()
     field = 1 + 1 + 14 + 16
     total = 100_000
     x = torch.randn(2, 1, total)

@@ -26,20 +26,23 @@ network train from scratch in minutes on a CPU.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from atrous.models._checks import check_bool, check_int
 from atrous.models._registry import register_model
-from atrous.models.segmentation._common import ConvBNReLU, resize_to, scaled
-from atrous.models.segmentation.context import CONTEXT_RATES, ContextModule
+from atrous.models.segmentation._common import resize_to, scaled
+from atrous.models.segmentation.blocks import ContextModule, ConvBNReLU
+from atrous.models.segmentation.blocks.context import CONTEXT_RATES
 
 HDC_RATES = (1, 2, 5, 9, 2, 5, 9)
 GRIDDING_RATES = (3, 3, 3, 6, 6, 6, 6)
 PLAIN_RATES = (1,) * 7
 FRONT_END_FIELD = 23  # three 3x3 convs with strides 2, 2, 1, then one with stride 2
+CHANNELS = 96  # the context module's width C at width_multiplier 1
 
 
 class ContextNet(nn.Module):
@@ -61,7 +64,7 @@ class ContextNet(nn.Module):
         decoder: fuse stride-4 front-end features before the classifier; without it the
             classifier reads the stride-8 context output directly.
         skip_channels, fuse_channels: decoder widths; default C/2 and 2C/3 (runs saved with
-            config version 1 used C/4 and C/2, which ``TrainConfig.from_dict`` passes here for them).
+            config version 1 used C/4 and C/2: :func:`narrow_decoder_widths`).
 
     Shape:
         ``(N, in_channels, H, W)`` -> logits ``(N, num_classes, H, W)``.
@@ -120,17 +123,10 @@ class ContextNet(nn.Module):
         return resize_to(self.classifier(features), size)
 
 
-def _build(rates: Sequence[int], num_classes: int, in_channels: int, width_multiplier: float, variant: str,
-           norm: bool, residual: bool = True, decoder: bool = True, **widths: int | None) -> ContextNet:
-    check_bool("residual", residual)  # before it is combined with the variant below
-    return ContextNet(num_classes, in_channels, channels=scaled(96, width_multiplier), rates=rates, variant=variant,
-                      norm=norm, residual=residual and variant == "basic", decoder=decoder, **widths)
-
-
 @register_model(task="segmentation")
 def context_net(
     *,
-    num_classes: int = 11,
+    num_classes: int,
     in_channels: int = 3,
     rates: Sequence[int] = CONTEXT_RATES,
     variant: str = "basic",
@@ -141,33 +137,70 @@ def context_net(
     skip_channels: int | None = None,
     fuse_channels: int | None = None,
 ) -> ContextNet:
-    """Stride-8 front end + context module (rates 1,1,2,4,8,16,1) + stride-4 decoder: 551-pixel field."""
-    return _build(rates, num_classes, in_channels, width_multiplier, variant, norm, residual, decoder,
-                  skip_channels=skip_channels, fuse_channels=fuse_channels)
+    """Stride-8 front end + context module (rates 1,1,2,4,8,16,1) + stride-4 decoder: 551-pixel field.
+
+    Args:
+        num_classes: output channels (11 for ``digits``: ten digits and the background).
+        in_channels: input channels.
+        rates: dilation of each 3x3 context layer.
+        variant: ``"basic"`` or ``"large"`` context module.
+        norm: BatchNorm inside the context module.
+        residual: residual context layers; ignored for the large variant, whose widths differ.
+        decoder: fuse stride-4 front-end features before the classifier.
+        width_multiplier: scales the width C = 96 and every width that follows it.
+        skip_channels, fuse_channels: decoder widths; default C/2 and 2C/3.
+    """
+    check_bool("residual", residual)  # before it is combined with the variant below
+    return ContextNet(num_classes, in_channels, channels=scaled(CHANNELS, width_multiplier), rates=rates,
+                      variant=variant, norm=norm, residual=residual and variant == "basic", decoder=decoder,
+                      skip_channels=skip_channels, fuse_channels=fuse_channels)
 
 
 @register_model(task="segmentation")
-def plain_net(*, num_classes: int = 11, in_channels: int = 3, norm: bool = True,
-              width_multiplier: float = 1.0, skip_channels: int | None = None,
-              fuse_channels: int | None = None) -> ContextNet:
-    """``context_net`` with every dilation 1: same parameters, 135-pixel field."""
-    return _build(PLAIN_RATES, num_classes, in_channels, width_multiplier, "basic", norm,
-                  skip_channels=skip_channels, fuse_channels=fuse_channels)
+def plain_net(*, num_classes: int, in_channels: int = 3, norm: bool = True, width_multiplier: float = 1.0,
+              skip_channels: int | None = None, fuse_channels: int | None = None) -> ContextNet:
+    """``context_net`` with every dilation 1: same parameters, 135-pixel field; arguments as :func:`context_net`."""
+    return context_net(num_classes=num_classes, in_channels=in_channels, rates=PLAIN_RATES, norm=norm,
+                       width_multiplier=width_multiplier, skip_channels=skip_channels, fuse_channels=fuse_channels)
 
 
 @register_model(task="segmentation")
-def hdc_net(*, num_classes: int = 11, in_channels: int = 3, norm: bool = True,
-            width_multiplier: float = 1.0, skip_channels: int | None = None,
-            fuse_channels: int | None = None) -> ContextNet:
-    """``context_net`` with hybrid dilated rates 1,2,5,9,2,5,9: same parameters and field, no gridding."""
-    return _build(HDC_RATES, num_classes, in_channels, width_multiplier, "basic", norm,
-                  skip_channels=skip_channels, fuse_channels=fuse_channels)
+def hdc_net(*, num_classes: int, in_channels: int = 3, norm: bool = True, width_multiplier: float = 1.0,
+            skip_channels: int | None = None, fuse_channels: int | None = None) -> ContextNet:
+    """``context_net`` with hybrid dilated rates 1,2,5,9,2,5,9: same parameters and field, no gridding;
+    arguments as :func:`context_net`."""
+    return context_net(num_classes=num_classes, in_channels=in_channels, rates=HDC_RATES, norm=norm,
+                       width_multiplier=width_multiplier, skip_channels=skip_channels, fuse_channels=fuse_channels)
 
 
 @register_model(task="segmentation")
-def gridding_net(*, num_classes: int = 11, in_channels: int = 3, norm: bool = True,
-                 width_multiplier: float = 1.0, skip_channels: int | None = None,
-              fuse_channels: int | None = None) -> ContextNet:
-    """``context_net`` with rates 3,3,3,6,6,6,6: same parameters and field, but gridded."""
-    return _build(GRIDDING_RATES, num_classes, in_channels, width_multiplier, "basic", norm,
-                  skip_channels=skip_channels, fuse_channels=fuse_channels)
+def gridding_net(*, num_classes: int, in_channels: int = 3, norm: bool = True, width_multiplier: float = 1.0,
+                 skip_channels: int | None = None, fuse_channels: int | None = None) -> ContextNet:
+    """``context_net`` with rates 3,3,3,6,6,6,6: same parameters and field, but gridded; arguments as
+    :func:`context_net`."""
+    return context_net(num_classes=num_classes, in_channels=in_channels, rates=GRIDDING_RATES, norm=norm,
+                       width_multiplier=width_multiplier, skip_channels=skip_channels, fuse_channels=fuse_channels)
+
+
+CONTEXT_FAMILY = tuple(builder.__name__ for builder in (context_net, plain_net, hdc_net, gridding_net))
+
+
+def narrow_decoder_widths(model: str, model_kwargs: Mapping[str, Any]) -> dict[str, int]:
+    """The narrower decoder widths (skip C/4, fuse C/2) of runs saved with config version 1.
+
+    Such runs trained a context-family model (``context_net``, ``plain_net``, ``hdc_net``,
+    ``gridding_net``) whose decoder was narrower than today's default (C/2, 2C/3); passing these
+    widths to the builder rebuilds the model they saved.
+
+    Args:
+        model: a registered model name.
+        model_kwargs: the builder arguments the run was saved with.
+
+    Returns:
+        ``{"skip_channels": ..., "fuse_channels": ...}`` for a context-family model with its
+        decoder, else ``{}``.
+    """
+    if model not in CONTEXT_FAMILY or not model_kwargs.get("decoder", True):
+        return {}
+    channels = scaled(CHANNELS, model_kwargs.get("width_multiplier", 1.0))
+    return {"skip_channels": max(1, channels // 4), "fuse_channels": max(1, channels // 2)}

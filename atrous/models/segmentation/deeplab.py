@@ -6,8 +6,18 @@
   segmentation": the same encoder plus a decoder fed by the stride-4 features.
 
 ASPP rates default to the paper's for the chosen output stride ((6, 12, 18) at 16, doubled at
-8); other rates warn (``RateWarning``). See ``atrous.models.segmentation.resnet`` for what
-output stride costs in compute and memory.
+8); other rates warn (``RateWarning``). See ``atrous.models.segmentation.backbones.resnet`` for
+what output stride costs in compute and memory.
+
+``aux_loss=True`` adds an ``FCNHead`` on ``layer3`` as a second, auxiliary classifier for
+training (torchvision's ``aux_loss``, mmsegmentation's ``auxiliary_head``). In training mode such a
+model returns ``{"out": logits, "aux": aux_logits}``, both at the input size, and the caller adds
+the auxiliary loss (torchvision's reference weighs it 0.5, mmsegmentation 0.4); in eval mode it
+skips the auxiliary head and returns the logits tensor, as a model without it always does. The
+v3 model's ``backbone``, ``classifier`` and ``aux_classifier`` are laid out as torchvision's
+``deeplabv3_resnet50/101``; ``head="torchvision"`` builds torchvision's head itself (a 3x3
+conv-BN-ReLU after ASPP, BatchNorm in the image-pooling branch, dropout 0.5), into which
+torchvision's checkpoints load key for key (``atrous.models.load_weights``).
 """
 
 from __future__ import annotations
@@ -20,24 +30,32 @@ from torch import nn
 from atrous.models._checks import check_bool, check_int, check_sequence
 from atrous.models._features import FeatureExtractor
 from atrous.models._registry import register_model
-from atrous.models.segmentation._common import resize_to, scaled
-from atrous.models.segmentation.aspp import ASPP, paper_rates
-from atrous.models.segmentation.heads import DeepLabV3PlusDecoder
-from atrous.models.segmentation.resnet import ResNet, build_resnet
+from atrous.models.segmentation._common import AUX_LAYER, classify, resize_to, scaled
+from atrous.models.segmentation.backbones import ResNet, build_resnet
+from atrous.models.segmentation.blocks import ASPP, paper_rates
+from atrous.models.segmentation.heads import DeepLabHead, DeepLabV3PlusDecoder, FCNHead
+
+HEADS = ("paper", "torchvision")
 
 
 class DeepLabV3(nn.Module):
     """Backbone -> ASPP -> 1x1 classifier -> bilinear upsampling to the input size.
 
     Args:
-        backbone: a module with ``out_channels`` and ``output_stride`` returning its last map.
+        backbone: a ``ResNet`` (children run in order; ``layer3`` feeds the auxiliary head).
         num_classes: output channels.
         aspp_channels: ASPP width.
         rates: ASPP rates; default: the paper's for the backbone's output stride.
         separable: depthwise-separable ASPP branches.
+        aux_loss: add ``aux_classifier``, an ``FCNHead`` on ``layer3`` (used in training mode only).
+        extra_conv: the 3x3 conv-BN-ReLU torchvision's head has before its classifier (see
+            :class:`~atrous.models.segmentation.heads.DeepLabHead`).
+        pooling_norm: BatchNorm in ASPP's image-pooling branch, as torchvision's (batch size >= 2 to train).
+        dropout: dropout after the ASPP projection (0.1; torchvision's is 0.5).
 
     Shape:
-        ``(N, C_in, H, W)`` -> logits ``(N, num_classes, H, W)``.
+        ``(N, C_in, H, W)`` -> logits ``(N, num_classes, H, W)``; in training mode with
+        ``aux_loss``, ``{"out": logits, "aux": aux_logits}`` of that shape each.
     """
 
     def __init__(
@@ -48,19 +66,24 @@ class DeepLabV3(nn.Module):
         aspp_channels: int = 256,
         rates: Sequence[int] | None = None,
         separable: bool = False,
+        aux_loss: bool = False,
+        extra_conv: bool = False,
+        pooling_norm: bool = False,
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
         check_int("num_classes", num_classes)
+        check_bool("aux_loss", aux_loss)
         self.backbone = backbone
         self.output_stride = backbone.output_stride
         rates = paper_rates(self.output_stride) if rates is None else check_sequence("rates", rates)
-        self.aspp = ASPP(backbone.out_channels, aspp_channels, rates, separable=separable,
-                         output_stride=self.output_stride)
-        self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
+        self.classifier = DeepLabHead(backbone.out_channels, num_classes, channels=aspp_channels, rates=rates,
+                                      separable=separable, dropout=dropout, output_stride=self.output_stride,
+                                      extra_conv=extra_conv, pooling_norm=pooling_norm)
+        self.aux_classifier = FCNHead(backbone.stage_channels[2], num_classes) if aux_loss else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(x)  # (N, C, H / OS, W / OS)
-        return resize_to(self.classifier(self.aspp(features)), x.shape[-2:])
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        return classify(self.backbone, self.classifier, self.aux_classifier, x, training=self.training)
 
 
 class DeepLabV3Plus(nn.Module):
@@ -73,9 +96,11 @@ class DeepLabV3Plus(nn.Module):
         reduce_channels: low-level channels after reduction (48 in the paper).
         rates: ASPP rates; default: the paper's for the backbone's output stride.
         separable: depthwise-separable ASPP and decoder convs.
+        aux_loss: add ``aux_classifier``, an ``FCNHead`` on ``layer3`` (used in training mode only).
 
     Shape:
-        ``(N, C_in, H, W)`` -> logits ``(N, num_classes, H, W)``.
+        ``(N, C_in, H, W)`` -> logits ``(N, num_classes, H, W)``; in training mode with
+        ``aux_loss``, ``{"out": logits, "aux": aux_logits}`` of that shape each.
     """
 
     def __init__(
@@ -87,47 +112,70 @@ class DeepLabV3Plus(nn.Module):
         reduce_channels: int = 48,
         rates: Sequence[int] | None = None,
         separable: bool = True,
+        aux_loss: bool = False,
     ) -> None:
         super().__init__()
         check_int("num_classes", num_classes)
+        check_bool("aux_loss", aux_loss)
         self.output_stride = backbone.output_stride
-        self.features = FeatureExtractor(backbone, {"layer1": "low", "layer4": "out"})
+        layers = {"layer1": "low", AUX_LAYER: "aux", "layer4": "out"} if aux_loss else {"layer1": "low", "layer4": "out"}
+        self.features = FeatureExtractor(backbone, layers)
         rates = paper_rates(self.output_stride) if rates is None else check_sequence("rates", rates)
         self.aspp = ASPP(backbone.out_channels, aspp_channels, rates, separable=separable,
                          output_stride=self.output_stride)
-        self.decoder = DeepLabV3PlusDecoder(backbone.low_level_channels, aspp_channels, num_classes,
+        self.decoder = DeepLabV3PlusDecoder(backbone.stage_channels[0], aspp_channels, num_classes,
                                             reduce_channels=reduce_channels, channels=aspp_channels,
                                             separable=separable)
+        self.aux_classifier = FCNHead(backbone.stage_channels[2], num_classes) if aux_loss else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         features = self.features(x)  # low: (N, C_low, H/4, W/4), out: (N, C, H/OS, W/OS)
-        logits = self.decoder(features["low"], self.aspp(features["out"]))
-        return resize_to(logits, x.shape[-2:])
+        logits = resize_to(self.decoder(features["low"], self.aspp(features["out"])), x.shape[-2:])
+        if self.aux_classifier is None or not self.training:
+            return logits
+        return {"out": logits, "aux": resize_to(self.aux_classifier(features["aux"]), x.shape[-2:])}
 
 
-def _deeplab(
-    version: str,
-    depth: int,
-    *,
-    num_classes: int,
-    in_channels: int,
-    output_stride: int,
-    multi_grid: Sequence[int] | None,
-    rates: Sequence[int] | None,
-    separable: bool,
-    width_multiplier: float,
-) -> nn.Module:
+def _deeplabv3(depth: int, *, num_classes: int, in_channels: int, output_stride: int,
+               multi_grid: Sequence[int] | None, rates: Sequence[int] | None, separable: bool, aux_loss: bool,
+               head: str, width_multiplier: float) -> DeepLabV3:
+    check_bool("separable", separable)
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS} ('paper': ASPP then the classifier; 'torchvision': "
+                         f"torchvision's head, whose checkpoints load by key), got {head!r}")
+    backbone = build_resnet(depth, output_stride=output_stride, multi_grid=multi_grid, in_channels=in_channels,
+                            width_multiplier=width_multiplier)
+    torchvision = head == "torchvision"
+    return DeepLabV3(backbone, num_classes, aspp_channels=scaled(256, width_multiplier), rates=rates,
+                     separable=separable, aux_loss=aux_loss, extra_conv=torchvision, pooling_norm=torchvision,
+                     dropout=0.5 if torchvision else 0.1)
+
+
+def _deeplabv3plus(depth: int, *, num_classes: int, in_channels: int, output_stride: int,
+                   multi_grid: Sequence[int] | None, rates: Sequence[int] | None, separable: bool, aux_loss: bool,
+                   width_multiplier: float) -> DeepLabV3Plus:
     check_bool("separable", separable)
     backbone = build_resnet(depth, output_stride=output_stride, multi_grid=multi_grid, in_channels=in_channels,
                             width_multiplier=width_multiplier)
-    width = scaled(256, width_multiplier)
-    if version == "v3":
-        return DeepLabV3(backbone, num_classes, aspp_channels=width, rates=rates, separable=separable)
-    return DeepLabV3Plus(backbone, num_classes, aspp_channels=width, reduce_channels=scaled(48, width_multiplier),
-                         rates=rates, separable=separable)
+    return DeepLabV3Plus(backbone, num_classes, aspp_channels=scaled(256, width_multiplier),
+                         reduce_channels=scaled(48, width_multiplier), rates=rates, separable=separable,
+                         aux_loss=aux_loss)
 
 
-_DOC_ARGS = """
+@register_model(task="segmentation")
+def deeplabv3_resnet50(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    output_stride: int = 16,
+    multi_grid: Sequence[int] | None = None,
+    rates: Sequence[int] | None = None,
+    separable: bool = False,
+    aux_loss: bool = False,
+    head: str = "paper",
+    width_multiplier: float = 1.0,
+) -> DeepLabV3:
+    """DeepLab v3 on ResNet-50.
 
     Args:
         num_classes: output channels (21 for PASCAL VOC).
@@ -135,34 +183,90 @@ _DOC_ARGS = """
         output_stride: 8, 16 (default, the paper's training setting) or 32.
         multi_grid: unit rates of the last stage, e.g. ``(1, 2, 4)``; ``None`` keeps the fields.
         rates: ASPP rates; default ``(6, 12, 18) * 16 / output_stride``.
-        separable: depthwise-separable ASPP (and decoder) convs.
+        separable: depthwise-separable ASPP convs.
+        aux_loss: an auxiliary ``FCNHead`` on ``layer3``; in training mode the model then returns
+            ``{"out": logits, "aux": aux_logits}`` (see the module docstring).
+        head: ``"paper"`` (ASPP then the 1x1 classifier; trains at batch size 1) or ``"torchvision"``
+            (torchvision's head: a 3x3 conv-BN-ReLU after ASPP, BatchNorm in the image-pooling branch,
+            dropout 0.5), for torchvision's checkpoints; with ``output_stride=8`` and ``aux_loss=True``
+            such a model computes what torchvision's ``deeplabv3_resnet50`` does.
         width_multiplier: scales every width (e.g. 0.0625 for a tiny test model).
-"""
+    """
+    return _deeplabv3(50, num_classes=num_classes, in_channels=in_channels, output_stride=output_stride,
+                      multi_grid=multi_grid, rates=rates, separable=separable, aux_loss=aux_loss, head=head,
+                      width_multiplier=width_multiplier)
 
 
-def _preset(version: str, depth: int, separable_default: bool):
-    def builder(
-        *,
-        num_classes: int = 21,
-        in_channels: int = 3,
-        output_stride: int = 16,
-        multi_grid: Sequence[int] | None = None,
-        rates: Sequence[int] | None = None,
-        separable: bool = separable_default,
-        width_multiplier: float = 1.0,
-    ) -> nn.Module:
-        return _deeplab(version, depth, num_classes=num_classes, in_channels=in_channels,
-                        output_stride=output_stride, multi_grid=multi_grid, rates=rates, separable=separable,
-                        width_multiplier=width_multiplier)
-
-    name = "deeplabv3" if version == "v3" else "deeplabv3plus"
-    builder.__name__ = builder.__qualname__ = f"{name}_resnet{depth}"
-    builder.__doc__ = f"DeepLab {version} on ResNet-{depth}." + _DOC_ARGS
-    return register_model(builder, task="segmentation")
+@register_model(task="segmentation")
+def deeplabv3_resnet18(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    output_stride: int = 16,
+    multi_grid: Sequence[int] | None = None,
+    rates: Sequence[int] | None = None,
+    separable: bool = False,
+    aux_loss: bool = False,
+    head: str = "paper",
+    width_multiplier: float = 1.0,
+) -> DeepLabV3:
+    """DeepLab v3 on ResNet-18; arguments as :func:`deeplabv3_resnet50`."""
+    return _deeplabv3(18, num_classes=num_classes, in_channels=in_channels, output_stride=output_stride,
+                      multi_grid=multi_grid, rates=rates, separable=separable, aux_loss=aux_loss, head=head,
+                      width_multiplier=width_multiplier)
 
 
-deeplabv3_resnet18 = _preset("v3", 18, False)
-deeplabv3_resnet50 = _preset("v3", 50, False)
-deeplabv3_resnet101 = _preset("v3", 101, False)
-deeplabv3plus_resnet18 = _preset("v3+", 18, True)
-deeplabv3plus_resnet50 = _preset("v3+", 50, True)
+@register_model(task="segmentation")
+def deeplabv3_resnet101(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    output_stride: int = 16,
+    multi_grid: Sequence[int] | None = None,
+    rates: Sequence[int] | None = None,
+    separable: bool = False,
+    aux_loss: bool = False,
+    head: str = "paper",
+    width_multiplier: float = 1.0,
+) -> DeepLabV3:
+    """DeepLab v3 on ResNet-101; arguments as :func:`deeplabv3_resnet50`."""
+    return _deeplabv3(101, num_classes=num_classes, in_channels=in_channels, output_stride=output_stride,
+                      multi_grid=multi_grid, rates=rates, separable=separable, aux_loss=aux_loss, head=head,
+                      width_multiplier=width_multiplier)
+
+
+@register_model(task="segmentation")
+def deeplabv3plus_resnet50(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    output_stride: int = 16,
+    multi_grid: Sequence[int] | None = None,
+    rates: Sequence[int] | None = None,
+    separable: bool = True,
+    aux_loss: bool = False,
+    width_multiplier: float = 1.0,
+) -> DeepLabV3Plus:
+    """DeepLab v3+ on ResNet-50; arguments as :func:`deeplabv3_resnet50`, with depthwise-separable
+    ASPP and decoder convs by default, as in the paper."""
+    return _deeplabv3plus(50, num_classes=num_classes, in_channels=in_channels, output_stride=output_stride,
+                          multi_grid=multi_grid, rates=rates, separable=separable, aux_loss=aux_loss,
+                          width_multiplier=width_multiplier)
+
+
+@register_model(task="segmentation")
+def deeplabv3plus_resnet18(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    output_stride: int = 16,
+    multi_grid: Sequence[int] | None = None,
+    rates: Sequence[int] | None = None,
+    separable: bool = True,
+    aux_loss: bool = False,
+    width_multiplier: float = 1.0,
+) -> DeepLabV3Plus:
+    """DeepLab v3+ on ResNet-18; arguments as :func:`deeplabv3plus_resnet50`."""
+    return _deeplabv3plus(18, num_classes=num_classes, in_channels=in_channels, output_stride=output_stride,
+                          multi_grid=multi_grid, rates=rates, separable=separable, aux_loss=aux_loss,
+                          width_multiplier=width_multiplier)

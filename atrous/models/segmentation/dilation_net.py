@@ -16,8 +16,8 @@ from torch import nn
 from atrous.models._checks import check_int
 from atrous.models._registry import register_model
 from atrous.models.segmentation._common import resize_to
-from atrous.models.segmentation.context import ContextModule
-from atrous.models.segmentation.vgg import VGG16Trunk
+from atrous.models.segmentation.backbones import VGG16Trunk
+from atrous.models.segmentation.blocks import ContextModule
 
 
 class DilationNet(nn.Module):
@@ -60,16 +60,25 @@ class DilationNet(nn.Module):
 
 
 @register_model(task="segmentation")
-def dilation8_vgg16(*, num_classes: int = 21, in_channels: int = 3, context: str | None = "large",
+def dilation8_vgg16(*, num_classes: int, in_channels: int = 3, context: str | None = "large",
                     width_multiplier: float = 1.0, dropout: float = 0.5) -> DilationNet:
-    """Yu & Koltun's Dilation8: VGG-16 front end plus a (large by default) context module."""
+    """Yu & Koltun's Dilation8: VGG-16 front end plus a (large by default) context module.
+
+    Args:
+        num_classes: output channels and the context module's width (21 for PASCAL VOC).
+        in_channels: input channels.
+        context: ``"basic"``, ``"large"`` or ``None`` (the front end alone).
+        width_multiplier: scales the trunk's widths.
+        dropout: dropout after fc6 and fc7.
+    """
     return DilationNet("frontend", num_classes, in_channels=in_channels, context=context,
                        width_multiplier=width_multiplier, dropout=dropout)
 
 
 @register_model(task="segmentation")
-def deeplabv1_largefov_vgg16(*, num_classes: int = 21, in_channels: int = 3, width_multiplier: float = 1.0,
+def deeplabv1_largefov_vgg16(*, num_classes: int, in_channels: int = 3, width_multiplier: float = 1.0,
                              dropout: float = 0.5) -> DilationNet:
-    """DeepLab-LargeFOV (v1, no CRF): VGG-16 at output stride 8, fc6 3x3 at rate 12, 1024 wide."""
+    """DeepLab-LargeFOV (v1, no CRF): VGG-16 at output stride 8, fc6 3x3 at rate 12, 1024 wide;
+    arguments as :func:`dilation8_vgg16`, without ``context``."""
     return DilationNet("largefov", num_classes, in_channels=in_channels, context=None,
                        width_multiplier=width_multiplier, dropout=dropout)

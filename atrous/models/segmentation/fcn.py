@@ -1,9 +1,13 @@
-"""FCN-8s on VGG-16, the baseline the dilation papers compare against.
+"""FCNs: FCN-8s on VGG-16, the baseline the dilation papers compare against, and torchvision's FCN
+on a dilated ResNet.
 
-Long et al. 2015, "Fully convolutional networks for semantic segmentation": class scores from
-fc7 (stride 32) are upsampled 2x by a learned deconvolution initialised to bilinear
-interpolation, added to scores from pool4, upsampled 2x again, added to scores from pool3,
-and upsampled 8x bilinearly. The skip scorers start at zero, so training starts from FCN-32s.
+- FCN-8s: Long et al. 2015, "Fully convolutional networks for semantic segmentation": class scores
+  from fc7 (stride 32) are upsampled 2x by a learned deconvolution initialised to bilinear
+  interpolation, added to scores from pool4, upsampled 2x again, added to scores from pool3, and
+  upsampled 8x bilinearly. The skip scorers start at zero, so training starts from FCN-32s.
+- FCN-ResNet (torchvision's ``fcn_resnet50/101``): the FCN head (a 3x3 conv-BN-ReLU and a 1x1
+  classifier) on a ResNet dilated to output stride 8 as DeepLab does (Chen et al. 2017), with an
+  optional auxiliary head on ``layer3``; laid out as torchvision's, so its checkpoints load by key.
 """
 
 from __future__ import annotations
@@ -11,11 +15,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from atrous.models._checks import check_int
+from collections.abc import Sequence
+
+from atrous.models._checks import check_bool, check_int
 from atrous.models._features import FeatureExtractor
 from atrous.models._registry import register_model
-from atrous.models.segmentation._common import resize_to
-from atrous.models.segmentation.vgg import VGG16Trunk
+from atrous.models.segmentation._common import classify, resize_to
+from atrous.models.segmentation.backbones import ResNet, VGG16Trunk, build_resnet
+from atrous.models.segmentation.heads import FCNHead
 
 
 def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
@@ -73,7 +80,76 @@ class FCN8s(nn.Module):
 
 
 @register_model(task="segmentation")
-def fcn8s_vgg16(*, num_classes: int = 21, in_channels: int = 3, width_multiplier: float = 1.0,
+def fcn8s_vgg16(*, num_classes: int, in_channels: int = 3, width_multiplier: float = 1.0,
                 dropout: float = 0.5) -> FCN8s:
-    """FCN-8s on VGG-16 (output stride 32 with pool3/pool4 skips)."""
+    """FCN-8s on VGG-16 (output stride 32 with pool3/pool4 skips).
+
+    Args:
+        num_classes: output channels (21 for PASCAL VOC).
+        in_channels: input channels.
+        width_multiplier: scales the trunk's widths.
+        dropout: dropout after fc6 and fc7.
+    """
     return FCN8s(num_classes, in_channels=in_channels, width_multiplier=width_multiplier, dropout=dropout)
+
+
+class FCNResNet(nn.Module):
+    """Dilated ResNet -> ``FCNHead`` -> bilinear upsampling to the input size (torchvision's FCN).
+
+    Args:
+        backbone: a ``ResNet`` (children run in order; ``layer3`` feeds the auxiliary head).
+        num_classes: output channels.
+        aux_loss: add ``aux_classifier``, an ``FCNHead`` on ``layer3`` (used in training mode only).
+
+    Shape:
+        ``(N, C_in, H, W)`` -> logits ``(N, num_classes, H, W)``; in training mode with
+        ``aux_loss``, ``{"out": logits, "aux": aux_logits}`` of that shape each.
+    """
+
+    def __init__(self, backbone: ResNet, num_classes: int, *, aux_loss: bool = False) -> None:
+        super().__init__()
+        check_int("num_classes", num_classes)
+        check_bool("aux_loss", aux_loss)
+        self.backbone = backbone
+        self.output_stride = backbone.output_stride
+        self.classifier = FCNHead(backbone.out_channels, num_classes)
+        self.aux_classifier = FCNHead(backbone.stage_channels[2], num_classes) if aux_loss else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        return classify(self.backbone, self.classifier, self.aux_classifier, x, training=self.training)
+
+
+def _fcn_resnet(depth: int, *, num_classes: int, in_channels: int, output_stride: int,
+                multi_grid: Sequence[int] | None, aux_loss: bool, width_multiplier: float) -> FCNResNet:
+    backbone = build_resnet(depth, output_stride=output_stride, multi_grid=multi_grid, in_channels=in_channels,
+                            width_multiplier=width_multiplier)
+    return FCNResNet(backbone, num_classes, aux_loss=aux_loss)
+
+
+@register_model(task="segmentation")
+def fcn_resnet50(*, num_classes: int, in_channels: int = 3, output_stride: int = 8,
+                 multi_grid: Sequence[int] | None = None, aux_loss: bool = False,
+                 width_multiplier: float = 1.0) -> FCNResNet:
+    """FCN on ResNet-50 at output stride 8, torchvision's ``fcn_resnet50``.
+
+    Args:
+        num_classes: output channels (21 for PASCAL VOC).
+        in_channels: input channels.
+        output_stride: 8 (default, torchvision's), 16 or 32.
+        multi_grid: unit rates of the last stage, e.g. ``(1, 2, 4)``; ``None`` keeps the fields.
+        aux_loss: an auxiliary ``FCNHead`` on ``layer3``; in training mode the model then returns
+            ``{"out": logits, "aux": aux_logits}``.
+        width_multiplier: scales every width (e.g. 0.0625 for a tiny test model).
+    """
+    return _fcn_resnet(50, num_classes=num_classes, in_channels=in_channels, output_stride=output_stride,
+                       multi_grid=multi_grid, aux_loss=aux_loss, width_multiplier=width_multiplier)
+
+
+@register_model(task="segmentation")
+def fcn_resnet101(*, num_classes: int, in_channels: int = 3, output_stride: int = 8,
+                  multi_grid: Sequence[int] | None = None, aux_loss: bool = False,
+                  width_multiplier: float = 1.0) -> FCNResNet:
+    """FCN on ResNet-101 at output stride 8, torchvision's ``fcn_resnet101``; arguments as
+    :func:`fcn_resnet50`."""
+    return _fcn_resnet(101, num_classes=num_classes, in_channels=in_channels, output_stride=output_stride,
+                       multi_grid=multi_grid, aux_loss=aux_loss, width_multiplier=width_multiplier)

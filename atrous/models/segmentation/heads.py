@@ -1,34 +1,40 @@
-"""Segmentation heads and blocks: the FCN head, the DeepLab v3+ decoder and an HDC block.
+"""Segmentation heads: feature map(s) in, class logits out at the feature resolution.
 
-- FCN head: Long et al. 2015, "Fully convolutional networks for semantic segmentation".
-- Decoder: Chen et al. 2018, "Encoder-decoder with atrous separable convolution" (DeepLab v3+):
-  upsample the ASPP output 4x, concatenate 48 reduced low-level channels, refine with two 3x3
-  convs.
-- HDC: Wang et al. 2018, "Understanding convolution for semantic segmentation": consecutive
-  rates with no common factor > 1 (e.g. 1, 2, 5) so the stack covers every input pixel.
+- ``FCNHead``: Long et al. 2015, "Fully convolutional networks for semantic segmentation"; a
+  3x3 conv-BN-ReLU and a 1x1 classifier. DeepLab v3 uses it as the auxiliary head on ``layer3``
+  (as torchvision's ``aux_loss=True`` and mmsegmentation's ``auxiliary_head`` do).
+- ``DeepLabHead``: Chen et al. 2017, "Rethinking atrous convolution for semantic image
+  segmentation" (DeepLab v3): ASPP then a 1x1 classifier.
+- ``DeepLabV3PlusDecoder``: Chen et al. 2018, "Encoder-decoder with atrous separable
+  convolution" (DeepLab v3+): upsample the ASPP output 4x, concatenate 48 reduced low-level
+  channels, refine with two 3x3 convs.
+
+``FCNHead`` and ``DeepLabHead`` number their layers as torchvision's heads of the same names, so
+torchvision's ``classifier`` and ``aux_classifier`` weights load by key (ASPP's pooling branch
+aside unless ``pooling_norm=True``, see :class:`~atrous.models.segmentation.blocks.ASPPPooling`).
 """
 
 from __future__ import annotations
 
-import math
-import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from atrous.models._checks import check_bool, check_float, check_int, check_sequence
-from atrous.models.segmentation._common import ConvBNReLU, resize_to
-from atrous.models.segmentation.aspp import RateWarning, SeparableConv2d
+from atrous.models._checks import check_bool, check_float, check_int
+from atrous.models.segmentation._common import resize_to
+from atrous.models.segmentation.blocks import ASPP, PAPER_RATES, ConvBNReLU, SeparableConv2d
+from atrous.ops import DilatedConv2d
 
 
 class FCNHead(nn.Sequential):
-    """3x3 conv-BN-ReLU (``in_channels / 4`` wide) -> dropout -> 1x1 classifier.
+    """3x3 conv (``in_channels / 4`` wide) -> BN -> ReLU -> dropout -> 1x1 classifier.
 
     Args:
         in_channels: channels of the feature map.
         num_classes: output channels.
-        hidden_channels: width of the 3x3 layer; default ``in_channels // 4``.
+        hidden_channels: width of the 3x3 layer; default ``in_channels // 4`` (torchvision's).
         dropout: dropout before the classifier.
 
     Shape:
@@ -42,7 +48,63 @@ class FCNHead(nn.Sequential):
         check_int("num_classes", num_classes)
         hidden = max(1, in_channels // 4) if hidden_channels is None else check_int("hidden_channels", hidden_channels)
         check_float("dropout", dropout, low=0.0, high=1.0)
-        super().__init__(ConvBNReLU(in_channels, hidden, 3), nn.Dropout(dropout), nn.Conv2d(hidden, num_classes, 1))
+        super().__init__(
+            DilatedConv2d(in_channels, hidden, 3, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Conv2d(hidden, num_classes, 1),
+        )
+
+
+class DeepLabHead(nn.Sequential):
+    """ASPP -> (optional 3x3 conv-BN-ReLU) -> 1x1 classifier: DeepLab v3's head.
+
+    The paper classifies the ASPP output directly; torchvision's and mmsegmentation's heads put a
+    3x3 conv-BN-ReLU in between (``extra_conv=True``). The layers keep torchvision's indices either
+    way (``0`` ASPP, ``1``-``3`` the extra conv, ``4`` the classifier), so a head without the extra
+    conv has no ``1``-``3`` and ``head[1]`` is its classifier.
+
+    Args:
+        in_channels: channels of the backbone feature map.
+        num_classes: output channels.
+        channels: ASPP width (256 in the paper).
+        rates: ASPP rates.
+        separable: depthwise-separable ASPP branches.
+        dropout: dropout after the ASPP projection.
+        output_stride: if given, ASPP warns when ``rates`` differ from the paper's for it.
+        extra_conv: the 3x3 conv-BN-ReLU of torchvision's head.
+        pooling_norm: ASPP's image-pooling branch with torchvision's BatchNorm (no training at
+            batch size 1); with ``extra_conv=True`` and ``dropout=0.5`` the head is torchvision's.
+
+    Shape:
+        ``(N, in_channels, H, W)`` -> ``(N, num_classes, H, W)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        channels: int = 256,
+        rates: Sequence[int] = PAPER_RATES,
+        separable: bool = False,
+        dropout: float = 0.1,
+        output_stride: int | None = None,
+        extra_conv: bool = False,
+        pooling_norm: bool = False,
+    ) -> None:
+        check_int("num_classes", num_classes)
+        check_bool("extra_conv", extra_conv)
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        layers["0"] = ASPP(in_channels, channels, rates, separable=separable, dropout=dropout,
+                           output_stride=output_stride, pooling_norm=pooling_norm)
+        if extra_conv:
+            layers["1"] = DilatedConv2d(channels, channels, 3, bias=False)
+            layers["2"] = nn.BatchNorm2d(channels)
+            layers["3"] = nn.ReLU(inplace=True)
+        layers["4"] = nn.Conv2d(channels, num_classes, 1)
+        super().__init__(layers)
 
 
 class DeepLabV3PlusDecoder(nn.Module):
@@ -88,46 +150,3 @@ class DeepLabV3PlusDecoder(nn.Module):
         encoded = resize_to(encoded, low.shape[-2:])  # (N, C_enc, h, w)
         fused = torch.cat([encoded, self.reduce(low)], dim=1)
         return self.classifier(self.refine(fused))
-
-
-class HDCBlock(nn.Module):
-    """Hybrid dilated convolution: conv-BN-ReLU at each rate, plus a residual connection.
-
-    Args:
-        channels: channels in and out.
-        rates: dilation of each 3x3 layer; a common factor > 1 warns (``RateWarning``), since
-            then the stack only ever reads a sub-lattice of its input (gridding).
-        residual: add the input to the output.
-
-    Shape:
-        ``(N, channels, H, W)`` -> ``(N, channels, H, W)``.
-    """
-
-    def __init__(self, channels: int, rates: Sequence[int] = (1, 2, 5), *, residual: bool = True) -> None:
-        super().__init__()
-        check_int("channels", channels)
-        check_bool("residual", residual)
-        rates = check_sequence("rates", rates)
-        if not rates:
-            raise ValueError("rates must name at least one dilation, got an empty sequence")
-        for rate in rates:
-            check_int("rates", rate)
-        if math.gcd(*rates) > 1:
-            warnings.warn(
-                f"HDC rates {rates} share the factor {math.gcd(*rates)}: the block reads only every "
-                f"{math.gcd(*rates)}-th pixel (gridding); HDC asks for rates like (1, 2, 5)",
-                RateWarning,
-                stacklevel=2,
-            )
-        self.rates = rates
-        self.residual = residual
-        self.layers = nn.Sequential(*(ConvBNReLU(channels, channels, 3, dilation=rate) for rate in rates))
-
-    @property
-    def receptive_field(self) -> int:
-        """Receptive field along each axis: ``1 + 2 * sum(rates)``."""
-        return 1 + 2 * sum(self.rates)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.layers(x)
-        return out + x if self.residual else out

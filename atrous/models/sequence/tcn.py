@@ -12,17 +12,17 @@ Receptive field: ``1 + 2 (k - 1) (2**levels - 1)``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from atrous.models._checks import check_bool, check_float, check_int
-
-MAX_LEVELS = 32  # dilation 2**31 in the last level
 from atrous.models._registry import register_model
 from atrous.ops.layers import CausalConv1d, DilatedConv1d
+
+MAX_LEVELS = 32  # dilation 2**31 in the last level
 
 
 @dataclass
@@ -51,7 +51,7 @@ class TCNConfig:
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, dilation: int, causal: bool) -> nn.Module:
     if causal:
-        conv = CausalConv1d(in_channels, out_channels, kernel_size, dilation)
+        conv = CausalConv1d(in_channels, out_channels, kernel_size, dilation=dilation)
     else:
         conv = DilatedConv1d(in_channels, out_channels, kernel_size, padding="same", dilation=dilation)
     # No N(0, std) here: in the paper's code the normal init of the weight-normalised convs is
@@ -156,9 +156,28 @@ class TCN(nn.Module):
 
 
 @register_model(task="sequence")
-def tcn(**kwargs) -> TCN:
-    """TCN (Bai et al. 2018); keyword arguments are the fields of :class:`TCNConfig`."""
-    unknown = set(kwargs) - set(asdict(TCNConfig()))
-    if unknown:
-        raise TypeError(f"tcn got unknown arguments {sorted(unknown)}; allowed: {sorted(asdict(TCNConfig()))}")
-    return TCN(TCNConfig(**kwargs))
+def tcn(
+    *,
+    in_channels: int = TCNConfig.in_channels,
+    out_channels: int = TCNConfig.out_channels,
+    hidden: int = TCNConfig.hidden,
+    levels: int = TCNConfig.levels,
+    kernel_size: int = TCNConfig.kernel_size,
+    dropout: float = TCNConfig.dropout,
+    causal: bool = TCNConfig.causal,
+    init_std: float = TCNConfig.init_std,
+) -> TCN:
+    """TCN (Bai et al. 2018); defaults: the paper's adding-problem model.
+
+    Args:
+        in_channels: input channels per time step.
+        out_channels: outputs per time step (of the 1x1 head).
+        hidden: channels of every temporal block.
+        levels: temporal blocks; block ``i`` has dilation ``2**i``.
+        kernel_size: kernel of every dilated convolution.
+        dropout: dropout after each activation, in [0, 1).
+        causal: causal (left) padding; ``False`` pads both sides and sees the future.
+        init_std: std of the normal init of the 1x1 projections and head (0: PyTorch's default).
+    """
+    return TCN(TCNConfig(in_channels=in_channels, out_channels=out_channels, hidden=hidden, levels=levels,
+                         kernel_size=kernel_size, dropout=dropout, causal=causal, init_std=init_std))

@@ -13,19 +13,19 @@ One block of rates 1..512 sees ``1 + 1023 = 1024`` samples; three blocks see ``3
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from atrous.models._checks import check_int
-
-MAX_LAYERS = 32  # layers per block: dilation 2**31 in the last
-MAX_BLOCKS = 1024
 from atrous.models._registry import register_model
 from atrous.ops.layers import CausalConv1d
 from atrous.ops.padding import kernel_extent
+
+MAX_LAYERS = 32  # layers per block: dilation 2**31 in the last
+MAX_BLOCKS = 1024
 
 
 @dataclass
@@ -73,7 +73,8 @@ class GatedResidualLayer(nn.Module):
     def __init__(self, config: WaveNetConfig, dilation: int, *, residual: bool = True) -> None:
         super().__init__()
         half = config.gate_channels // 2
-        self.dilated = CausalConv1d(config.residual_channels, config.gate_channels, config.kernel_size, dilation)
+        self.dilated = CausalConv1d(config.residual_channels, config.gate_channels, config.kernel_size,
+                                    dilation=dilation)
         self.local = None
         if config.local_channels:
             self.local = nn.Conv1d(config.local_channels, config.gate_channels, 1, bias=False)
@@ -199,9 +200,30 @@ def upsample_condition(condition: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 @register_model(task="sequence")
-def wavenet(**kwargs) -> WaveNet:
-    """WaveNet; keyword arguments are the fields of :class:`WaveNetConfig`."""
-    unknown = set(kwargs) - set(asdict(WaveNetConfig()))
-    if unknown:
-        raise TypeError(f"wavenet got unknown arguments {sorted(unknown)}; allowed: {sorted(asdict(WaveNetConfig()))}")
-    return WaveNet(WaveNetConfig(**kwargs))
+def wavenet(
+    *,
+    classes: int = WaveNetConfig.classes,
+    blocks: int = WaveNetConfig.blocks,
+    layers: int = WaveNetConfig.layers,
+    residual_channels: int = WaveNetConfig.residual_channels,
+    gate_channels: int = WaveNetConfig.gate_channels,
+    skip_channels: int = WaveNetConfig.skip_channels,
+    kernel_size: int = WaveNetConfig.kernel_size,
+    global_classes: int = WaveNetConfig.global_classes,
+    local_channels: int = WaveNetConfig.local_channels,
+) -> WaveNet:
+    """WaveNet (van den Oord et al. 2016); defaults: the paper's 3 blocks x 10 layers on 256 mu-law classes.
+
+    Args:
+        classes: quantisation levels of the samples, in and out (256 for 8-bit mu-law).
+        blocks: repetitions of the dilation pattern 1, 2, ..., 2**(layers - 1).
+        layers: layers per block.
+        residual_channels, gate_channels, skip_channels: widths; ``gate_channels`` holds the
+            filter and gate halves, so it is even.
+        kernel_size: kernel of the causal dilated convolutions (2 in the paper).
+        global_classes: ids of the global condition (e.g. speakers); 0 disables it.
+        local_channels: channels of the local condition at the sample rate; 0 disables it.
+    """
+    return WaveNet(WaveNetConfig(classes=classes, blocks=blocks, layers=layers, residual_channels=residual_channels,
+                                 gate_channels=gate_channels, skip_channels=skip_channels, kernel_size=kernel_size,
+                                 global_classes=global_classes, local_channels=local_channels))

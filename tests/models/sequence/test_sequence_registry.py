@@ -1,19 +1,15 @@
 """Every registered sequence model: shape, finiteness, gradients, causality, receptive field.
 
-Driven by the registry, so a new sequence model must add tiny arguments here and is then tested
-automatically. The receptive field is checked with a gradient probe, independent of the
-models' closed forms.
+Driven by the registry, so a new sequence model must add its tiny arguments to the shared table
+(``tests/tiny_models.py``) and is then tested automatically. The receptive field is checked with a
+gradient probe, independent of the models' closed forms.
 """
 
 import pytest
 import torch
+from tiny_models import SEQUENCE, create_tiny
 
 from atrous.models import create, list_models
-
-TINY = {
-    "tcn": {"in_channels": 3, "out_channels": 2, "hidden": 4, "levels": 3, "kernel_size": 3},
-    "wavenet": {"classes": 8, "blocks": 2, "layers": 3, "residual_channels": 4, "gate_channels": 6, "skip_channels": 3},
-}
 
 
 def tiny_input(name: str, model, length: int, batch: int = 2) -> torch.Tensor:
@@ -22,13 +18,13 @@ def tiny_input(name: str, model, length: int, batch: int = 2) -> torch.Tensor:
 
 
 def test_every_sequence_model_has_tiny_arguments():
-    assert set(list_models("sequence")) == set(TINY)
+    assert set(list_models("sequence")) == set(SEQUENCE)
 
 
 @pytest.mark.parametrize("name", list_models("sequence"))
 def test_shape_finite_and_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
-    model = create(name, **TINY[name])
+    model = create_tiny(name)
     x = tiny_input(name, model, 20)
     y = model(x)
     assert y.shape[0] == 2 and y.shape[2] == 20
@@ -42,7 +38,7 @@ def test_shape_finite_and_every_parameter_gets_a_gradient(name):
 def test_causal_and_receptive_field_by_gradient_probe(name):
     """d y[t] / d x[s] is nonzero exactly for t - receptive_field < s <= t."""
     torch.manual_seed(0)
-    model = create(name, **TINY[name]).double()
+    model = create_tiny(name).double()
     # Positive weights and inputs keep every ReLU open, so the probe measures the wiring: with random
     # weights the single path to the field's first sample can be closed by one dead unit.
     with torch.no_grad():
@@ -60,7 +56,7 @@ def test_causal_and_receptive_field_by_gradient_probe(name):
 @pytest.mark.parametrize("name", list_models("sequence"))
 def test_changing_a_sample_never_changes_earlier_outputs(name):
     torch.manual_seed(0)
-    model = create(name, **TINY[name]).eval()
+    model = create_tiny(name).eval()
     x = tiny_input(name, model, 30)
     for t in (0, 11, 29):
         changed = x.clone()

@@ -1,56 +1,12 @@
-"""FCN-8s upsampling, the v3+ decoder, the HDC block and the VGG-16 trunks."""
+"""VGG-16 trunks: the dilation front end is the stride-32 net made dilated, fields and parameter counts."""
 
 import math
 
-import pytest
 import torch
-import torch.nn.functional as F
 
 import atrous
-from atrous.models import create
-from atrous.models._features import FeatureExtractor
-from atrous.models.segmentation import DeepLabV3PlusDecoder, FCNHead, HDCBlock, RateWarning, VGG16Trunk, make_dilated
-from atrous.models.segmentation.fcn import _upsample2x
-
-
-def test_fcn_upsampler_starts_as_bilinear_interpolation():
-    up = _upsample2x(3)
-    x = torch.randn(1, 3, 8, 10)
-    expected = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-    # Equal away from the border, where the transposed conv sees zero padding instead of a clamp.
-    torch.testing.assert_close(up(x)[..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1])
-
-
-def test_fcn8s_starts_as_fcn32s():
-    # The skip scorers start at zero (Long et al.), so the skips contribute nothing at init.
-    model = create("fcn8s_vgg16", num_classes=2, width_multiplier=1 / 16).eval()
-    assert model.score_pool3.weight.abs().sum() == 0 and model.score_pool4.weight.abs().sum() == 0
-
-
-def test_decoder_output_is_at_low_level_resolution():
-    decoder = DeepLabV3PlusDecoder(6, 8, 3, reduce_channels=4, channels=8)
-    out = decoder(torch.randn(2, 6, 16, 12), torch.randn(2, 8, 4, 3))
-    assert out.shape == (2, 3, 16, 12)
-
-
-def test_fcn_head_shape():
-    assert FCNHead(16, 5)(torch.randn(1, 16, 7, 9)).shape == (1, 5, 7, 9)
-
-
-def test_hdc_block_field_and_gridding_warning():
-    block = HDCBlock(2, (1, 2, 5))
-    assert block.receptive_field == 17
-    assert atrous.receptive_field(block, (2, 40, 40)).size == (17, 17)
-    with pytest.warns(RateWarning, match="factor 2"):
-        HDCBlock(2, (2, 4, 8))
-
-
-def test_feature_extractor_returns_named_maps():
-    backbone = create("resnet18", output_stride=8, width_multiplier=1 / 16)
-    features = FeatureExtractor(backbone, {"layer1": "low", "layer4": "out"})(torch.randn(1, 3, 64, 64))
-    assert features["low"].shape[-2:] == (16, 16) and features["out"].shape[-2:] == (8, 8)
-    with pytest.raises(ValueError, match="return_layers"):
-        FeatureExtractor(backbone, {"layer9": "x"})
+from atrous.models import create, make_dilated
+from atrous.models.segmentation import VGG16Trunk
 
 
 def test_dilation_frontend_is_make_dilated_vgg16():
@@ -73,7 +29,7 @@ def test_vgg_trunk_fields():
     for trunk, size in (("fcn", 404), ("frontend", 380)):
         field = atrous.receptive_field(VGG16Trunk(trunk, width_multiplier=1 / 16), (3, 256, 256))
         assert field.size == (size, size), trunk
-    largefov = create("deeplabv1_largefov_vgg16", width_multiplier=1 / 16)
+    largefov = create("deeplabv1_largefov_vgg16", num_classes=2, width_multiplier=1 / 16)
     fc6 = largefov.trunk.fc6[0]
     assert (fc6.kernel_size, fc6.dilation, largefov.output_stride) == ((3, 3), (12, 12), 8)
 

@@ -28,8 +28,17 @@ from torch import nn
 
 from atrous.models._checks import check_int, check_sequence
 from atrous.models._registry import register_model
-from atrous.models.segmentation._common import check_output_stride, scaled
+from atrous.models.segmentation._common import scaled
 from atrous.ops import DilatedConv2d
+
+
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def _check_output_stride(output_stride: object) -> int:
+    if output_stride not in OUTPUT_STRIDES or isinstance(output_stride, bool):
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+    return output_stride  # type: ignore[return-value]
 
 
 def _conv3x3(in_channels: int, out_channels: int, *, stride: int, dilation: int) -> DilatedConv2d:
@@ -147,12 +156,14 @@ class ResNet(nn.Module):
 
     Shape:
         ``(N, in_channels, H, W)`` -> ``(N, out_channels, ceil(H / OS), ceil(W / OS))``, where
-        ``out_channels = 8 * base_width * expansion``.
+        ``out_channels = 8 * base_width * expansion``. ``stage_channels`` holds the output channels
+        of ``layer1`` ... ``layer4`` (``layer1`` at stride 4 feeds DeepLab v3+'s decoder, ``layer3``
+        its auxiliary head).
     """
 
     def __init__(self, config: ResNetConfig) -> None:
         super().__init__()
-        check_output_stride(config.output_stride)
+        _check_output_stride(config.output_stride)
         check_int("in_channels", config.in_channels)
         check_int("base_width", config.base_width)
         if config.multi_grid is not None:
@@ -168,6 +179,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         in_channels = width
+        stage_channels = []
         for index, (stride, dilations) in enumerate(stage_plan(config)):
             channels = width * 2**index
             blocks = []
@@ -177,8 +189,9 @@ class ResNet(nn.Module):
                 )
                 in_channels = channels * config.block.expansion
             self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
+            stage_channels.append(in_channels)
+        self.stage_channels = tuple(stage_channels)
         self.out_channels = in_channels
-        self.low_level_channels = width * config.block.expansion  # layer1, stride 4
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from atrous.models import create
 from atrous.models.segmentation import ASPP, RateWarning, check_aspp_rates, paper_rates
-from atrous.models.segmentation.aspp import ASPPConv
+from atrous.models.segmentation.blocks import ASPPConv
 
 
 def test_paper_rates_double_at_output_stride_8():
@@ -45,10 +45,10 @@ def test_deeplab_trains_at_batch_size_1():
 
 def test_branches_and_shapes():
     aspp = ASPP(8, 4, rates=(2, 3), separable=True)
-    assert [b.rate for b in aspp.branches if isinstance(b, ASPPConv)] == [2, 3]
-    assert len(aspp.branches) == 4  # 1x1, two atrous, image pooling
+    assert [b.rate for b in aspp.convs if isinstance(b, ASPPConv)] == [2, 3]
+    assert len(aspp.convs) == 4  # 1x1, two atrous, image pooling
     assert aspp(torch.randn(2, 8, 7, 5)).shape == (2, 4, 7, 5)
-    assert len(ASPP(8, 4, rates=(2, 3), image_pooling=False).branches) == 3
+    assert len(ASPP(8, 4, rates=(2, 3), image_pooling=False).convs) == 3
 
 
 def test_separable_branch_has_depthwise_plus_pointwise_parameters():
@@ -61,7 +61,7 @@ def test_separable_branch_has_depthwise_plus_pointwise_parameters():
 
 def test_image_pooling_branch_is_constant_over_space():
     aspp = ASPP(4, 3, rates=(1,)).eval()
-    pooled = aspp.branches[-1](torch.randn(2, 4, 6, 5))
+    pooled = aspp.convs[-1](torch.randn(2, 4, 6, 5))
     assert torch.equal(pooled, pooled[:, :, :1, :1].expand_as(pooled))
 
 
@@ -71,9 +71,9 @@ def test_rates_off_the_paper_convention_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ASPP(4, 4, rates=(12, 24, 36), output_stride=8)
-        create("deeplabv3_resnet18", output_stride=8, width_multiplier=1 / 16)
+        create("deeplabv3_resnet18", num_classes=3, output_stride=8, width_multiplier=1 / 16)
     with pytest.warns(RateWarning):
-        create("deeplabv3_resnet18", output_stride=16, rates=(12, 24, 36), width_multiplier=1 / 16)
+        create("deeplabv3_resnet18", num_classes=3, output_stride=16, rates=(12, 24, 36), width_multiplier=1 / 16)
 
 
 def test_rate_past_the_feature_map_warns_and_really_degenerates():
@@ -84,7 +84,7 @@ def test_rate_past_the_feature_map_warns_and_really_degenerates():
         warnings.simplefilter("error")
         aspp(torch.randn(1, 2, 9, 9))
     # The warning's claim: at rate >= size only the centre tap ever touches data.
-    branch = aspp.branches[2]
+    branch = aspp.convs[2]
     conv = branch[0]
     x = torch.randn(1, 2, 6, 7)
     centre_only = F.conv2d(x, conv.weight[:, :, 1:2, 1:2])

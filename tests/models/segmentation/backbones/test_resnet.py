@@ -78,6 +78,8 @@ def test_torchvision_layout_and_parameter_counts():
         with torch.device("meta"):
             model = create(name)
         assert sum(p.numel() for p in model.parameters()) == count, name
+        stages = (64, 128, 256, 512) if name in ("resnet18", "resnet34") else (256, 512, 1024, 2048)
+        assert model.stage_channels == stages and model.out_channels == stages[-1], name
     keys = set(model.state_dict())
     assert {"conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer4.2.conv3.weight",
             "layer3.22.bn2.num_batches_tracked"} <= keys

@@ -17,15 +17,16 @@ import torch
 from torch import nn
 
 from atrous.models._checks import check_bool, check_int, check_sequence
+from atrous.models.segmentation.blocks.conv import SeparableConv2d
 from atrous.ops import DilatedConv2d
-from atrous.ops.backend import capturing
+from atrous.ops.capture import capturing
 
 PAPER_RATES = (6, 12, 18)  # at output stride 16
 PAPER_OUTPUT_STRIDE = 16
 
 
 class RateWarning(UserWarning):
-    """An atrous rate that does not fit the output stride or the feature map."""
+    """An ASPP rate that does not fit the output stride or the feature map (see ``check_aspp_rates``)."""
 
 
 def paper_rates(output_stride: int) -> tuple[int, ...]:
@@ -70,26 +71,6 @@ def check_aspp_rates(
             )
 
 
-class SeparableConv2d(nn.Sequential):
-    """Depthwise 3x3 atrous conv -> BN -> ReLU -> pointwise 1x1 -> BN -> ReLU (DeepLab v3+).
-
-    Shape:
-        ``(N, in_channels, H, W)`` -> ``(N, out_channels, H, W)``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, *, dilation: int = 1) -> None:
-        check_int("in_channels", in_channels)
-        check_int("out_channels", out_channels)
-        super().__init__(
-            DilatedConv2d(in_channels, in_channels, 3, dilation=dilation, groups=in_channels, bias=False),
-            nn.BatchNorm2d(in_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(in_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-
-
 class ASPPConv(nn.Sequential):
     """One atrous branch: 3x3 conv at ``rate`` -> BN -> ReLU (separable when asked)."""
 
@@ -110,7 +91,8 @@ class ASPPPooling(nn.Module):
 
     No BatchNorm here: after pooling it would see one value per channel per image, which fails in
     training at batch size 1 and is noisy at small batches. The projection after the concat is
-    normalised anyway.
+    normalised anyway. (torchvision's branch has that BatchNorm, :class:`NormalizedASPPPooling`; in
+    eval mode it folds exactly into this conv's weight and bias.)
 
     Shape:
         ``(N, in_channels, H, W)`` -> ``(N, out_channels, H, W)``.
@@ -126,8 +108,35 @@ class ASPPPooling(nn.Module):
         return pooled.expand(-1, -1, x.shape[2], x.shape[3])
 
 
+class NormalizedASPPPooling(nn.Sequential):
+    """torchvision's image-level branch: global average -> 1x1 conv (no bias) -> BN -> ReLU -> broadcast.
+
+    Numbered as torchvision's ``ASPPPooling`` (``1`` the conv, ``2`` the BatchNorm), so its weights
+    load by key. The BatchNorm sees one value per channel per image: training needs batches of two
+    or more images (use :class:`ASPPPooling` otherwise).
+
+    Shape:
+        ``(N, in_channels, H, W)`` -> ``(N, out_channels, H, W)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).expand(-1, -1, x.shape[2], x.shape[3])  # (N, C_out, 1, 1) broadcast
+
+
 class ASPP(nn.Module):
     """Atrous Spatial Pyramid Pooling (DeepLab v3), trainable at batch size 1.
+
+    Submodules are named as in torchvision's ``ASPP`` (``convs.0`` the 1x1 branch, ``convs.1..`` the
+    atrous branches, then the pooling branch; ``project``), so its ``state_dict`` keys carry over
+    except the pooling branch's (see :class:`ASPPPooling`); with ``pooling_norm=True`` they all do.
 
     Args:
         in_channels: channels of the backbone feature map.
@@ -137,6 +146,8 @@ class ASPP(nn.Module):
         image_pooling: include the image-level branch.
         dropout: dropout after the projection.
         output_stride: if given, warn when ``rates`` differ from the paper's for it.
+        pooling_norm: torchvision's pooling branch with BatchNorm (:class:`NormalizedASPPPooling`),
+            which cannot train at batch size 1.
 
     Shape:
         ``(N, in_channels, H, W)`` -> ``(N, out_channels, H, W)``. Warns (``RateWarning``) in
@@ -153,6 +164,7 @@ class ASPP(nn.Module):
         image_pooling: bool = True,
         dropout: float = 0.1,
         output_stride: int | None = None,
+        pooling_norm: bool = False,
     ) -> None:
         super().__init__()
         check_int("in_channels", in_channels)
@@ -164,6 +176,7 @@ class ASPP(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")  # nan fails the comparison too
         check_bool("separable", separable)
         check_bool("image_pooling", image_pooling)
+        check_bool("pooling_norm", pooling_norm)
         if output_stride is not None:
             check_int("output_stride", output_stride)
         check_aspp_rates(rates, output_stride=output_stride)
@@ -174,8 +187,9 @@ class ASPP(nn.Module):
         ]
         branches += [ASPPConv(in_channels, out_channels, rate, separable=separable) for rate in rates]
         if image_pooling:
-            branches.append(ASPPPooling(in_channels, out_channels))
-        self.branches = nn.ModuleList(branches)
+            pooling = NormalizedASPPPooling if pooling_norm else ASPPPooling
+            branches.append(pooling(in_channels, out_channels))
+        self.convs = nn.ModuleList(branches)  # torchvision's name, so its weights load by name
         self.project = nn.Sequential(
             nn.Conv2d(len(branches) * out_channels, out_channels, 1, bias=False),
             nn.BatchNorm2d(out_channels),
@@ -187,7 +201,8 @@ class ASPP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not capturing():  # reading the size would fix it in a captured graph (and warn: a graph break)
             check_aspp_rates(self.rates, feature_size=x.shape[-2:])
-        return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
+        return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
 
 
-__all__ = ["ASPP", "ASPPConv", "ASPPPooling", "RateWarning", "SeparableConv2d", "check_aspp_rates", "paper_rates"]
+__all__ = ["ASPP", "ASPPConv", "ASPPPooling", "NormalizedASPPPooling", "PAPER_OUTPUT_STRIDE", "PAPER_RATES",
+           "RateWarning", "check_aspp_rates", "paper_rates"]

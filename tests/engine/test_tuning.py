@@ -1,0 +1,55 @@
+"""The record of ``backend="auto"`` choices: kept per machine in a private cache folder, read only
+as string-to-string data, never trusted from a folder others can write."""
+
+import json
+
+import pytest
+
+from atrous.engine import tuning
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    return tmp_path / "atrous"
+
+
+def test_choices_are_stored_merged_and_read_back(cache):
+    assert tuning.load() == {}
+    tuning.store({"conv-a": "native"})
+    tuning.store({"conv-b": "fold", "conv-a": "gemm"})  # a later choice replaces an earlier one
+    assert tuning.load() == {"conv-a": "gemm", "conv-b": "fold"}
+    path = tuning.record_path()
+    assert path.parent == cache and path.name.startswith("tuning-") and path.suffix == ".json"
+    assert (cache.stat().st_mode & 0o777) == 0o700
+    tuning.store({})  # nothing to add: the file is left as it is
+    assert json.loads(path.read_text()) == {"conv-a": "gemm", "conv-b": "fold"}
+
+
+def test_a_record_others_can_write_is_ignored(cache):
+    tuning.store({"conv-a": "native"})
+    cache.chmod(0o777)
+    assert tuning.load() == {}
+    tuning.store({"conv-b": "fold"})
+    cache.chmod(0o700)
+    assert tuning.load() == {"conv-a": "native"}  # and nothing was added to it
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('{"conv-a": "native", "conv-b": 3, "conv-c": ["fold"]}', {"conv-a": "native"}),
+    ('["native"]', {}),
+    ('{"conv-a": "nat', {}),
+])
+def test_only_string_entries_of_a_json_object_are_read(cache, text, expected):
+    cache.mkdir(mode=0o700)
+    tuning.record_path().write_text(text)
+    assert tuning.load() == expected
+
+
+def test_a_record_that_would_grow_past_its_limit_is_left_as_it_is(cache, monkeypatch):
+    monkeypatch.setattr(tuning, "MAX_ENTRIES", 3)
+    tuning.store({"a": "native", "b": "fold"})
+    tuning.store({"c": "gemm", "d": "fold"})
+    assert tuning.load() == {"a": "native", "b": "fold"}
+    tuning.store({"a": "gemm", "c": "gemm"})  # three entries: within the limit
+    assert tuning.load() == {"a": "gemm", "b": "fold", "c": "gemm"}

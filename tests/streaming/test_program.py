@@ -1,0 +1,195 @@
+"""Lowering (atrous/streaming/program.py) must write down the model: its program, run over whole
+sequences by a NumPy interpreter written here (no ring buffers, no executor of the library),
+equals the offline forward; and the rewrites it promises (dense groups, folded batch norm, one
+skip product) are there."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from atrous.models import create
+from atrous.ops.layers import CausalConv1d
+from atrous.streaming.opset import ActKind, IdSource, OpCode
+from atrous.streaming.program import Program, lower
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+ACTIVATIONS = {
+    ActKind.IDENTITY: lambda x: x,
+    ActKind.RELU: lambda x: np.maximum(x, 0.0),
+    ActKind.TANH: np.tanh,
+    ActKind.SIGMOID: sigmoid,
+    ActKind.GELU: lambda x: 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0))),
+    ActKind.SILU: lambda x: x * sigmoid(x),
+}
+
+
+def delayed(x: np.ndarray, shift: int) -> np.ndarray:
+    """``x[..., t - shift]``, zeros before the start (the causal padding)."""
+    if shift == 0:
+        return x
+    out = np.zeros_like(x)
+    out[..., shift:] = x[..., :-shift]
+    return out
+
+
+def interpret(program: Program, x: torch.Tensor, *, global_ids: torch.Tensor | None = None,
+              local: torch.Tensor | None = None) -> np.ndarray:
+    """Every op over the whole sequence at once, in float64: ``(B, C_out, T)``."""
+    batch, length = x.shape[0], x.shape[-1]
+    work = np.zeros((batch, program.width, length))
+    weights = [w.double().numpy() for w in program.weights]
+    if program.input is not None:
+        work[:, program.input.offset : program.input.offset + program.input.width] = x.double().numpy()
+    if program.local is not None:
+        work[:, program.local.offset : program.local.offset + program.local.width] = local.double().numpy()
+
+    def read(span):
+        return work[:, span.offset : span.offset + span.width]
+
+    for op in program.ops:
+        if op.code in (OpCode.LINEAR, OpCode.CONV):
+            src, weight = read(op.src), weights[op.weight]
+            # tap j of k (oldest first) multiplies x[t - (k - 1 - j) d]
+            out = sum(np.einsum("bct,cn->bnt", delayed(src, (op.kernel_size - 1 - j) * op.dilation),
+                                weight[j * op.src.width : (j + 1) * op.src.width]) for j in range(op.kernel_size))
+            if op.bias is not None:
+                out = out + weights[op.bias][None, :, None]
+            if op.init is not None:
+                out = out + read(op.init)
+        elif op.code == OpCode.ACT:
+            out = ACTIVATIONS[op.arg](read(op.src))
+        elif op.code == OpCode.GATE:
+            pre = read(op.src)
+            out = np.tanh(pre[:, : op.dst.width]) * sigmoid(pre[:, op.dst.width :])
+        elif op.code == OpCode.ADD:
+            out = read(op.src) + read(op.init)
+        elif op.code == OpCode.EMBED:
+            table = weights[op.weight]
+            if op.arg == IdSource.INPUT:
+                out = table[x.numpy()].transpose(0, 2, 1)  # (B, T) ids -> (B, N, T)
+            else:
+                out = np.repeat(table[global_ids.numpy()][:, :, None], length, axis=2)
+        else:
+            raise AssertionError(f"the interpreter does not know {op.code!r}: add it with the op")
+        work[:, op.dst.offset : op.dst.offset + op.dst.width] = out
+    return read(program.output)
+
+
+def assert_lowered_like_offline(model: nn.Module, x: torch.Tensor, *, global_condition: torch.Tensor | None = None,
+                                local_condition: torch.Tensor | None = None) -> Program:
+    program = lower(model)
+    conditions = {name: value for name, value in (("global_condition", global_condition),
+                                                  ("local_condition", local_condition)) if value is not None}
+    with torch.no_grad():
+        expected = model(x, **conditions).double().numpy()
+    got = interpret(program, x, global_ids=global_condition, local=local_condition)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    return program
+
+
+@st.composite
+def causal_stacks(draw):
+    channels = draw(st.sampled_from([2, 4]))
+    layers = []
+    for _ in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["causal", "pointwise", "act", "norm"]))
+        if kind == "causal":
+            groups = draw(st.sampled_from([1, 2]))
+            layers.append(CausalConv1d(channels, channels, draw(st.integers(1, 4)),
+                                       dilation=draw(st.integers(1, 5)), groups=groups))
+        elif kind == "pointwise":
+            layers.append(nn.Conv1d(channels, channels, 1, bias=draw(st.booleans())))
+        elif kind == "norm":
+            norm = nn.BatchNorm1d(channels, affine=draw(st.booleans()))
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+            layers.append(draw(st.sampled_from([norm, nn.Dropout(0.5)])))
+        else:
+            layers.append(draw(st.sampled_from([nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.Identity]))())
+    layers.append(CausalConv1d(channels, 3, 2, dilation=draw(st.integers(1, 6))))
+    return nn.Sequential(*layers).eval()
+
+
+@settings(max_examples=25, deadline=None)
+@given(model=causal_stacks(), seed=st.integers(0, 2**16))
+def test_random_stacks_lower_to_their_offline_forward(model, seed):
+    x = torch.randn(2, model[-1].in_channels, 30, generator=torch.Generator().manual_seed(seed))
+    assert_lowered_like_offline(model, x)
+
+
+def test_wavenet_with_conditioning_lowers_to_its_offline_forward():
+    torch.manual_seed(0)
+    model = create("wavenet", classes=16, blocks=2, layers=3, residual_channels=4, gate_channels=6, skip_channels=5,
+                   global_classes=3, local_channels=2).eval()
+    ids, speakers, local = torch.randint(0, 16, (3, 40)), torch.tensor([2, 0, 1]), torch.randn(3, 2, 40)
+    program = assert_lowered_like_offline(model, ids, global_condition=speakers, local_condition=local)
+    layers = list(model.layers)
+    # one ring per dilated conv, in layer order; one product for all 6 skip convolutions
+    assert program.rings == [(layer.dilated.dilation[0] * (layer.dilated.kernel_size[0] - 1), 4) for layer in layers]
+    gated = [op for op in program.ops if op.code == OpCode.GATE]
+    skip = [op for op in program.ops if op.code == OpCode.LINEAR and op.src.width == len(layers) * 3]
+    assert len(gated) == len(layers) and len(skip) == 1
+    assert skip[0].src.offset == gated[0].dst.offset  # the gates write side by side into its input
+    assert program.classes == 16 and program.global_classes == 3 and program.input is None
+
+
+def test_tcn_with_weight_norm_and_downsampling_lowers_to_its_offline_forward():
+    torch.manual_seed(0)
+    model = create("tcn", in_channels=3, out_channels=2, hidden=5, levels=3, kernel_size=3, dropout=0.2).eval()
+    program = assert_lowered_like_offline(model, torch.randn(2, 3, 50))
+    assert [context for context, _ in program.rings] == [2, 2, 4, 4, 8, 8]  # (k - 1) d, two convs a level
+
+
+def test_grouped_convolutions_become_dense_block_diagonal_products():
+    torch.manual_seed(0)
+    conv = CausalConv1d(4, 6, 3, dilation=2, groups=2)
+    program = assert_lowered_like_offline(nn.Sequential(conv).eval(), torch.randn(2, 4, 20))
+    (op,) = program.ops
+    matrix = program.weights[op.weight].reshape(3, 4, 6)  # (tap, in, out)
+    assert torch.count_nonzero(matrix[:, :2, 3:]) == 0 and torch.count_nonzero(matrix[:, 2:, :3]) == 0
+    torch.testing.assert_close(matrix[:, :2, :3], conv.weight[:3].permute(2, 1, 0))
+
+
+def test_eval_mode_batch_norm_and_dropout_add_no_work_of_their_own():
+    torch.manual_seed(0)
+    norm = nn.BatchNorm1d(3)
+    norm.running_mean.normal_()
+    norm.running_var.uniform_(0.5, 2.0)
+    model = nn.Sequential(nn.Conv1d(2, 3, 1), norm, nn.Dropout(0.5), nn.ReLU()).eval()
+    program = assert_lowered_like_offline(model, torch.randn(2, 2, 10))
+    assert [op.code for op in program.ops] == [OpCode.LINEAR, OpCode.LINEAR, OpCode.ACT]
+
+
+def test_the_program_holds_copies_of_the_resolved_weights():
+    torch.manual_seed(0)
+    model = create("tcn", in_channels=2, out_channels=2, hidden=3, levels=1, kernel_size=2).eval()
+    program = lower(model)
+    x = torch.randn(1, 2, 12)
+    before = interpret(program, x)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    np.testing.assert_array_equal(interpret(program, x), before)
+
+
+@pytest.mark.parametrize("model, message", [
+    (nn.Sequential(CausalConv1d(2, 2, 2), nn.GELU(approximate="tanh")), r"'1' \(GELU\).*approximate='none'"),
+    (nn.Sequential(CausalConv1d(2, 2, 2), nn.BatchNorm1d(2, track_running_stats=False)),
+     r"'1' \(BatchNorm1d\).*running statistics"),
+    (nn.Sequential(CausalConv1d(2, 3, 2), nn.Conv1d(2, 2, 1)), r"'1' \(Conv1d\).*takes 2 channels but receives 3"),
+    (nn.Sequential(CausalConv1d(2, 2, 2, stride=2)), r"'0' \(CausalConv1d\).*stride=2"),
+    (nn.Sequential(nn.ReLU()), r"'<root>' \(Sequential\).*no Conv1d"),
+    (nn.Sequential(CausalConv1d(2, 2, 2)).double(), r"float32 model on the CPU"),
+])
+def test_what_cannot_be_lowered_is_named(model, message):
+    with pytest.raises(ValueError, match=message):
+        lower(model.eval())
