@@ -30,15 +30,6 @@ LAYERS = {
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
 FACADE = ("atrous/__init__.py", "atrous/__main__.py")
 
-# Violations being fixed in other files right now, each (importing module, imported name).
-# Empty this as they land; test_pending_edges_are_still_there fails on an entry that is gone.
-PENDING = {
-    # the streaming exporter still takes the file helpers from the engine (now in atrous._files)
-    ("atrous.export.streaming", "atrous.engine.checkpoint.atomic_write"),
-    ("atrous.export.streaming", "atrous.engine.predict.check_output_file"),
-}
-
-
 def module_name(path: Path, root: Path = PACKAGE) -> str:
     """``atrous/ops/layers.py`` -> ``atrous.ops.layers``; a package's ``__init__`` is the package."""
     parts = list(path.relative_to(root.parent).with_suffix("").parts)
@@ -97,31 +88,12 @@ def _modules() -> list[tuple[Path, str]]:
     return [(path, module_name(path)) for path in paths if str(path.relative_to(ROOT)) not in FACADE]
 
 
-def _all_violations() -> dict[tuple[str, str], list[str]]:
-    found: dict[tuple[str, str], list[str]] = {}
+def test_imports_point_one_way():
+    found = []
     for path, module in _modules():
         imports = imported_names(path.read_text(), module, is_package=path.name == "__init__.py")
-        for line, name, why in violations(module, imports):
-            found.setdefault((module, name), []).append(f"{path.relative_to(ROOT)}:{line}: {name}: {why}")
-    return found
-
-
-def _pending(module: str, name: str) -> bool:
-    return any(module == m and (name == n or name.startswith(n + ".")) for m, n in PENDING)
-
-
-def test_imports_point_one_way():
-    found = [line for (module, name), lines in _all_violations().items() if not _pending(module, name)
-             for line in lines]
+        found += [f"{path.relative_to(ROOT)}:{line}: {name}: {why}" for line, name, why in violations(module, imports)]
     assert not found, "imports against the layers of tests/test_layering.py:\n" + "\n".join(found)
-
-
-def test_pending_edges_are_still_there():
-    found = _all_violations()
-    gone = [edge for edge in PENDING if not any(module == edge[0] and (name == edge[1] or
-                                                                      name.startswith(edge[1] + "."))
-                                                for module, name in found)]
-    assert not gone, f"fixed, so remove them from PENDING: {gone}"
 
 
 def test_every_package_has_a_layer():
@@ -148,7 +120,7 @@ def test_a_wrong_way_import_is_reported():
         "    from ..models.segmentation import _common\n"  # higher, relative, private
         "    from ..data import palette\n"  # a lower layer, relative: fine
         "    import importlib; importlib.import_module('atrous.viz')\n"  # higher, by name
-        "from atrous.ops.layers import _DilatedConvMixin\n"  # lower, but private to ops
+        "from atrous.ops.layers import _CONV_BY_DIMS\n"  # lower, but private to ops
         "from atrous import receptive_field\n"  # through the facade
         "from atrous import __version__\n"  # metadata: fine
     )
@@ -156,7 +128,7 @@ def test_a_wrong_way_import_is_reported():
     assert ("atrous.models.segmentation._common" in {name for _, name in imports})
     reported = {(line, name) for line, name, _ in violations("atrous.analysis.fake", imports)}
     assert reported == {(5, "atrous.engine.checkpoint.save_checkpoint"), (6, "atrous.models.segmentation._common"),
-                        (8, "atrous.viz"), (9, "atrous.ops.layers._DilatedConvMixin"),
+                        (8, "atrous.viz"), (9, "atrous.ops.layers._CONV_BY_DIMS"),
                         (10, "atrous.receptive_field")}
     # a sibling of the same layer is refused too: ops and data know nothing of each other
     assert violations("atrous.data.fake", [(1, "atrous.ops.padding")])

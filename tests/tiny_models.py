@@ -11,6 +11,7 @@ import mode puts ``tests/`` (the folder of the root ``conftest.py``) on ``sys.pa
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -24,6 +25,17 @@ SEQUENCE: dict[str, dict[str, Any]] = {
     "tcn": {"in_channels": 3, "out_channels": 2, "hidden": 4, "levels": 3, "kernel_size": 3},
     "wavenet": {"classes": 8, "blocks": 2, "layers": 3, "residual_channels": 4, "gate_channels": 6, "skip_channels": 3},
 }
+
+
+def resnet101_twins(names: Iterable[str]) -> set[str]:
+    """The ``*_resnet101`` models among ``names`` whose ``*_resnet50`` twin is there too.
+
+    Each twin is built by the same builder with ``depth=101``: its ResNet-101 repeats the ResNet-50's
+    bottleneck 17 more times in ``layer3`` and holds no module, padding or code path the ResNet-50
+    version lacks. Tests whose cost grows with the layer count (export, compile, trace) skip it.
+    """
+    names = set(names)
+    return {name for name in names if name.endswith("_resnet101") and name.replace("_resnet101", "_resnet50") in names}
 
 
 def tiny_kwargs(name: str) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
+from atrous.ops.padding import kernel_extent
+
 
 @dataclass(frozen=True)
 class Axis:
@@ -56,7 +58,7 @@ def window(axis: Axis, kernel: int, stride: Fraction | int, dilation: int, pad_l
     jump = axis.jump * Fraction(stride)
     if axis.whole:
         return Axis(axis.size, jump, axis.start, True, axis.extent)
-    size = axis.size + (kernel - 1) * dilation * axis.jump
+    size = axis.size + (kernel_extent(kernel, dilation) - 1) * axis.jump
     return Axis(size, jump, axis.start - Fraction(pad_low) * axis.jump, False, axis.extent)
 
 

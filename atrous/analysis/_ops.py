@@ -17,7 +17,7 @@ from fractions import Fraction
 from typing import Any
 
 from atrous.analysis import _fields as F
-from atrous.ops.padding import resolve_padding
+from atrous.ops.padding import kernel_extent, resolve_padding
 
 Fields = tuple[F.Axis, ...]
 
@@ -247,8 +247,9 @@ class Recorder:
         out = []
         for a, k, s, p, d in zip(ref.fields, kernel, stride, pad, dilation):
             # Output o gathers inputs i with i * s = o + p - j * d, j < k: at most floor((k-1)d/s)+1.
-            taps = (k - 1) * d // s + 1
-            out.append(F.upsample(a, Fraction(s), taps, Fraction(p - (k - 1) * d, s) + Fraction(taps - 1, 2)))
+            span = kernel_extent(k, d) - 1
+            taps = span // s + 1
+            out.append(F.upsample(a, Fraction(s), taps, Fraction(p - span, s) + Fraction(taps - 1, 2)))
         bias = _arg(args, kwargs, 2, "bias", None)
         params = weight.numel + (bias.numel if isinstance(bias, Ref) else 0)
         out = tuple(out)

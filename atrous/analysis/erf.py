@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 from atrous.analysis._ops import _flatten
 from atrous.analysis._trace import probe_dtype_device
 from atrous.analysis.receptive_field import ReceptiveField, check_input_shape
+from atrous.ops.padding import kernel_extent
 
 _IDENTITY = {
     "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "celu", "gelu", "silu",
@@ -66,7 +67,7 @@ def _mean_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     if ceil_mode:  # extra high-side zeros give the last, partial window max pooling would keep
         extra = []
         for n, k, s, d, p in zip(x.shape[2:], kernel, stride, dilation, pad):
-            span = n + 2 * p - (k - 1) * d - 1
+            span = n + 2 * p - kernel_extent(k, d)
             extra.append((-(-span // s)) * s - span)
         x = F.pad(x, [a for e in reversed(extra) for a in (0, e)])
     conv = (F.conv1d, F.conv2d, F.conv3d)[ndim - 1]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from atrous._checks import check_int, check_rates
+from atrous.ops.padding import kernel_extent
 
 
 def _check(rates: Sequence[int], kernel_size: int) -> tuple[tuple[int, ...], int]:
@@ -79,7 +80,7 @@ def gridding(rates: Sequence[int], kernel_size: int = 3) -> Gridding:
     rates, kernel_size = _check(rates, kernel_size)
     counts = [1]
     for rate in rates:  # multiply by the polynomial 1 + z^r + ... + z^((K-1) r), exactly
-        grown = [0] * (len(counts) + (kernel_size - 1) * rate)
+        grown = [0] * (len(counts) + kernel_extent(kernel_size, rate) - 1)
         for tap in range(kernel_size):
             for i, count in enumerate(counts):
                 grown[i + tap * rate] += count

@@ -199,17 +199,17 @@ def tile_options(args) -> dict:
 
 @contextlib.contextmanager
 def one_line_warnings(skip: tuple[type[Warning], ...] = ()):
-    """Warnings raised inside print as one line each on stderr (``atrous: warning: ...``), once per
-    message; categories in ``skip`` are not printed (said otherwise, e.g. the weights report)."""
+    """Warnings raised inside print as one line each on stderr (``atrous: warning: ...``), the first of
+    each category only (one per tile size would repeat it); categories in ``skip`` are not printed
+    (said otherwise, e.g. the weights report)."""
     import warnings
 
     seen = set()
 
     def show(message, category, filename, lineno, file=None, line=None):
-        text = " ".join(str(message).split())
-        if not issubclass(category, skip) and text not in seen:
-            seen.add(text)
-            print(f"atrous: warning: {text}", file=sys.stderr)
+        if not issubclass(category, skip) and category not in seen:
+            seen.add(category)
+            print(f"atrous: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.showwarning = show

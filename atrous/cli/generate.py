@@ -1,22 +1,17 @@
-"""``atrous generate``: sample audio from a trained WaveNet through the streamer.
-
-Each step feeds one mu-law sample per stream and keeps the layers' past in ring buffers, so a
-second of 8 kHz audio costs 8000 single-sample steps, not 8000 forwards over the receptive
-field (van den Oord et al. 2016; Paine et al. 2016, "Fast WaveNet generation algorithm").
-"""
+"""``atrous generate``: sample audio from a trained WaveNet (:mod:`atrous.engine.generate`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from atrous._checks import check_float, check_int, is_int
+from atrous._checks import check_float, check_int
 from atrous._files import check_output_file
 from atrous.cli._common import require
 
 MAX_SECONDS = 3600.0  # an hour per clip: about 29 million single-sample steps at 8 kHz
 MAX_SAMPLES = 2**28  # samples of all clips together, held in memory until they are written
-MAX_RATE = 768_000
+MAX_RATE = 768_000  # as atrous.engine.generate.MAX_SAMPLE_RATE (imported lazily: --help loads no torch)
 MAX_COUNT = 1024
 MAX_TEMPERATURE = 100.0  # far past the point where the draws are uniform noise
 
@@ -63,60 +58,25 @@ def _check_args(args: argparse.Namespace) -> list[Path]:
     return [check_output_file(path, overwrite=args.overwrite, name="--out") for path in paths]
 
 
-def _audio_meta(path: str) -> tuple[Path, dict]:
-    """The checkpoint folder and its metadata, refused unless it holds a WaveNet trained on audio."""
-    from atrous.engine.checkpoint import META_FILE, read_checkpoint_meta
-    from atrous.engine.predict import resolve_checkpoint
-
-    folder = resolve_checkpoint(path)
-    file = folder / META_FILE
-    meta = read_checkpoint_meta(folder)["meta"]
-    task = meta.get("task")
-    if task != "audio":
-        kind = ("a segmentation checkpoint of `atrous train`" if "num_classes" in meta and task is None
-                else f"field 'meta.task' is {task!r}")
-        raise ValueError(f"--checkpoint {str(file)!r} is not an audio WaveNet checkpoint ({kind}); generate "
-                         "needs one trained with `atrous train-seq --task audio`")
-    if meta.get("model") != "wavenet":
-        raise ValueError(f"--checkpoint {str(file)!r}: field 'meta.model' must be 'wavenet', got {meta.get('model')!r}")
-    kwargs = meta.get("model_kwargs", {})
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"--checkpoint {str(file)!r}: field 'meta.model_kwargs' must be a JSON object of builder "
-                         f"arguments, got {kwargs!r}")
-    rate = meta.get("sample_rate")
-    if rate is not None and (not is_int(rate) or not 1 <= rate <= MAX_RATE):
-        raise ValueError(f"--checkpoint {str(file)!r}: field 'meta.sample_rate' must be an int from 1 to "
-                         f"{MAX_RATE:,} (Hz), got {rate!r}")
-    return folder, meta
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from atrous.data.sequence import mu_law_decode, write_wav
-    from atrous.engine.checkpoint import load_checkpoint
-    from atrous.engine.trainer import check_model_size
-    from atrous.models import create
-    from atrous.streaming.sampling import sample_autoregressive
+    from atrous.data.sequence import write_wav
+    from atrous.engine.generate import DEFAULT_SAMPLE_RATE, audio_checkpoint_meta, generate_audio, load_audio_model
 
     paths = _check_args(args)
     require("safetensors", "train", "reading a checkpoint")
-    folder, meta = _audio_meta(args.checkpoint)
-    rate = args.sample_rate or meta.get("sample_rate") or 8000
+    try:
+        folder, meta = audio_checkpoint_meta(args.checkpoint)
+    except ValueError as error:
+        raise ValueError(f"--{error}") from None  # "--checkpoint ...": the option the user gave
+    rate = args.sample_rate or meta.get("sample_rate") or DEFAULT_SAMPLE_RATE
     samples = max(1, round(args.seconds * rate))
     if samples * args.count > MAX_SAMPLES:
         raise ValueError(f"--seconds {args.seconds:g} at {rate} Hz for --count {args.count} clips is "
                          f"{samples * args.count:,} samples; at most {MAX_SAMPLES:,} are generated at once")
-    kwargs = meta.get("model_kwargs", {})
-    try:
-        check_model_size("wavenet", **kwargs)  # a crafted file allocates nothing
-    except ValueError as error:
-        file = folder / "checkpoint.json"
-        raise ValueError(f"--checkpoint {str(file)!r}: field 'meta.model_kwargs': {error}") from None
+    model = load_audio_model(folder, meta)
     torch.set_num_threads(args.threads)
-    model = create("wavenet", **kwargs)
-    load_checkpoint(folder, model)
-    generator = torch.Generator().manual_seed(args.seed)
     bar = None
     if not args.no_progress:
         try:
@@ -126,14 +86,11 @@ def run(args: argparse.Namespace) -> int:
         if tqdm is not None:
             bar = tqdm(total=samples, unit="sample", desc="generate")
     try:
-        ids = sample_autoregressive(
-            model, samples, batch_size=args.count, temperature=args.temperature, generator=generator,
-            progress=bar.update if bar is not None else None,
-        )
+        audio = generate_audio(model, samples, count=args.count, temperature=args.temperature, seed=args.seed,
+                               progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
-    audio = mu_law_decode(ids, model.config.classes)
     for path, clip in zip(paths, audio):
         write_wav(path, clip.numpy(), rate)  # a temporary name, then renamed: whole or absent
         print(f"wrote {path} ({samples} samples at {rate} Hz)")

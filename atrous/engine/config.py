@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from atrous._checks import check_bool, check_float, check_int, is_number
 
 OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_LR = {"adamw": 1.5e-3, "sgd": 0.01}
@@ -100,37 +101,32 @@ class TrainConfig:
     config_version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        if not isinstance(self.scale_range, (tuple, list)) or len(self.scale_range) != 2:
+        if not isinstance(self.scale_range, (tuple, list)):
+            raise TypeError(f"scale_range must be a pair (low, high), got {self.scale_range!r}")
+        if len(self.scale_range) != 2:
             raise ValueError(f"scale_range must be a pair (low, high), got {self.scale_range!r}")
         self.scale_range = tuple(self.scale_range)
         for name in ("data", "model", "device"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a string, got {getattr(self, name)!r}")
         for name, (low, high) in _INT_RANGES.items():
-            value = getattr(self, name)
-            if value is None and name in _OPTIONAL:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(f"{name} must be an int in {low}..{high}, got {value!r}")
-        for name, (low, high, open_low) in _FLOAT_RANGES.items():
-            value = getattr(self, name)
-            if value is None and name in _OPTIONAL_FLOATS:
-                continue
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or value > high or value < low or (open_low and value == low):
-                bound = f"> {low}" if open_low else f">= {low}"
-                raise ValueError(f"{name} must be a finite number {bound} and <= {high}, got {value!r}")
+            if getattr(self, name) is not None or name not in _OPTIONAL:
+                check_int(getattr(self, name), name, low=low, high=high)
+        for name, (low, high, low_open) in _FLOAT_RANGES.items():
+            if getattr(self, name) is not None or name not in _OPTIONAL_FLOATS:
+                check_float(getattr(self, name), name, low=low, high=high, low_open=low_open)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         low, high = self.scale_range
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)) \
-                or not 0 < low <= high <= 10:
-            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high <= 10, got {self.scale_range!r}")
-        for name in ("flip", "freeze_bn"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        allowed = f"scale_range must be (low, high) with 0 < low <= high <= 10, got {self.scale_range!r}"
+        if not (is_number(low) and is_number(high)):
+            raise TypeError(allowed)
+        if not 0 < low <= high <= 10:  # NaN and infinities fail it too
+            raise ValueError(allowed)
+        check_bool(self.flip, "flip")
+        check_bool(self.freeze_bn, "freeze_bn")
         if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
             raise TypeError(f"model_kwargs must be a dict with string keys, got {self.model_kwargs!r}")
         for name in _WEIGHT_FILES:

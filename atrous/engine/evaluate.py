@@ -76,8 +76,8 @@ def predict_probabilities(
             if logits.shape[-2:] != (height, width):
                 logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
             probs = logits.softmax(1)
-            total = probs if total is None else total + probs
-    return total / (len(scales) * (2 if flip else 1))
+            total = probs if total is None else total.add_(probs)  # in place: one K x H x W buffer
+    return total.div_(len(scales) * (2 if flip else 1))
 
 
 @torch.no_grad()
@@ -104,8 +104,16 @@ def predict_labels(
         progress: a progress bar over the tiles of a tiled image.
     """
 
+    single = not flip and tuple(check_scales(scales)) == (1.0,)
+
     def labels(x: torch.Tensor) -> torch.Tensor:
-        return predict_probabilities(model, x, flip=flip, scales=scales, mean=mean, std=std).argmax(1, keepdim=True)
+        if not single:
+            return predict_probabilities(model, x, flip=flip, scales=scales, mean=mean, std=std).argmax(1, keepdim=True)
+        # one pass: softmax keeps the order, so the argmax of the logits, without a K x H x W probability map
+        logits = model(normalize(x, mean or MEAN, std or STD))
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.argmax(1, keepdim=True)
 
     if tiler is not None and tiler.applies(*images.shape[-2:]):
         return tiler.run(labels, images, device=device, progress=progress)[:, 0]

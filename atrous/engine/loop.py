@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from atrous._checks import check_float, check_int, int_range, is_int, is_number
 from atrous.engine import distributed
 from atrous.engine.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from atrous.engine.history import TensorBoardLogger
@@ -69,11 +70,10 @@ class CheckpointEvery:
     steps: int | None = None
 
     def __post_init__(self) -> None:
-        if self.minutes is not None and not (isinstance(self.minutes, (int, float)) and math.isfinite(self.minutes)
-                                             and self.minutes > 0):
-            raise ValueError(f"checkpoint minutes must be a finite number > 0, got {self.minutes!r}")
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
-            raise ValueError(f"checkpoint steps must be an int >= 1, got {self.steps!r}")
+        if self.minutes is not None:
+            check_float(self.minutes, "checkpoint minutes", low=0, low_open=True)
+        if self.steps is not None:
+            check_int(self.steps, "checkpoint steps", low=1)
 
 
 @dataclass
@@ -102,23 +102,21 @@ class LoopState:
         if not isinstance(values, dict):
             raise ValueError(f"{source}: field 'loop' must be an object")
 
-        def field_of(name, kinds, check, allowed):
+        def field_of(name, ok, allowed):  # a field of the file: a wrong type is a wrong value of the file
             value = values.get(name)
-            if isinstance(value, bool) or not isinstance(value, kinds) or not check(value):
+            if not ok(value):
                 raise ValueError(f"{source}: field loop.{name} must be {allowed}, got {value!r}")
             return value
 
-        epoch = field_of("epoch", int, lambda v: 0 <= v <= epochs, f"an int in 0..{epochs}")
+        epoch = field_of("epoch", lambda v: is_int(v) and 0 <= v <= epochs, int_range(0, epochs))
         limit = steps_in(epoch) if epoch < epochs else 0
-        batch = field_of("batch", int, lambda v: 0 <= v <= limit, f"an int in 0..{limit}")
+        batch = field_of("batch", lambda v: is_int(v) and 0 <= v <= limit, int_range(0, limit))
         done = sum(steps_in(e) for e in range(epoch)) + batch
-        step = field_of("step", int, lambda v: v == done, f"{done} (epochs and batches done)")
-        loss_sum = field_of("loss_sum", (int, float), math.isfinite, "a finite number")
-        history = field_of("history", list, lambda v: len(v) == epoch and all(isinstance(r, dict) for r in v),
-                           f"a list of {epoch} rows")
-        best = values.get("best")
-        if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best)):
-            raise ValueError(f"{source}: field loop.best must be a number or null, got {best!r}")
+        step = field_of("step", lambda v: is_int(v) and v == done, f"{done} (epochs and batches done)")
+        loss_sum = field_of("loss_sum", lambda v: is_number(v) and math.isfinite(v), "a finite number")
+        history = field_of("history", lambda v: isinstance(v, list) and len(v) == epoch
+                           and all(isinstance(r, dict) for r in v), f"a list of {epoch} rows")
+        best = field_of("best", lambda v: v is None or is_number(v) and not math.isnan(v), "a number or null")
         return cls(epoch, batch, step, float(loss_sum), history, best)
 
 
@@ -254,7 +252,7 @@ def read_state(run_dir: Path, job: Job) -> tuple[LoopState, dict[str, Any] | Non
     source = str(folder / "checkpoint.json")
     loop = record.get("meta", {}).get("loop")
     done = loop.get("epoch") if isinstance(loop, dict) else None
-    if isinstance(done, int) and not isinstance(done, bool) and job.epochs < done <= 10**6:
+    if is_int(done) and job.epochs < done <= 10**6:
         raise ValueError(f"{source}: the run has done {done} epochs (loop.epoch); asking for {job.epochs} "
                          f"cannot shorten it")
     state = LoopState.from_dict(loop, source=source, epochs=job.epochs, steps_in=job.steps_in)

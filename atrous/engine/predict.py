@@ -160,11 +160,13 @@ def model_from_weights(
 
     Raises:
         FileNotFoundError: no file at ``weights``.
-        ValueError: not a segmentation model, a file that does not fit it (the message says how), a
-            class count neither given nor in the file, or bad ``mean``/``std``.
+        ValueError: not a segmentation model, a file that does not fit it or leaves any of its tensors
+            newly initialised (the message says which; tensors of the file the model lacks, such as
+            an auxiliary head, are skipped and reported), a class count neither given nor in the
+            file, or bad ``mean``/``std``.
     """
     from atrous.engine.trainer import check_model_size
-    from atrous.models import create, model_task, read_state_dict
+    from atrous.models import WeightsWarning, create, model_task, read_state_dict
 
     if model_task(name) != "segmentation":
         raise ValueError(f"model (--model) {name!r} is a {model_task(name)} model; predict and eval need a "
@@ -190,9 +192,15 @@ def model_from_weights(
     if not is_int(num_classes) or not 1 <= num_classes <= 255:
         raise ValueError(f"num_classes (--num-classes) must be an int from 1 to 255, got {num_classes!r}")
     check_model_size(name, num_classes=num_classes, **model_args)
-    model = create(name, weights=weights, num_classes=num_classes, **model_args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WeightsWarning)  # a partial load is refused below, with the report
+        model = create(name, weights=weights, num_classes=num_classes, **model_args)
+    report = model.weights_report
+    if report.initialised:  # a classifier left at random initialisation predicts noise
+        raise ValueError(f"weights file {str(weights)!r} does not hold all of {name}'s tensors, so predictions would "
+                         f"come from random ones ({report}); check --model, --model-arg and --num-classes")
     meta = {"model": name, "num_classes": num_classes, "mean": mean, "std": std, "model_kwargs": model_args,
-            "weights": str(weights), "weights_report": str(model.weights_report)}
+            "weights": str(weights), "weights_report": str(report)}
     return model.to(device).eval(), meta
 
 

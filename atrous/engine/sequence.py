@@ -11,7 +11,6 @@ batch is fixed by the seed. One "epoch" of the run engine is ``log_every`` steps
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atrous._checks import is_int, is_number
+from atrous._checks import check_float, check_int
 from atrous.data.sequence import adding_problem, copy_memory, one_hot_symbols
 from atrous.engine.loop import optimizer_step
 
@@ -85,8 +84,7 @@ class SequenceTrainConfig:
     config_version: int = SEQUENCE_CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        if not is_int(self.config_version) or self.config_version not in (1, SEQUENCE_CONFIG_VERSION):
-            raise ValueError(f"config_version must be 1 or {SEQUENCE_CONFIG_VERSION}, got {self.config_version!r}")
+        check_int(self.config_version, "config_version", low=1, high=SEQUENCE_CONFIG_VERSION)
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -95,20 +93,14 @@ class SequenceTrainConfig:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         limits = {"steps": 10**9, "batch_size": 65_536, "length": 10**7, "eval_size": 10**6, "log_every": 10**9}
         for name, high in limits.items():
-            value = getattr(self, name)
-            if not is_int(value) or not 1 <= value <= high:
-                raise ValueError(f"{name} must be an int in 1..{high}, got {value!r}")
-        if not is_int(self.seed) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be an int in 0..{2**32 - 1}, got {self.seed!r}")
+            check_int(getattr(self, name), name, low=1, high=high)
+        check_int(self.seed, "seed", low=0, high=2**32 - 1)
         for name in ("batch_size", "eval_size"):  # one batch must fit in memory: (size, channels, length)
             if getattr(self, name) * self.length > MAX_BATCH_SAMPLES:
                 raise ValueError(f"{name} x length must be at most {MAX_BATCH_SAMPLES:,} samples, "
                                  f"got {getattr(self, name)} x {self.length}")
-        for name, low_open in (("lr", True), ("grad_clip", False)):
-            value = getattr(self, name)
-            if not is_number(value) or not math.isfinite(value) or value < 0 or (low_open and value == 0) or value > 1e3:
-                bound = "> 0" if low_open else ">= 0 (0 disables it)"
-                raise ValueError(f"{name} must be a finite number {bound} and <= 1000, got {value!r}")
+        check_float(self.lr, "lr", low=0, high=1e3, low_open=True)
+        check_float(self.grad_clip, "grad_clip", low=0, high=1e3)  # 0 disables clipping
         if (self.model == "wavenet") != (self.task == "audio"):
             raise ValueError(f"task {self.task!r} needs model {'wavenet' if self.task == 'audio' else 'tcn'}, "
                              f"got {self.model!r} (a TCN does not output mu-law classes; WaveNet models audio only)")

@@ -145,7 +145,8 @@ def resolve_tiling(geometry: TileGeometry, *, tile: int = DEFAULT_TILE, overlap:
 
     ``overlap=None`` takes the model's reach when it fits in the tile (the result is then exact),
     else ``min(FALLBACK_OVERLAP, tile // 4)``. Issues a :class:`TilingWarning` when the result will
-    differ from the whole-image forward: global pooling, or an overlap below the reach.
+    differ from the whole-image forward (global pooling, an overlap below the reach) or may (an
+    unknown reach).
 
     Raises:
         ValueError: bad ``tile`` or ``overlap``, or a tile that keeps no core at the model's stride.
@@ -173,9 +174,13 @@ def resolve_tiling(geometry: TileGeometry, *, tile: int = DEFAULT_TILE, overlap:
                          f"{margin} pixels, which leaves no core in a {size}-pixel tile; lower it or raise --tile")
     if geometry.global_pooling:
         warnings.warn(f"{name} has global image pooling (e.g. ASPP's image-level branch): each tile pools only its "
-                      f"own pixels, so tiled predictions differ from the whole-image forward (tile 0, --tile 0, "
-                      f"runs whole images)", TilingWarning, stacklevel=2)
-    elif reach is not None and margin < reach:
+                      f"own pixels, so tiled predictions differ from the whole-image forward; tile=0 (--tile 0) "
+                      f"runs whole images", TilingWarning, stacklevel=2)
+    elif reach is None:
+        warnings.warn(f"the receptive field of {name} could not be traced, so whether a {margin}-pixel tile overlap "
+                      f"covers it is unknown: tiled outputs may differ from the whole-image forward near tile seams",
+                      TilingWarning, stacklevel=2)
+    elif margin < reach:
         need = 2 * up(reach) + stride
         warnings.warn(f"tile overlap {margin} px is less than the {reach}-pixel reach of {name}'s receptive field: "
                       f"outputs near tile seams differ from the whole-image forward (tile >= {need} with the default "

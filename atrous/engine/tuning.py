@@ -6,19 +6,19 @@ differently end with different weights. A training run replays the choices recor
 before its first step and adds what it chose at the end: the first run on a machine times,
 every later one repeats it bit for bit. The record lives in the user's cache folder
 (``$XDG_CACHE_HOME/atrous`` or ``~/.cache/atrous``), one file per machine signature (CPU,
-torch version), and is only ever read as data: a name that is not a known formulation is
-ignored, and every formulation is exact, so a tampered record can cost speed, never results.
+torch version), read only when no other user could have written it (:mod:`atrous._cache`) and
+then only as data: a name that is not a known formulation is ignored, and every formulation is
+exact, so a tampered record can cost speed, never results.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 from pathlib import Path
 
-from atrous._cache import cache_root
+from atrous._cache import cache_root, private_folder, read_private, write_private
 
 MAX_ENTRIES = 4096
 
@@ -39,25 +39,12 @@ def record_path() -> Path:
     return cache_root() / f"tuning-{_signature()}.json"
 
 
-def _private(folder: Path) -> bool:
-    try:
-        info = os.lstat(folder)
-    except OSError:
-        return False
-    import stat
-
-    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
-
-
 def load() -> dict[str, str]:
-    """The recorded choices, or none when there is no record or it is not this user's own file."""
+    """The recorded choices, or none when there is no record or another user could have written it."""
     path = record_path()
-    if not _private(path.parent):
-        return {}
     try:
-        if os.lstat(path).st_uid != os.geteuid():
-            return {}
-        values = json.loads(path.read_text())
+        with private_folder(path.parent, create=False) as folder:
+            values = json.loads(read_private(folder, path.name))
     except (OSError, ValueError):
         return {}
     if not isinstance(values, dict):
@@ -66,20 +53,15 @@ def load() -> dict[str, str]:
 
 
 def store(choices: dict[str, str]) -> None:
-    """Add ``choices`` to the record (best effort: an unwritable cache only costs the replay)."""
-    from atrous.engine.checkpoint import atomic_write
-
+    """Add ``choices`` to the record (best effort: an unusable cache only costs the replay)."""
     if not choices:
         return
     path = record_path()
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not _private(path.parent):
-            return
-        merged = {**load(), **choices}
-        if len(merged) > MAX_ENTRIES:
-            return
-        text = json.dumps(merged, indent=0, sort_keys=True)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        with private_folder(path.parent) as folder:
+            merged = {**load(), **choices}
+            if len(merged) > MAX_ENTRIES:
+                return
+            write_private(folder, path.name, json.dumps(merged, indent=0, sort_keys=True).encode())
     except OSError:
         return

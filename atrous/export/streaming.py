@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from atrous._checks import check_bool, check_int
+from atrous._files import atomic_write, check_output_file
 from atrous.export.onnx import require
 from atrous.streaming.functional import StreamingStep
 
@@ -103,18 +105,16 @@ def export_streaming_onnx(
 
     Raises:
         ImportError: ``onnx`` or ``onnxscript`` is missing.
-        ValueError: a layer that cannot be streamed (named), or bad arguments.
+        ValueError: a layer that cannot be streamed (named), or an argument out of range.
+        TypeError: an argument of the wrong type (``opset=18.0``, ``batch_size=True``).
         FileNotFoundError, IsADirectoryError: ``path`` has no folder, or is one.
     """
-    from atrous.engine.checkpoint import atomic_write
-    from atrous.engine.predict import check_output_file
-
     require("onnx")
     require("onnxscript")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if isinstance(opset, bool) or not isinstance(opset, int) or not 18 <= opset <= 23:
-        raise ValueError(f"opset must be an int from 18 to 23, got {opset!r}")
+    check_int(batch_size, "batch_size", low=1)
+    check_int(opset, "opset", low=18, high=23)
+    check_bool(dynamic_batch, "dynamic_batch")
+    check_bool(optimize, "optimize")
     path = check_output_file(path, overwrite=True, name="path")
     was_training = model.training
     model.eval()

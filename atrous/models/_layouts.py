@@ -104,10 +104,12 @@ class Backbone:
 
 def _vgg16(state: Mapping[str, torch.Tensor], fc: tuple[str, str], head: str, source: str) -> Backbone | str:
     """VGG-16's convs and fc6/fc7 (``fc`` names the file's fc6, fc7 modules; ``head`` its classifier)."""
-    indices = sorted({int(key.split(".")[1]) for key in state if key.startswith("features.")})
+    features = [key.split(".") for key in state if key.startswith("features.")]
+    indices = sorted({int(parts[1]) for parts in features if len(parts) == 3 and parts[1].isdigit()})
     if any(key.startswith("features.") and key.endswith("running_mean") for key in state):
         return "VGG with BatchNorm (such as vgg16_bn); atrous's VGG-16 trunks have no BatchNorm"
-    if indices != sorted(VGG16_FEATURES):
+    expected = [f"features.{i}.{p}" for i in sorted(VGG16_FEATURES) for p in ("weight", "bias")]
+    if indices != sorted(VGG16_FEATURES) or any(key not in state for key in expected):
         return f"a VGG with {len(indices)} convolutions; atrous's trunks are VGG-16's 13"
     out = {f"{VGG16_FEATURES[i]}.{p}": state[f"features.{i}.{p}"] for i in indices for p in ("weight", "bias")}
     channels = out["conv5.4.weight"].shape[0]
@@ -191,11 +193,15 @@ def describe(state: Mapping[str, torch.Tensor]) -> tuple[str, bool]:
         return f"{backbone.name} weights ({backbone.source})", backbone.imagenet
     if isinstance(backbone, str):
         return backbone, True
-    name = resnet_name(state, "backbone.")
-    if name is None:
+    found = find_backbone(state)
+    if found is None:
         keys = list(state)
         more = f", ... ({len(keys)} keys)" if len(keys) > 4 else ""
         return f"keys of no known layout ({', '.join(keys[:4])}{more})", False
+    kind, prefix = found
+    name = (resnet_name(state, prefix) if kind == "resnet" else "VGG-16") + " backbone"
+    if prefix != "backbone.":
+        return f"a model with a {name} ({prefix.rstrip('.') or 'at the top'}) and its own head", False
     if "classifier.0.convs.0.0.weight" in state:
         if "classifier.0.convs.4.2.running_mean" in state:
             head, torchvision = "torchvision's DeepLab v3 head", True
@@ -204,5 +210,5 @@ def describe(state: Mapping[str, torch.Tensor]) -> tuple[str, bool]:
     elif "classifier.0.weight" in state and "classifier.4.weight" in state and "classifier.1.running_mean" in state:
         head, torchvision = "an FCN head", True
     else:
-        head, torchvision = "another head", False
-    return f"a segmentation model with a {name} backbone and {head}", torchvision
+        head, torchvision = "its own head", False
+    return f"a segmentation model with a {name} and {head}", torchvision

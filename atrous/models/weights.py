@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from atrous._checks import check_bool
 from atrous.models._layouts import (
     Backbone,
     classification_backbone,
@@ -265,7 +266,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Fa
     Args:
         model: the atrous model, built with the file's architecture.
         path: the weights file (see :func:`read_state_dict`).
-        strict: refuse any skipped or newly initialised tensor.
+        strict: refuse any skipped or newly initialised tensor (an ImageNet classifier, which a
+            backbone model has no place for, aside).
 
     Returns:
         The :class:`WeightsReport`; ``partial`` when something was skipped or newly initialised.
@@ -274,8 +276,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Fa
         ValueError: the file does not fit the model (with what it holds and what differs), or
             ``strict`` and the load is partial.
     """
-    if not isinstance(strict, bool):
-        raise TypeError(f"strict must be True or False, got {strict!r}")
+    check_bool(strict, "strict")
     state = read_state_dict(path)
     model_state = model.state_dict()
     name, found = str(path), find_backbone(model_state)
@@ -289,7 +290,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Fa
                              f"load them into a segmentation model's backbone with backbone_weights=, not weights=")
         return _load_backbone(model, model_state, found, classification, name, target="model")
     source, imagenet = describe(state)
-    expected = describe(model_state)[0]
+    expected = describe(model_state)[0] if found else f"whose keys begin {', '.join(list(model_state)[:3])}"
     if not set(state) & set(model_state):
         raise ValueError(f"weights file {name!r} holds {source}, which matches no layout of {type(model).__name__} "
                          f"({expected}); whole-model weights are torchvision's segmentation models or atrous "

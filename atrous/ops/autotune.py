@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from atrous._checks import check_float, check_int
 from atrous.ops.capture import capturing
 from atrous.ops.geometry import CHANNELS_LAST
 
@@ -61,19 +62,14 @@ class TuningSettings:
     timer: Callable[[], float] = time.perf_counter
 
     def __post_init__(self) -> None:
-        for name, kinds, allowed, ok in (
-            ("budget_s", (int, float), "a number >= 0", lambda v: v >= 0),
-            ("min_rounds", int, "an int >= 1", lambda v: v >= 1),
-            ("max_rounds", int, f"an int >= min_rounds={self.min_rounds}", lambda v: v >= self.min_rounds),
-            ("min_macs", int, "an int >= 0", lambda v: v >= 0),
-            ("max_keys", int, "an int >= 0", lambda v: v >= 0),
-            ("margin", (int, float), "a number in [0, 1)", lambda v: 0 <= v < 1),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                raise TypeError(f"{name} must be {allowed}, got {value!r}")
-            if not ok(value):
-                raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        check_float(self.budget_s, "budget_s", low=0)
+        check_int(self.min_rounds, "min_rounds", low=1)
+        check_int(self.max_rounds, "max_rounds", low=1)
+        if self.max_rounds < self.min_rounds:
+            raise ValueError(f"max_rounds must be an int >= min_rounds={self.min_rounds}, got {self.max_rounds!r}")
+        check_int(self.min_macs, "min_macs", low=0)
+        check_int(self.max_keys, "max_keys", low=0)
+        check_float(self.margin, "margin", low=0, high=1, high_open=True)
         if not callable(self.timer):
             raise TypeError(f"timer must be a callable returning seconds, e.g. time.perf_counter, got {self.timer!r}")
 

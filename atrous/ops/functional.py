@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from atrous._checks import check_int
 from atrous.ops.backend import check_backend, run_conv
 from atrous.ops.capture import capturing
 from atrous.ops.geometry import CONV_BY_NDIM, ConvSpec, autocast_inputs
@@ -36,8 +37,7 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
             f"x must have {ndim + 2} dims (batch, channels, *{ndim} spatial) to match a {ndim}D weight, "
             f"got shape {tuple(x.shape)}"
         )
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be an int >= 1, got {groups!r}")
+    check_int(groups, "groups", low=1)
     if weight.shape[0] % groups:
         raise ValueError(f"weight has {weight.shape[0]} output channels, not divisible by groups={groups}")
     if x.shape[1] != weight.shape[1] * groups:
@@ -207,8 +207,7 @@ def atrous_conv2d(value: torch.Tensor, filters: torch.Tensor, rate: int, padding
         raise ValueError(f"value must be NHWC with 4 dims, got shape {tuple(value.shape)}")
     if filters.ndim != 4:
         raise ValueError(f"filters must be HWIO with 4 dims, got shape {tuple(filters.shape)}")
-    if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
-        raise ValueError(f"rate must be an int >= 1, got {rate!r}")
+    check_int(rate, "rate", low=1)
     out = dilated_conv(
         value.permute(0, 3, 1, 2), filters.permute(3, 2, 0, 1), dilation=rate, padding=padding.lower()
     )

@@ -14,13 +14,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from atrous._checks import check_bool, check_int, check_rates
 from atrous.ops.backend import check_backend
 from atrous.ops.functional import dilated_conv
 from atrous.ops.padding import (
     PADDING_MODES,
     PaddingSpec,
     causal_padding,
-    check_rates,
     kernel_extent,
     resolve_padding,
     to_tuple,
@@ -28,17 +28,10 @@ from atrous.ops.padding import (
 from atrous.ops.stack_fusion import fuse_same_rate, same_rate_stack
 
 
-def _check_count(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
 def _check_channels(in_channels: object, out_channels: object, groups: object) -> None:
     """Channel counts and groups as ``nn.ConvNd`` needs them, refused with their names and values."""
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-        _check_count(name, value)
+        check_int(value, name, low=1)
     if in_channels % groups or out_channels % groups:
         raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} must both be divisible by "
                          f"groups={groups}")
@@ -82,8 +75,7 @@ class DilatedConvNd:
         kernel_size = to_tuple(kernel_size, self.spatial_dims, "kernel_size")
         stride = to_tuple(stride, self.spatial_dims, "stride")
         dilation = to_tuple(dilation, self.spatial_dims, "dilation")
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be True or False, got {bias!r}")
+        check_bool(bias, "bias")
         super().__init__(  # nn.ConvNd, next in the subclass's bases; padding resolved per call
             in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias, padding_mode, device, dtype
         )
@@ -121,9 +113,6 @@ class DilatedConvNd:
             padding_mode=self.padding_mode,
             backend=getattr(self, "backend", "auto"),  # modules pickled before backends existed
         )
-
-
-_DilatedConvMixin = DilatedConvNd  # the name atrous.analysis still imports
 
 
 class DilatedConv1d(DilatedConvNd, nn.Conv1d):
@@ -258,12 +247,10 @@ class DilatedStack(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if not isinstance(dims, int) or isinstance(dims, bool) or dims not in _CONV_BY_DIMS:
-            raise ValueError(f"dims must be 1, 2 or 3, got {dims!r}")
-        for name, flag in (("bias", bias), ("use_space_to_batch", use_space_to_batch)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, got {flag!r}")
-        _check_count("channels", channels)
+        check_int(dims, "dims", low=1, high=3)
+        check_bool(bias, "bias")
+        check_bool(use_space_to_batch, "use_space_to_batch")
+        check_int(channels, "channels", low=1)
         if activation is not None and not callable(activation):
             raise TypeError(f"activation must be a factory of modules such as nn.ReLU, or None, got {activation!r}")
         rates = check_rates(rates)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from atrous.ops.capture import functorch_wrapped
 from atrous.ops.geometry import CHANNELS_LAST, CONV_BY_NDIM, ConvSpec, autocast_inputs, pad_input
+from atrous.ops.padding import kernel_extent
 
 __all__ = ["mixed_layout"]
 
@@ -52,7 +53,7 @@ class _MixedLayoutConv(torch.autograd.Function):
             # The transposed convolution; output_padding restores the (fewer than stride) samples
             # at the high end that no output reads (their gradient is zero).
             transpose = {2: F.conv_transpose2d, 3: F.conv_transpose3d}[ndim]
-            reached = [(m - 1) * s - 2 * p + (k - 1) * d + 1
+            reached = [(m - 1) * s - 2 * p + kernel_extent(k, d)
                        for m, s, p, k, d in zip(grad.shape[2:], stride, padding, weight.shape[2:], dilation)]
             unread = tuple(n - r for n, r in zip(x.shape[2:], reached))
             grad_last = _as_layout(grad, CHANNELS_LAST[ndim])

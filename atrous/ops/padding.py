@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from atrous._checks import check_ints
+
 PADDING_MODES = ("same", "valid", "causal")
 
 PaddingSpec = str | int | Sequence[int]
@@ -24,36 +26,10 @@ def to_tuple(value: int | Sequence[int], ndim: int, name: str, *, minimum: int =
         minimum: the smallest allowed value.
 
     Raises:
-        TypeError: ``value`` is not an int or a sequence of ints.
+        TypeError: ``value`` is not an int or a sequence of ints (a bool is neither).
         ValueError: wrong length, or an entry below ``minimum``.
     """
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
-    if isinstance(value, int):
-        values = (value,) * ndim
-    elif isinstance(value, Sequence) and not isinstance(value, str):
-        values = tuple(value)
-        if len(values) != ndim:
-            raise ValueError(f"{name} must have {ndim} entries (one per spatial axis), got {value!r}")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            raise TypeError(f"{name} must contain only ints, got {value!r}")
-    else:
-        raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
-    if any(v < minimum for v in values):
-        raise ValueError(f"{name} must be >= {minimum} on every axis, got {value!r}")
-    return values
-
-
-def check_rates(rates: Sequence[int], name: str = "rates") -> tuple[int, ...]:
-    """A non-empty tuple of dilation rates, each an int >= 1; errors name ``name``."""
-    if isinstance(rates, (int, str)) or not isinstance(rates, Sequence):
-        raise TypeError(f"{name} must be a sequence of ints >= 1 such as (1, 2, 4), got {rates!r}")
-    rates = tuple(rates)
-    if not rates:
-        raise ValueError(f"{name} must name at least one dilation, got an empty sequence")
-    for rate in rates:
-        to_tuple(rate, 1, name)
-    return rates
+    return check_ints(value, name, length=ndim, low=minimum, scalar=True)
 
 
 def kernel_extent(kernel_size: int, dilation: int) -> int:
@@ -91,7 +67,7 @@ def same_padding(size: int, kernel_size: int, stride: int = 1, dilation: int = 1
 
 def causal_padding(kernel_size: int, dilation: int = 1) -> tuple[int, int]:
     """(low, high) padding for a causal 1D convolution: everything on the left."""
-    return (kernel_size - 1) * dilation, 0
+    return kernel_extent(kernel_size, dilation) - 1, 0
 
 
 def resolve_padding(

@@ -17,6 +17,7 @@ from atrous.ops.autotune import autotune, layout_key, timed_call, worth_timing
 from atrous.ops.capture import capturing, functorch_wrapped
 from atrous.ops.formulations import FORMULATIONS, applicable, border_plan
 from atrous.ops.geometry import CHANNELS_LAST, ConvSpec
+from atrous.ops.padding import conv_output_size
 
 __all__ = ["auto_formulation", "candidates"]
 
@@ -86,5 +87,5 @@ def _conv_macs(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec) -> int:
     """Multiply-adds of the dense convolution: every tap at every output."""
     macs = x.shape[0] * weight.numel()
     for n, k, s, d, (lo, hi) in zip(x.shape[2:], weight.shape[2:], spec.stride, spec.dilation, spec.pads):
-        macs *= (n + lo + hi - (k - 1) * d - 1) // s + 1
+        macs *= conv_output_size(n, k, s, d, lo, hi)
     return macs

@@ -15,23 +15,28 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from atrous._checks import check_ints
 from atrous.ops.padding import to_tuple
 
 
 def _check_rank(x: torch.Tensor, name: str) -> int:
-    if not isinstance(x, torch.Tensor) or x.ndim < 3:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a tensor (batch, channels, *spatial) with >= 1 spatial axis, got {shape}")
+    allowed = f"{name} must be a tensor (batch, channels, *spatial) with >= 1 spatial axis"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{allowed}, got {type(x).__name__}")
+    if x.ndim < 3:
+        raise ValueError(f"{allowed}, got shape {tuple(x.shape)}")
     return x.ndim - 2
 
 
 def _pad_pairs(pairs: Sequence[Sequence[int]] | None, ndim: int, name: str) -> list[tuple[int, int]] | None:
     if pairs is None:
         return None
-    pairs = [tuple(p) for p in pairs]
-    if len(pairs) != ndim or any(len(p) != 2 or min(p) < 0 for p in pairs):
-        raise ValueError(f"{name} must be {ndim} pairs (low, high) of non-negative ints, got {pairs!r}")
-    return pairs
+    allowed = f"{name} must be {ndim} pairs (low, high) of ints >= 0, got {pairs!r}"
+    if not isinstance(pairs, Sequence) or isinstance(pairs, (str, bytes)):
+        raise TypeError(allowed)
+    if len(pairs) != ndim:
+        raise ValueError(allowed)
+    return [check_ints(pair, f"{name}[{axis}]", length=2, low=0) for axis, pair in enumerate(pairs)]
 
 
 def space_to_batch(

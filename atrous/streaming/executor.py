@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 
+from atrous.ops.padding import causal_padding
 from atrous.streaming.opset import OPS, IdSource, Op, Operands, Span
 from atrous.streaming.program import Program
 
@@ -51,7 +52,7 @@ class TorchExecutor:
         if op.ring is None:
             return lambda time: write(x, dst)
         k, d = op.kernel_size, op.dilation
-        context = (k - 1) * d
+        context = causal_padding(k, d)[0]
         slots = list(self.rings[op.ring].unbind(0))  # a view per ring slot, (B, C) each
 
         def with_past(time: int) -> None:

@@ -10,30 +10,22 @@ cannot be trusted is not used (see :func:`load_kernel` and ``docs/streaming.md``
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import platform
-import secrets
 import shutil
-import stat
 import subprocess
 import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from atrous._cache import cache_root
+from atrous._cache import UntrustedCache, cache_root, open_private, private_folder, read_private, write_private
 
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math")
 _INT64S = ctypes.POINTER(ctypes.c_int64)
-_OPEN_TO_OTHERS = stat.S_IWGRP | stat.S_IWOTH
-
-
-class _Untrusted(OSError):
-    """A cache folder or file that another user could have written, or that fails its hash."""
 
 
 class _KernelError(RuntimeError):
@@ -58,88 +50,25 @@ def _build(source: Path, flags: list[str]) -> bytes:
         return library.read_bytes()
 
 
-def _check_owner(info: os.stat_result, what: str) -> None:
-    if info.st_uid != os.geteuid():
-        raise _Untrusted(f"{what} is owned by uid {info.st_uid}, not by this user (uid {os.geteuid()})")
-
-
-def _open_folder(folder: Path) -> int:
-    """Open ``folder`` (created 0o700 whatever the umask), refusing a symlink or another user's folder.
-
-    A folder of ours that group or others can write is made 0o700: files planted while it was
-    open belong to someone else or fail their hash, and are refused one by one.
-    """
-    os.makedirs(folder.parent, mode=0o700, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(folder, 0o700)
-    if os.path.islink(folder):
-        raise _Untrusted(f"{folder} is a symlink")
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        info = os.fstat(descriptor)
-        _check_owner(info, str(folder))
-        if info.st_mode & _OPEN_TO_OTHERS:
-            os.fchmod(descriptor, 0o700)
-    except BaseException:
-        os.close(descriptor)
-        raise
-    return descriptor
-
-
-def _read_private(folder: int, name: str) -> tuple[int, bytes]:
-    """Open ``name`` in ``folder`` without following links; its descriptor and bytes, if ours alone."""
-    # O_NONBLOCK: a planted FIFO must not hang the open; it is then refused as not a regular file
-    descriptor = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
-    try:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise _Untrusted(f"{name} is not a regular file")
-        _check_owner(info, name)
-        if info.st_mode & _OPEN_TO_OTHERS:
-            raise _Untrusted(f"{name} is writable by group or others (mode {stat.S_IMODE(info.st_mode):o})")
-        with open(descriptor, "rb", closefd=False) as file:
-            return descriptor, file.read()
-    except BaseException:
-        os.close(descriptor)
-        raise
-
-
 def _open_library(folder: int, stem: str) -> tuple[int, str]:
     """The descriptor of the library named by ``{stem}.sha256`` once its bytes hash to that record."""
-    record, digest = _read_private(folder, f"{stem}.sha256")
-    os.close(record)
-    digest = digest.decode("ascii", "replace").strip()
+    digest = read_private(folder, f"{stem}.sha256").decode("ascii", "replace").strip()
     if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
-        raise _Untrusted(f"{stem}.sha256 holds no SHA-256")
+        raise UntrustedCache(f"{stem}.sha256 holds no SHA-256")
     name = f"{stem}_{digest[:16]}.so"
-    descriptor, data = _read_private(folder, name)
+    descriptor, data = open_private(folder, name)
     if hashlib.sha256(data).hexdigest() != digest:
         os.close(descriptor)
-        raise _Untrusted(f"{name} does not match its recorded SHA-256 (truncated or replaced)")
+        raise UntrustedCache(f"{name} does not match its recorded SHA-256 (truncated or replaced)")
     return descriptor, name
-
-
-def _write_atomic(folder: int, name: str, data: bytes, mode: int) -> None:
-    temporary = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=folder)
-    try:
-        with open(descriptor, "wb") as file:
-            os.fchmod(file.fileno(), mode)  # exact, whatever the umask
-            file.write(data)
-        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary, dir_fd=folder)
-        raise
 
 
 def _install(folder: int, stem: str, data: bytes) -> None:
     """The library under a name holding its hash, then the record naming it: a reader sees both or neither."""
     digest = hashlib.sha256(data).hexdigest()
     # read-only: a library rewritten in place would crash (SIGBUS) every process that maps it
-    _write_atomic(folder, f"{stem}_{digest[:16]}.so", data, 0o500)
-    _write_atomic(folder, f"{stem}.sha256", digest.encode(), 0o600)
+    write_private(folder, f"{stem}_{digest[:16]}.so", data, 0o500)
+    write_private(folder, f"{stem}.sha256", digest.encode())
 
 
 def _dlopen(descriptor: int, path: Path) -> Callable:
@@ -162,8 +91,7 @@ def _dlopen(descriptor: int, path: Path) -> Callable:
 
 def _load_in(folder: Path, stem: str, source: Path, flags: list[str]) -> Callable:
     """Load the verified library from ``folder``, first building it when missing or refused."""
-    descriptor = _open_folder(folder)
-    try:
+    with private_folder(folder) as descriptor:
         try:
             library, name = _open_library(descriptor, stem)
             return _dlopen(library, folder / name)
@@ -172,8 +100,6 @@ def _load_in(folder: Path, stem: str, source: Path, flags: list[str]) -> Callabl
         _install(descriptor, stem, _build(source, flags))
         library, name = _open_library(descriptor, stem)
         return _dlopen(library, folder / name)
-    finally:
-        os.close(descriptor)
 
 
 def _cpu_signature() -> str:

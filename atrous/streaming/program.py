@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from atrous._checks import is_int
 from atrous.models.sequence import TCN, TemporalBlock, WaveNet
 from atrous.ops.layers import DilatedConv1d
+from atrous.ops.padding import causal_padding
 from atrous.streaming.opset import ACTIVATIONS, ActKind, IdSource, Op, OpCode, Span
 
 _ACTIVATION_OF = {activation.module: kind for kind, activation in ACTIVATIONS.items()}
@@ -74,7 +76,7 @@ class Program:
         bias = conv.bias
         if k == 1:
             return self.linear(src, matrix, bias, init=init)
-        self.rings.append(((k - 1) * d, src.width))
+        self.rings.append((causal_padding(k, d)[0], src.width))
         return self.emit(OpCode.CONV, src, weight.shape[0], init=init, weight=self.weight(matrix),
                          bias=None if bias is None else self.weight(bias), ring=len(self.rings) - 1,
                          kernel_size=k, dilation=d)
@@ -198,7 +200,7 @@ def lower(model: nn.Module) -> Program:
         return _lower_wavenet(model)
     channels = getattr(model, "in_channels", None)
     first = next((m for m in model.modules() if isinstance(m, nn.Conv1d)), None)
-    channels = channels if isinstance(channels, int) else getattr(first, "in_channels", None)
+    channels = channels if is_int(channels) else getattr(first, "in_channels", None)
     if channels is None:
         raise ValueError(f"cannot fuse {_label('', model)}: it has no Conv1d to read the input channels from")
     program = Program()

@@ -1,110 +1,50 @@
-"""Exact, batched streaming inference for causal dilated stacks.
+"""Exact, batched streaming inference for any causal model whose forward can be traced.
 
 A causal convolution ``y[t] = sum_j w[j] x[t - j * d]`` (van den Oord et al. 2016, "WaveNet: a
 generative model for raw audio"; Bai, Kolter & Koltun 2018, "An empirical evaluation of generic
 convolutional and recurrent networks for sequence modeling") needs only the last ``(k - 1) * d``
 inputs of each layer to produce its next output. :class:`Streamer` keeps exactly those samples,
-per :class:`~atrous.ops.layers.CausalConv1d`, in ring buffers held by the streamer itself (never
-in the model's ``state_dict``), so a model can be run a chunk at a time, on a batch of
-independent streams, and give bit-for-bit the numbers of the offline forward up to float
-rounding. Fast queue-based generation for WaveNet is described by Paine et al. (2016), "Fast
-WaveNet generation algorithm"; here the same cache serves any causal stack.
+per layer and per stream, in buffers held by the streamer itself (never in the model's
+``state_dict``), so a model runs a chunk at a time on a batch of independent streams and gives
+the numbers of the offline forward up to float rounding. Fast queue-based generation for
+WaveNet is described by Paine et al. (2016), "Fast WaveNet generation algorithm"; here the same
+cache serves any causal model.
 
-A model can be streamed when every layer with a time extent is a ``CausalConv1d`` (stride 1)
-and everything else is pointwise in time. That is checked when the streamer is built:
+The model is traced with ``torch.fx`` (:mod:`atrous.streaming.graph`): plain ``nn.Conv1d`` made
+causal by ``F.pad``, ``nn.ConstantPad1d``/``nn.ZeroPad1d`` or by ``padding=`` and slicing off the
+right end (``Chomp1d``), atrous's ``CausalConv1d``, weight-normalised convolutions (both APIs),
+strided convolutions and pooling (outputs come out as their frames complete),
+``ConvTranspose1d`` (upsampling), and every op that acts on each time step on its own (residual
+sums, gates, concatenation and slicing along channels, activations, ``Linear`` and norms over
+channels, eval-mode batch norm and dropout). A model that looks a bounded number of samples
+ahead (a "same"-padded TCN) streams with that delay when asked (``allow_lookahead=True``). An op
+that needs the whole sequence is refused by name when the streamer is built. A module whose
+forward cannot be traced (WaveNet's class-id input, which checks the ids) and whose class sets
+``streamable = True`` runs whole, with its ``CausalConv1d`` layers routed through ring buffers.
 
-* ``CausalConv1d`` layers (and ``DilatedConv1d(padding="causal")``) get a state; during a
-  step their forward is routed through it, then restored.
-* Known pointwise layers pass: activations, 1x1 convolutions with stride 1 and no padding,
-  dropout and batch norm (in eval mode), ``Identity``, ``Embedding``, containers
-  (``Sequential``, ``ModuleList``, ``ModuleDict``) and weight parametrisations.
-* A custom module whose own ``forward`` only combines its children pointwise in time (residual
-  sums, gating, slicing channels) declares it with a class attribute ``streamable = True``;
-  its children are still checked.
-* Anything else raises a ``ValueError`` naming the layer.
-
-Each step runs the model's own Python forward, a few microseconds of PyTorch overhead per
-operator. For WaveNet, TCN and causal ``nn.Sequential`` stacks,
-:class:`~atrous.streaming.FusedStreamer` gives the same outputs with one fused call per step.
+For WaveNet, TCN and causal ``nn.Sequential`` stacks, :class:`~atrous.streaming.FusedStreamer`
+gives the same outputs with one fused call per step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import inspect
+from fractions import Fraction
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from atrous.ops.layers import CausalConv1d, DilatedConv1d
-from atrous.ops.padding import causal_padding
 from atrous.streaming.base import StreamerBase
+from atrous.streaming.graph import StreamGraph, build_graph
+from atrous.streaming.plan import Plan
+from atrous.streaming.tracing import ExampleFailed, TrainingMode
 
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-_ALWAYS_POINTWISE = (
-    nn.Identity,
-    nn.Embedding,
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.LogSigmoid, nn.Softplus,
-    nn.Softsign, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.Threshold,
-)
-# Pointwise only along one axis: the channel axis of (B, C, T) is 1 (or -2).
-_CHANNEL_DIM_OPS = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.GLU)
-# Pointwise in eval mode only (dropout is random and batch norm uses batch statistics in training).
-_EVAL_ONLY = (nn.Dropout, nn.Dropout1d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.BatchNorm1d, nn.RReLU)
-
-
-def _check_layer(name: str, module: nn.Module) -> str:
-    """Classify one module: ``"causal"``, ``"conv1x1"``, ``"pointwise"``, ``"eval"``, ``"container"``.
-
-    Raises:
-        ValueError: the module cannot be streamed; the message names it and says why.
-    """
-    label = f"layer {name or '<root>'!r} ({type(module).__name__})"
-    if isinstance(module, CausalConv1d) or (isinstance(module, DilatedConv1d) and module.padding == "causal"):
-        if module.stride != (1,):
-            raise ValueError(f"cannot stream {label}: stride must be 1 to stream, got stride={module.stride[0]}")
-        if module.padding_mode != "zeros":
-            raise ValueError(f"cannot stream {label}: padding_mode must be 'zeros', got {module.padding_mode!r}")
-        return "causal"
-    if isinstance(module, nn.Conv1d):
-        padding = module.padding
-        zero_pad = padding in ("valid", "same") or (not isinstance(padding, str) and all(p == 0 for p in padding))
-        if module.kernel_size == (1,) and module.stride == (1,) and zero_pad:
-            return "conv1x1"
-        raise ValueError(
-            f"cannot stream {label}: a convolution with a time extent must be a CausalConv1d; got kernel_size="
-            f"{module.kernel_size[0]}, stride={module.stride[0]}, padding={padding!r} (allowed: CausalConv1d, "
-            "or kernel_size=1, stride=1, no padding)"
-        )
-    if isinstance(module, _ALWAYS_POINTWISE):
-        return "pointwise"
-    if isinstance(module, _CHANNEL_DIM_OPS):
-        if module.dim in (1, -2):
-            return "pointwise"
-        raise ValueError(f"cannot stream {label}: it acts along dim={module.dim}; only the channel dim 1 is pointwise")
-    if isinstance(module, _EVAL_ONLY):
-        return "eval"
-    if isinstance(module, _CONTAINERS) or getattr(type(module), "streamable", False):
-        return "container"
-    raise ValueError(
-        f"cannot stream {label}: it is not a CausalConv1d or a known pointwise layer; if its forward is "
-        "pointwise in time apart from its submodules, set the class attribute `streamable = True`"
-    )
-
-
-def _walk(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
-    """named_modules, minus weight parametrisations (they act on weights, not on time)."""
-    yield prefix, module
-    for child_name, child in module.named_children():
-        if child_name == "parametrizations":
-            continue
-        yield from _walk(child, f"{prefix}.{child_name}" if prefix else child_name)
+_LENGTHS = (16, 64, 256, 1024, 4096)  # example lengths tried in turn: long enough for every window
 
 
 def _expected_in_channels(model: nn.Module) -> int | None:
-    if isinstance(getattr(model, "in_channels", None), int):
+    if isinstance(getattr(model, "in_channels", None), int) and not isinstance(model.in_channels, bool):
         return model.in_channels
     first = model[0] if isinstance(model, nn.Sequential) and len(model) else None
     if isinstance(first, nn.Conv1d):
@@ -112,132 +52,159 @@ def _expected_in_channels(model: nn.Module) -> int | None:
     return None
 
 
-def _conv_at_one_step(
-    window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int
-) -> torch.Tensor:
-    """A convolution with one output step, ``(B, C_in, k) -> (B, C_out, 1)``, as a single matmul."""
-    if groups != 1:
-        return F.conv1d(window, weight, bias, 1, 0, 1, groups)
-    flat, matrix = window.reshape(window.shape[0], -1), weight.reshape(weight.shape[0], -1).t()
-    out = flat @ matrix if bias is None else torch.addmm(bias, flat, matrix)
-    return out.unsqueeze(2)
-
-
-class _Pointwise:
-    """A 1x1 convolution; a single time step runs as a matmul (conv1d's overhead dominates there)."""
-
-    def __init__(self, conv: nn.Conv1d) -> None:
-        self.conv = conv
-
-    def step(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.conv
-        if x.shape[2] == 1:
-            return _conv_at_one_step(x, conv.weight, conv.bias, conv.groups)
-        return F.conv1d(x, conv.weight, conv.bias, 1, 0, 1, conv.groups)
-
-
-class _LayerState:
-    """Ring buffer of the last ``context`` inputs of one causal conv, for a batch of streams."""
-
-    def __init__(self, conv: DilatedConv1d) -> None:
-        self.conv = conv
-        self.context = causal_padding(conv.kernel_size[0], conv.dilation[0])[0]
-        self.buffer: torch.Tensor | None = None  # (B, C_in, context); time t lives at t % context
-        self.position = 0
-        self.calls = 0  # per streamer step; a second call would advance the state twice
-        k, d = conv.kernel_size[0], conv.dilation[0]
-        # taps[p]: ring slots of x[t - (k-1) d], ..., x[t - d] when x[t] is about to go to slot p
-        offsets = d * torch.arange(k - 1, 0, -1)
-        self.taps = (torch.arange(max(self.context, 1)).unsqueeze(1) - offsets) % max(self.context, 1)
-
-    def step(self, x: torch.Tensor) -> torch.Tensor:
-        conv, context = self.conv, self.context
-        self.calls += 1
-        if context == 0:
-            return _Pointwise(conv).step(x)
-        if self.buffer is None:
-            self.buffer = x.new_zeros(x.shape[0], x.shape[1], context)
-            self.taps = self.taps.to(x.device)
-        if x.shape[2] == 1:
-            # One sample: gather only the k - 1 past taps instead of the whole window.
-            if self.taps.shape[1] == 1:
-                slot = int(self.taps[self.position, 0])
-                past = self.buffer[:, :, slot : slot + 1]
-            else:
-                past = self.buffer[:, :, self.taps[self.position]]
-            out = _conv_at_one_step(torch.cat([past, x], dim=2), conv.weight, conv.bias, conv.groups)
-            self.buffer[:, :, self.position] = x[:, :, 0]
-            self.position = (self.position + 1) % context
-            return out
-        past = self.buffer
-        if self.position:
-            past = past[:, :, (self.position + torch.arange(context, device=x.device)) % context]
-        full = torch.cat([past, x], dim=2)  # (B, C_in, context + L), oldest first
-        out = F.conv1d(full, conv.weight, conv.bias, 1, 0, conv.dilation[0], conv.groups)
-        self.buffer = full[:, :, -context:].clone()
-        self.position = 0
-        return out
-
-    def reset(self, rows: torch.Tensor | None) -> None:
-        if self.buffer is None:
-            return
-        if rows is None:
-            self.buffer.zero_()
-            self.position = 0
-        else:
-            self.buffer[rows] = 0
+def _example(value: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """A tensor like ``value`` (time last) of ``length`` samples: random floats, or ids in its range."""
+    shape = (*value.shape[:-1], length)
+    if value.is_floating_point() or value.is_complex():
+        return torch.randn(shape, generator=generator, dtype=value.dtype).to(value.device)
+    if value.dtype == torch.bool:
+        return (torch.rand(shape, generator=generator) < 0.5).to(value.device)
+    low = min(0, int(value.min())) if value.numel() else 0
+    high = max(1, int(value.max())) if value.numel() else 1
+    return torch.randint(low, high + 1, shape, generator=generator, dtype=value.dtype).to(value.device)
 
 
 class Streamer(StreamerBase):
     """Run a causal model one chunk at a time on ``batch_size`` independent streams.
 
     The concatenation of the outputs of :meth:`step` equals ``model(concatenated inputs)`` for
-    any chunking. State lives here, not in the model: the model's ``state_dict`` is untouched
-    and several streamers can share one model.
+    any chunking: exactly for a causal model; for a model with lookahead, all but the last
+    :attr:`delay` outputs, which :meth:`flush` returns at the end. With strided layers a step
+    returns the outputs whose frames are complete (possibly none), with upsampling layers
+    ``factor`` outputs per input sample. State lives here, not in the model: its ``state_dict`` is
+    untouched, several streamers can share one model, and every step reads the model's current
+    weights.
 
     Args:
-        model: a causal model: ``CausalConv1d`` layers (stride 1) and layers pointwise in time
-            (see the module docstring). Run in eval mode if it has dropout or batch norm.
+        model: a model whose forward can be traced with ``torch.fx`` (see the module docstring),
+            in eval mode if it has dropout or batch norm.
         batch_size: number of independent streams, the first dim of every chunk.
+        allow_lookahead: stream a model that looks ahead (a "same"-padded or non-causal
+            convolution) with a delay of :attr:`delay` outputs instead of refusing it.
 
     Raises:
-        ValueError: a layer that cannot be streamed (named), or a bad ``batch_size``.
+        ValueError: a node that cannot be streamed (named, with the reason), a model that looks
+            ahead without ``allow_lookahead=True`` (the layers named, with their lookahead), or a
+            bad ``batch_size``.
 
     Example:
-        >>> streamer = Streamer(model, batch_size=4)
+        >>> streamer = Streamer(model.eval(), batch_size=4)
         >>> y = torch.cat([streamer.step(x[:, :, t : t + 1]) for t in range(x.shape[2])], dim=2)
     """
 
-    def __init__(self, model: nn.Module, batch_size: int) -> None:
+    def __init__(self, model: nn.Module, batch_size: int, *, allow_lookahead: bool = False) -> None:
         super().__init__(model, batch_size)
+        if not isinstance(allow_lookahead, bool):
+            raise TypeError(f"allow_lookahead must be True or False, got {allow_lookahead!r}")
         self.model = model
-        self._states: dict[str, _LayerState] = {}
-        self._pointwise: list[_Pointwise] = []
-        self._eval_only: list[tuple[str, nn.Module]] = []
-        seen: dict[int, str] = {}
-        for name, module in _walk(model):
-            kind = _check_layer(name, module)
-            if kind == "causal" and id(module) in seen:
-                raise ValueError(
-                    f"cannot stream layer {name!r}: it is the same CausalConv1d as {seen[id(module)]!r}; a shared "
-                    "causal layer would need one state per use"
-                )
-            seen[id(module)] = name
-            if kind == "causal":
-                self._states[name] = _LayerState(module)
-            elif kind == "conv1x1":
-                self._pointwise.append(_Pointwise(module))
-            elif kind == "eval":
-                self._eval_only.append((name, module))
+        self.allow_lookahead = allow_lookahead
         self.in_channels = _expected_in_channels(model)
         # (B, C, L) chunks must match the weights: the offline forward would refuse another dtype too
-        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
+        self.dtype = None if parameter is None else parameter.dtype
+        self._signature: tuple | None = None
+        self._plan: Plan | None = None
+        self._last: dict[str, Any] = {}
+        if self.in_channels is not None and self._takes_one_input():
+            chunk = torch.zeros(batch_size, self.in_channels, 1, dtype=self.dtype or torch.float32,
+                                device=None if parameter is None else parameter.device)
+            try:
+                self._build(chunk, (), {})
+            except (ExampleFailed, TrainingMode):
+                self._plan = self._signature = None  # built at the first step, from the real chunk
+
+    def _takes_one_input(self) -> bool:
+        try:
+            parameters = list(inspect.signature(self.model.forward).parameters.values())
+        except (TypeError, ValueError):
+            return False
+        return all(p.default is not inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                   for p in parameters[1:])
+
+    # what the graph says ------------------------------------------------------------------
+    @property
+    def graph(self) -> StreamGraph | None:
+        """The analysed graph (``None`` until built: at construction, or at the first step)."""
+        return None if self._plan is None else self._plan.graph
+
+    @property
+    def delay(self) -> int | None:
+        """Outputs held back for later input (0 for a causal model); :meth:`flush` returns them."""
+        return None if self._plan is None else self._plan.graph.timing.delay
+
+    @property
+    def lookahead(self) -> int | None:
+        """Future input samples the model's output needs (0 for a causal model)."""
+        return None if self._plan is None else self._plan.graph.timing.lookahead
+
+    @property
+    def rate(self) -> Fraction | None:
+        """Output samples per input sample (1 without strides or upsampling)."""
+        return None if self._plan is None else self._plan.graph.timing.rate
 
     @property
     def context(self) -> int:
-        """Total past samples held across layers (the sum of ``(k - 1) * d``)."""
-        return sum(state.context for state in self._states.values())
+        """Past samples held across layers (for causal convolutions, the sum of ``(k - 1) * d``)."""
+        return 0 if self._plan is None else self._plan.context
 
+    # building -----------------------------------------------------------------------------
+    def _bind(self, chunk: torch.Tensor, args: tuple, kwargs: dict) -> dict[str, Any]:
+        try:
+            bound = inspect.signature(self.model.forward).bind(chunk, *args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"the step's arguments do not fit {type(self.model).__name__}.forward: {error}") from None
+        return dict(bound.arguments)
+
+    def _signature_of(self, arguments: dict[str, Any], first: str) -> tuple:
+        parts = []
+        for name, value in arguments.items():
+            if isinstance(value, torch.Tensor):
+                timed = name == first or value.ndim >= 2
+                shape = tuple(value.shape[1:-1]) if timed else tuple(value.shape[1:])
+                parts.append((name, "time" if timed else "constant", value.dtype, value.device, shape))
+            else:
+                parts.append((name, "value", id(value) if not isinstance(value, (int, float, str, bool, type(None)))
+                              else value))
+        return tuple(parts)
+
+    def _build(self, chunk: torch.Tensor, args: tuple, kwargs: dict) -> None:
+        arguments = self._bind(chunk, args, kwargs)
+        first = next(iter(arguments))
+        signature = self._signature_of(arguments, first)
+        forward = inspect.signature(self.model.forward).parameters
+        concrete = {name: p.default for name, p in forward.items() if name not in arguments
+                    and p.default is not inspect.Parameter.empty}
+        timed = {name for name, kind, *_ in signature if kind == "time"}
+        error: ExampleFailed | None = None
+        for length in _LENGTHS:
+            generator = torch.Generator().manual_seed(length)
+            lengths = (length, 2 * length + 3)
+            examples, fixed = {}, dict(concrete)
+            for name, value in arguments.items():
+                if name in timed:
+                    examples[name] = tuple(_example(value, n, generator) for n in lengths)
+                elif isinstance(value, torch.Tensor):
+                    examples[name] = (value, value)
+                else:
+                    fixed[name] = value
+            try:
+                graph = build_graph(self.model, examples, fixed, timed, lengths)
+                break
+            except ExampleFailed as failure:
+                error = failure
+        else:
+            raise error
+        timing = graph.timing
+        if timing.delay and not self.allow_lookahead:
+            layers = "; ".join(f"{graph.nodes[i].label} looks {own} sample{'s' * (own != 1)} ahead"
+                               for i, own in timing.sources) or "a layer looks ahead"
+            raise ValueError(f"cannot stream the model causally: {layers}. Its output needs {timing.lookahead} future "
+                             f"input sample{'s' * (timing.lookahead != 1)}; pass allow_lookahead=True to stream it "
+                             f"with a delay of {timing.delay} output sample{'s' * (timing.delay != 1)} "
+                             "(Streamer.delay), or make those layers causal")
+        self._plan, self._signature = Plan(graph, self.model), signature
+
+    # streaming ----------------------------------------------------------------------------
     def _check_chunk(self, chunk: torch.Tensor) -> None:
         self._check_batch(chunk)
         if chunk.ndim == 3 and self.dtype is not None and chunk.dtype != self.dtype:
@@ -251,62 +218,93 @@ class Streamer(StreamerBase):
                     f"chunk has {chunk.shape[1]} channels but the model expects in_channels={self.in_channels}; "
                     f"got shape {tuple(chunk.shape)}"
                 )
-        for name, module in self._eval_only:
-            if module.training:
-                raise ValueError(
-                    f"cannot stream layer {name!r} ({type(module).__name__}) in training mode: it is only "
-                    "pointwise in time in eval mode; call model.eval() first"
-                )
 
-    @contextmanager
-    def _routed(self) -> Iterator[None]:
-        """Route every CausalConv1d's forward through its state for the duration of one step."""
-        patched = []
-        try:
-            for state in (*self._states.values(), *self._pointwise):
-                # The instance dict shadows the class's forward; nn.Module.__setattr__ is skipped for speed.
-                patched.append((state.conv, state.conv.__dict__.get("forward")))
-                state.conv.__dict__["forward"] = state.step
-            yield
-        finally:
-            for conv, previous in patched:
-                if previous is None:
-                    conv.__dict__.pop("forward", None)
-                else:
-                    conv.__dict__["forward"] = previous
+    def _inputs(self, chunk: torch.Tensor, args: tuple, kwargs: dict) -> dict[str, Any]:
+        arguments = self._bind(chunk, args, kwargs)
+        first = next(iter(arguments))
+        signature = self._signature_of(arguments, first)
+        if signature != self._signature:
+            if self.samples_seen:
+                raise ValueError(f"the step's arguments {_describe(signature)} differ from those of the earlier steps "
+                                 f"{_describe(self._signature)}; they must keep their shapes (but time) and dtypes "
+                                 "until reset()")
+            self._build(chunk, args, kwargs)
+        for name, kind, *_ in signature:
+            if kind == "time" and name != first and arguments[name].shape[-1] != chunk.shape[-1]:
+                raise ValueError(f"{name} has {arguments[name].shape[-1]} samples but the chunk has {chunk.shape[-1]};"
+                                 " a tensor argument with 2 or more dims is a sequence along time, chunked like x")
+        return arguments
 
     @torch.no_grad()
     def step(self, chunk: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Feed the next ``L`` samples of every stream; return the model's next ``L`` outputs.
+        """Feed the next ``L`` samples of every stream; return the outputs now complete.
 
         Args:
             chunk: ``(B, C_in, L)`` of the model's dtype (or whatever the model takes with time
                 last, e.g. ``(B, L)`` class ids for WaveNet), ``B == batch_size``, any ``L >= 1``.
-            *args, **kwargs: passed to the model's forward with the chunk, e.g. the matching
-                chunk of a local conditioning sequence ``(B, C_cond, L)``.
+            *args, **kwargs: passed to the model's forward with the chunk. A tensor of 2 or more
+                dims is a sequence along time (the matching chunk of a local conditioning
+                sequence ``(B, C_cond, L)``); a tensor of one dim (``(B,)`` speaker ids) or any
+                other value is the same for every time step.
 
         Returns:
-            The model's output for these ``L`` steps, e.g. ``(B, C_out, L)``.
+            The outputs complete after this chunk, e.g. ``(B, C_out, L)`` for a causal model at
+            one rate; fewer while a strided layer waits for its frame or a model with lookahead
+            waits for later input, more after upsampling.
 
         Raises:
             TypeError: ``chunk`` is not a tensor, or a ``(B, C, L)`` chunk of another dtype than
                 the model's parameters (it is not converted: convert it, or the model, first).
-            ValueError: a shape that does not fit ``batch_size`` or the model's channels.
+            ValueError: a shape that does not fit ``batch_size`` or the model, arguments that
+                change between steps, or a layer switched to training mode.
         """
         self._check_chunk(chunk)
-        for state in self._states.values():
-            state.calls = 0
-        with self._routed():
-            out = self.model(chunk, *args, **kwargs)
-        for name, state in self._states.items():
-            if state.calls > 1:
-                raise ValueError(
-                    f"cannot stream layer {name!r}: the model's forward called it {state.calls} times in one step; "
-                    "each CausalConv1d must be called once per forward"
-                )
+        inputs = self._inputs(chunk, args, kwargs)
+        self._check_modes()
+        out = self._plan.run(inputs)
+        self._last = inputs
         self.samples_seen += chunk.shape[-1]
         return out
 
+    @torch.no_grad()
+    def flush(self) -> torch.Tensor:
+        """End every stream: return the outputs still held back, then start all streams afresh.
+
+        The held-back outputs (:attr:`delay` of them for a model with lookahead, and the last
+        frame of an upsampling layer whose kernel reaches past the end) are computed as the
+        offline forward computes them, with the right padding in place of the input to come.
+
+        Returns:
+            The last outputs, e.g. ``(B, C_out, delay)``.
+
+        Raises:
+            ValueError: nothing was fed since the last reset.
+        """
+        if self._plan is None or not self.samples_seen:
+            raise ValueError("nothing to flush: no chunk was fed since the last reset")
+        self._check_modes()
+        inputs = {name: value[..., :0] if kind == "time" else self._last[name]
+                  for name, kind, *_ in self._signature if name in self._last}
+        out = self._plan.run(inputs, final=True)
+        self.reset()
+        return out
+
+    def _check_modes(self) -> None:
+        for label, module in self._plan.eval_only:
+            if module.training:
+                raise ValueError(f"cannot stream {label} in training mode: it is only pointwise in time in eval "
+                                 "mode; call model.eval() first")
+
     def _zero_streams(self, rows: torch.Tensor | None) -> None:
-        for state in self._states.values():
-            state.reset(rows)
+        if self._plan is None:
+            return
+        if rows is None:
+            self._plan.fresh()
+        else:
+            self._plan.reset(rows, self.samples_seen)
+
+
+def _describe(signature: tuple | None) -> str:
+    if signature is None:
+        return "(none)"
+    return "(" + ", ".join(f"{name}: {kind} {' '.join(str(p) for p in rest)}" for name, kind, *rest in signature) + ")"

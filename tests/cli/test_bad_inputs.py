@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import SEQUENCE, create_tiny
 
 from atrous.cli.main import main
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-WAVENET = {"blocks": 1, "layers": 3, "residual_channels": 4, "gate_channels": 8, "skip_channels": 4}
+WAVENET = {**SEQUENCE["wavenet"], "classes": 256}  # audio: 256 mu-law classes
 
 
 @pytest.fixture(scope="module")
@@ -292,9 +293,7 @@ def _wavenet():
 
 
 def _tcn():
-    from atrous.models import create
-
-    return create("tcn", in_channels=2, hidden=4, levels=2).eval()
+    return create_tiny("tcn").eval()
 
 
 def _api_cases():
@@ -305,6 +304,7 @@ def _api_cases():
     from atrous.streaming import Streamer, sample_autoregressive
 
     nan, inf = math.nan, math.inf
+    channels = SEQUENCE["tcn"]["in_channels"]
     return [
         ("conv-in-zero", lambda: DilatedConv2d(0, 4, 3), ValueError, "in_channels must be an int >= 1, got 0"),
         ("conv-in-str", lambda: DilatedConv2d("a", 4, 3), TypeError, "in_channels must be an int >= 1, got 'a'"),
@@ -321,14 +321,16 @@ def _api_cases():
         ("dropout-nan", lambda: create("dilation8_vgg16", num_classes=2, dropout=nan, width_multiplier=0.05), ValueError,
          "dropout.*nan"),
         ("init-std-nan", lambda: create("tcn", init_std=nan), ValueError, "init_std.*nan"),
-        ("tcn-levels", lambda: create("tcn", levels=100), ValueError, "levels must be an int <= 32, got 100"),
-        ("wavenet-layers", lambda: create("wavenet", layers=1000), ValueError, "layers must be an int <= 32"),
-        ("wavenet-kernel-str", lambda: create("wavenet", kernel_size="2"), ValueError, "kernel_size.*'2'"),
+        ("tcn-levels", lambda: create("tcn", levels=100), ValueError,
+         "levels must be an int from 1 to 32, got 100"),
+        ("wavenet-layers", lambda: create("wavenet", layers=1000), ValueError,
+         "layers must be an int from 1 to 32"),
+        ("wavenet-kernel-str", lambda: create("wavenet", kernel_size="2"), TypeError, "kernel_size.*'2'"),
         ("context-norm", lambda: create("context_net", num_classes=2, norm="yes"), TypeError, "norm must be True or False"),
-        ("streamer-float64", lambda: Streamer(_tcn(), 1).step(torch.zeros(1, 2, 3, dtype=torch.float64)), TypeError,
-         "dtype torch.float64 but the model's parameters are torch.float32"),
-        ("streamer-ints", lambda: Streamer(_tcn(), 1).step(torch.zeros(1, 2, 3, dtype=torch.long)), TypeError,
-         "torch.int64"),
+        ("streamer-float64", lambda: Streamer(_tcn(), 1).step(torch.zeros(1, channels, 3, dtype=torch.float64)),
+         TypeError, "dtype torch.float64 but the model's parameters are torch.float32"),
+        ("streamer-ints", lambda: Streamer(_tcn(), 1).step(torch.zeros(1, channels, 3, dtype=torch.long)),
+         TypeError, "torch.int64"),
         ("streamer-reset-float", lambda: Streamer(_tcn(), 2).reset(1.5), TypeError, "indices"),
         ("streamer-reset-str", lambda: Streamer(_tcn(), 2).reset(["a"]), TypeError, "indices"),
         ("sample-temperature-nan", lambda: sample_autoregressive(_wavenet(), 4, temperature=nan), ValueError,

@@ -94,6 +94,43 @@ def test_predict_writes_index_png_and_overlay(run_dir, tmp_path, capsys):
     assert main([*args, "--overwrite"]) == 0
 
 
+def test_predict_tiles_a_large_image_into_the_whole_images_labels(run_dir, tmp_path, monkeypatch):
+    import torch
+    from tiny_models import calibrated
+
+    import atrous.engine.predict as predict
+
+    sizes = []
+    load = predict.load_trained_model
+
+    def spying_load(*args, **kwargs):  # record the size of every input the model is run on (not the analysis')
+        model, meta = load(*args, **kwargs)
+        # one epoch on 8 scenes predicts background everywhere: random BatchNorm and a louder classifier vary it
+        calibrated(model, torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+        with torch.no_grad():
+            getattr(model, "model", model).classifier.weight.mul_(50)  # inside the background prior
+        model.register_forward_pre_hook(lambda module, inputs: sizes.append(tuple(inputs[0].shape[-2:]))
+                                        if inputs[0].device.type != "meta" else None)
+        return model, meta
+
+    monkeypatch.setattr(predict, "load_trained_model", spying_load)
+    from atrous.data.digits import DigitsScenes
+
+    scenes = DigitsScenes("val", size=152, num_images=16, seed=3)  # 4 x 4 scenes: 608 x 608
+    rows = [np.concatenate([scenes[4 * r + c][0].permute(1, 2, 0).numpy() for c in range(4)], 1) for r in range(4)]
+    Image.fromarray((np.concatenate(rows, 0) * 255).round().astype(np.uint8)).save(tmp_path / "big.png")
+    masks = {}
+    for tile in ("0", "600"):  # context_net reaches 289 px: a 600-pixel tile keeps an 8-pixel core, exactly
+        out = tmp_path / f"tile{tile}"
+        assert main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "big.png"), "--out", str(out),
+                     "--tile", tile]) == 0
+        with Image.open(out / "big.png") as mask:
+            masks[tile] = np.array(mask)
+    assert sizes == [(608, 608)] + [(600, 600)] * 4  # whole, then 2 x 2 tiles
+    np.testing.assert_array_equal(masks["600"], masks["0"])
+    assert np.bincount(masks["0"].ravel()).max() < 0.9 * masks["0"].size  # no class covers everything
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -6,6 +6,7 @@ import wave
 import numpy as np
 import pytest
 import torch
+from tiny_models import SEQUENCE
 
 from atrous.cli import main as cli_main
 from atrous.engine.checkpoint import load_checkpoint
@@ -25,8 +26,11 @@ def _wired(monkeypatch):
     torch.set_num_threads(threads)
 
 
-TINY_TCN = ["--hidden", "4", "--levels", "2", "--kernel-size", "3", "--log-every", "2", "--eval-size", "8"]
-TINY_WAVENET = ["--blocks", "1", "--layers", "3", "--channels", "4", "--log-every", "2"]
+TCN, WAVENET = SEQUENCE["tcn"], SEQUENCE["wavenet"]  # the task sets the channels in and out (classes for audio)
+TINY_TCN = ["--hidden", str(TCN["hidden"]), "--levels", str(TCN["levels"]), "--kernel-size", str(TCN["kernel_size"]),
+            "--log-every", "2", "--eval-size", "8"]
+TINY_WAVENET = ["--blocks", str(WAVENET["blocks"]), "--layers", str(WAVENET["layers"]),
+                "--channels", str(WAVENET["residual_channels"]), "--log-every", "2"]  # gate 2x, skip 1x --channels
 
 
 def test_adding_run_writes_checkpoint_and_metrics(tmp_path, capsys):
@@ -40,7 +44,8 @@ def test_adding_run_writes_checkpoint_and_metrics(tmp_path, capsys):
     assert meta["model"] == "tcn" and meta["task"] == "adding" and meta["config"]["length"] == 20
     model = create(meta["model"], **meta["model_kwargs"])
     load_checkpoint(out, model)
-    assert model.receptive_field == meta["receptive_field"] == 1 + 2 * 2 * 3
+    field = 1 + 2 * (TCN["kernel_size"] - 1) * (2 ** TCN["levels"] - 1)  # Bai et al.: two convs per level at 2**i
+    assert model.receptive_field == meta["receptive_field"] == field
     # an existing run folder is refused, one line on stderr, exit 2
     capsys.readouterr()
     assert cli_main.main(argv) == 2

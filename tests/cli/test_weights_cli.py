@@ -102,6 +102,8 @@ def test_bad_input_is_one_line_and_exit_2(files, argv, message, tmp_path, capsys
     (["predict", "{root}/small.png", "--out", "o"], "--checkpoint"),
     (["predict", "--model", "deeplabv3_resnet18", "--weights", "{root}/model.pth", "--num-classes", "3",
       "{root}/small.png", "--out", "o"], "model.pth"),
+    (["predict", "--model", "plain_net", "--weights", "{root}/model.pth", "{root}/small.png", "--out", "o"],
+     "does not hold all of plain_net's tensors"),  # width 1 against a tiny file: the classifier would be random
     (["eval", *MODEL, "--weights", "{root}/model.pth"], "--data"),
     (["export", "--model", "tcn", "--weights", "{root}/model.pth", "--out", "{root}/m.onnx"], "segmentation"),
 ])

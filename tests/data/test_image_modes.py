@@ -254,13 +254,13 @@ def test_cli_predict_and_eval_use_the_same_reader(tiny_checkpoint, tmp_path, mon
     _folder_dataset(root, Image.fromarray(values), np.ones(values.shape, np.uint8))
     image_path = root / "val" / "images" / "a.png"
     seen = []
-    real = predict_module.predict_probabilities
+    real = predict_module.predict_labels
 
     def spy(model, images, **kwargs):
         seen.append(images)
         return real(model, images, **kwargs)
 
-    monkeypatch.setattr(predict_module, "predict_probabilities", spy)
+    monkeypatch.setattr(predict_module, "predict_labels", spy)
 
     assert main(["predict", "--checkpoint", str(tiny_checkpoint), str(image_path), "--out", str(tmp_path / "out")]) == 0
     np.testing.assert_allclose(seen[0][0].numpy(), np.repeat(values[None] / 65535, 3, axis=0), rtol=1e-6)

@@ -8,8 +8,6 @@ import pytest
 
 from atrous.engine.config import _FLOAT_RANGES, _INT_RANGES, CONFIG_VERSION, FOLDER_PRESET, TrainConfig, train_config
 
-# Errors of type (a bool or a string for an int) may be TypeError or ValueError; both name the field.
-WRONG = (TypeError, ValueError)
 
 
 @pytest.mark.parametrize("name", sorted(_INT_RANGES))
@@ -21,7 +19,7 @@ def test_int_fields_take_their_bounds_and_nothing_beyond(name):
         with pytest.raises(ValueError, match=f"{name} must be an int"):
             TrainConfig(**{name: bad})
     for bad in (True, float(low), str(low)):
-        with pytest.raises(WRONG, match=f"{name} must be an int"):
+        with pytest.raises(TypeError, match=f"{name} must be an int"):
             TrainConfig(**{name: bad})
 
 
@@ -39,17 +37,17 @@ def test_float_fields_take_their_bounds_and_nothing_beyond(name):
         with pytest.raises(ValueError, match=f"{name} must be a finite number"):
             TrainConfig(**{name: bad})
     for bad in (True, "1"):
-        with pytest.raises(WRONG, match=f"{name} must be a finite number"):
+        with pytest.raises(TypeError, match=f"{name} must be a finite number"):
             TrainConfig(**{name: bad})
 
 
 @pytest.mark.parametrize(
     ("field", "value", "pattern"),
-    [("epochs", 0, "epochs must be an int in 1.."), ("optimizer", "adam", "optimizer must be one of"),
+    [("epochs", 0, "epochs must be an int from 1 to 100,000, got 0"), ("optimizer", "adam", "optimizer must be one of"),
      ("scale_range", (2.0, 1.0), "scale_range"), ("scale_range", (0.0, 1.0), "scale_range"),
      ("scale_range", (1.0, 11.0), "scale_range"), ("scale_range", (1.0,), "scale_range must be a pair"),
      ("lr", -1.0, "lr must be a finite number > 0"), ("lr", float("inf"), "lr must be a finite"),
-     ("seed", -1, "seed must be an int in 0.."), ("num_classes", 300, "num_classes must be an int in 1..255"),
+     ("seed", -1, "seed must be an int from 0 to"), ("num_classes", 300, "num_classes must be an int from 1 to 255"),
      ("precision", "fp16", "precision must be one of"),
      ("background_weight", 0.0, "background_weight must be a finite number > 0"),
      ("background_weight", float("inf"), "background_weight must be a finite number > 0")],
@@ -60,9 +58,10 @@ def test_config_errors_name_the_field(field, value, pattern):
 
 
 @pytest.mark.parametrize(("field", "value"), [("data", 3), ("model", None), ("device", 0), ("flip", 1),
-                                              ("model_kwargs", []), ("model_kwargs", {1: 2})])
+                                              ("freeze_bn", "yes"), ("model_kwargs", []), ("model_kwargs", {1: 2}),
+                                              ("scale_range", "1,2"), ("scale_range", (1.0, "2"))])
 def test_wrong_types_name_the_field(field, value):
-    with pytest.raises(WRONG, match=field):
+    with pytest.raises(TypeError, match=field):
         TrainConfig(**{field: value})
 
 

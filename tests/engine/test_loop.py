@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import SEQUENCE
 
 from atrous.engine.checkpoint import load_checkpoint
 from atrous.engine.config import TrainConfig
@@ -30,7 +31,7 @@ TINY = {"model": "context_net", "model_kwargs": {"width_multiplier": 0.25}, "tra
 TINY_ARGS = ["--model-arg", "width_multiplier=0.25", "--train-images", "12", "--val-images", "4", "--batch-size", "4",
              "--epochs", "2", "--device", "cpu", "--no-progress"]
 SEQ = {"steps": 12, "log_every": 4, "batch_size": 4, "length": 20, "eval_size": 8}
-SEQ_MODEL = {"hidden": 6, "levels": 2, "kernel_size": 3}
+SEQ_MODEL = {key: SEQUENCE["tcn"][key] for key in ("hidden", "levels", "kernel_size")}  # the task sets the channels
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ATROUS_MALLOC": "system"}  # one thread, as in-process tests run
 
 
@@ -295,7 +296,7 @@ def test_overwrite_refuses_symlinks_and_says_what_it_removed(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--num-classes", "5"], "num_classes must be 11"), (["--seed", "-1"], "--seed must be an int in 0.."),
+    [(["--num-classes", "5"], "num_classes must be 11"), (["--seed", "-1"], "--seed must be an int from 0 to"),
      (["--model-arg", "width_multiplier=nope"], "width_multiplier"), (["--model-arg", "colour=1"], "colour"),
      (["--model-arg", "fuse_channels=100000000"], "33,700,044,707 parameters; the limit is 1,000,000,000"),
      (["--data", "/no/such/folder"], "no such folder"), (["--lr", "inf"], "--lr must be a finite number"),
@@ -309,6 +310,20 @@ def test_a_failed_start_leaves_no_folder(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [({"minutes": 0}, ValueError, "checkpoint minutes must be a finite number > 0, got 0"),
+     ({"minutes": float("nan")}, ValueError, "checkpoint minutes must be a finite number > 0, got nan"),
+     ({"minutes": "5"}, TypeError, "checkpoint minutes must be a finite number > 0, got '5'"),
+     ({"steps": 0}, ValueError, "checkpoint steps must be an int >= 1, got 0"),
+     ({"steps": True}, TypeError, "checkpoint steps must be an int >= 1, got True")],
+)
+def test_checkpoint_every_refuses_what_is_not_a_period(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        CheckpointEvery(**kwargs)
+    assert CheckpointEvery(minutes=None, steps=None) == CheckpointEvery(minutes=None)
 
 
 @pytest.fixture()
@@ -326,12 +341,14 @@ def _edit(path: Path, change) -> None:
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [(lambda r: r["meta"]["loop"].update(epoch=10**30), "loop.epoch must be an int in 0..1"),
-     (lambda r: r["meta"]["loop"].update(epoch=-2), "loop.epoch must be an int in 0..1"),
+    [(lambda r: r["meta"]["loop"].update(epoch=10**30), "loop.epoch must be an int from 0 to 1"),
+     (lambda r: r["meta"]["loop"].update(epoch=-2), "loop.epoch must be an int from 0 to 1"),
+     (lambda r: r["meta"]["loop"].update(epoch=True), "loop.epoch must be an int from 0 to 1"),
+     (lambda r: r["meta"]["loop"].update(best=float("nan")), "loop.best must be a number or null"),
      (lambda r: r["meta"]["loop"].update(step=99), "loop.step must be 3"),
      (lambda r: r["meta"]["loop"].update(loss_sum="a"), "loop.loss_sum must be a finite number"),
      (lambda r: r["meta"].pop("loop"), "field 'loop' must be an object"),
-     (lambda r: r["meta"]["config"].update(epochs=1e30), "epochs must be an int in 1..100000"),
+     (lambda r: r["meta"]["config"].update(epochs=1e30), "epochs must be an int from 1 to 100,000"),
      (lambda r: r["meta"]["config"]["model_kwargs"].update(width_multiplier=1e7), "width_multiplier must be a finite number"),
      (lambda r: r["meta"].update(config=[]), "the config must be a JSON object"),
      (lambda r: r.update(rng={"python": "!!", "numpy": [], "torch": ""}), "field rng.python"),
@@ -400,7 +417,7 @@ def test_an_update_that_makes_the_weights_non_finite_is_divergence():
     ("argv", "message"),
     [(["train", "--lr", "5"], "--lr: a resumed run keeps the settings"),
      (["train", "--seed", "3", "--batch-size", "2"], "--batch-size, --seed: a resumed run keeps"),
-     (["train", "--epochs", "0"], "epochs must be an int in 1..100000"),
+     (["train", "--epochs", "0"], "epochs must be an int from 1 to 100,000"),
      (["train"], None)],
 )
 def test_resume_takes_only_how_long_to_train(saved_run, capsys, argv, message):
@@ -434,4 +451,4 @@ def test_train_seq_resume_extends_by_steps_and_bad_seeds_are_refused(tmp_path, c
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [row["step"] for row in history] == [4, 8]
     assert main(["train-seq", *args, "--seed", str(2**32), "--out", str(tmp_path / "big")]) == 2
-    assert "--seed must be an int in 0..4294967295" in capsys.readouterr().err and not (tmp_path / "big").exists()
+    assert "--seed must be an int from 0 to 4,294,967,295" in capsys.readouterr().err and not (tmp_path / "big").exists()

@@ -4,6 +4,7 @@ field's reach, a warning for global image pooling, and the tile plan's integer p
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -78,7 +79,8 @@ def test_tiled_labels_equal_the_whole_image_argmax_with_flip(model_and_image):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no global pooling and the default overlap: no warning
         labels = predict_tiled(model, images, tile=TILE, flip=True)
-    assert labels.dtype == torch.int64 and labels.flatten().bincount().sort().values[-2] > labels.numel() / 10  # two classes at least
+    assert labels.dtype == torch.int64
+    assert labels.flatten().bincount().sort().values[-2] > labels.numel() / 10  # two classes at least
     assert torch.equal(labels, expected)
 
 
@@ -146,3 +148,21 @@ def test_only_images_larger_than_the_tile_are_tiled(model_and_image):
 def test_bad_tile_options_name_the_flag(tile, overlap, name):
     with pytest.raises((ValueError, TypeError), match=name):
         check_tile_options(tile, overlap)
+
+
+def test_a_model_the_analysis_cannot_trace_tiles_with_defaults_and_a_warning():
+    class ThroughNumPy(torch.nn.Module):  # leaves torch, which the meta-device trace cannot follow
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return self.conv(torch.from_numpy(np.tanh(x.numpy())))
+
+    model = ThroughNumPy().eval()
+    geometry = tile_geometry(model)
+    assert geometry.reach is None and not geometry.global_pooling
+    image = torch.rand(1, 3, 80, 200)
+    with pytest.warns(TilingWarning, match="could not be traced"):
+        labels = predict_tiled(model, image, tile=64)
+    assert torch.equal(labels, predict_probabilities(model, image).argmax(1))  # pointwise: any tiling is exact

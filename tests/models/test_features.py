@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from tiny_models import create_tiny
 
-from atrous.models import create
 from atrous.models._features import FeatureExtractor, run_children
 
 
 def test_feature_extractor_returns_named_maps():
-    backbone = create("resnet18", output_stride=8, width_multiplier=1 / 16)
+    backbone = create_tiny("resnet18", output_stride=8)
     extractor = FeatureExtractor(backbone, {"layer1": "low", "layer4": "out"})
     x = torch.randn(1, 3, 64, 64)
     features = extractor(x)

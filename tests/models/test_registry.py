@@ -5,6 +5,7 @@ import inspect
 import sys
 
 import pytest
+from tiny_models import tiny_kwargs
 from torch import nn
 
 from atrous.models import create, list_models, model_arguments, model_task, register_model
@@ -24,8 +25,10 @@ def test_builder_is_a_module_level_def_with_keyword_only_arguments(name):
 @pytest.mark.parametrize("name", list_models("segmentation"))
 def test_segmentation_models_need_num_classes(name):
     assert model_arguments(name)["num_classes"].default is inspect.Parameter.empty  # no dataset's count
+    tiny = tiny_kwargs(name)
+    del tiny["num_classes"]
     with pytest.raises(TypeError, match=f"{name} needs the argument\\(s\\) num_classes"):
-        create(name, width_multiplier=1 / 16)
+        create(name, **tiny)
 
 
 @pytest.mark.parametrize("name", list_models())

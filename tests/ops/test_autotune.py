@@ -1,5 +1,6 @@
 """The chooser times candidates once per key and keeps the fastest; its settings hold for a block."""
 
+import math
 import threading
 import time
 
@@ -129,8 +130,10 @@ def test_settings_are_local_to_a_thread():
         ({"min_macs": 1.5}, TypeError, r"min_macs must be an int"),
         ({"min_rounds": 0}, ValueError, r"min_rounds must be an int >= 1"),
         ({"max_rounds": 2}, ValueError, r"max_rounds must be an int >= min_rounds=3, got 2"),
-        ({"budget_s": True}, TypeError, r"budget_s must be a number >= 0, got True"),
-        ({"margin": 1.0}, ValueError, r"margin must be a number in \[0, 1\)"),
+        ({"budget_s": True}, TypeError, r"budget_s must be a finite number >= 0, got True"),
+        ({"budget_s": math.inf}, ValueError, r"budget_s must be a finite number >= 0, got inf"),
+        ({"margin": 1.0}, ValueError, r"margin must be a finite number >= 0 and < 1, got 1.0"),
+        ({"max_keys": True}, TypeError, r"max_keys must be an int >= 0, got True"),
         ({"timer": 3}, TypeError, r"timer must be a callable"),
     ],
 )

@@ -12,17 +12,19 @@ W = torch.zeros(2, 4, 3, 3)
 @pytest.mark.parametrize(
     ("kwargs", "error", "pattern"),
     [
-        ({"dilation": 0}, ValueError, r"dilation must be >= 1.*0"),
-        ({"dilation": -2}, ValueError, r"dilation must be >= 1"),
-        ({"dilation": 1.5}, TypeError, r"dilation must be an int"),
-        ({"dilation": True}, TypeError, r"dilation"),
-        ({"dilation": (1, 2, 3)}, ValueError, r"dilation must have 2 entries"),
-        ({"stride": 0}, ValueError, r"stride must be >= 1"),
-        ({"stride": "2"}, TypeError, r"stride"),
+        ({"dilation": 0}, ValueError, r"dilation must be an int >= 1 or a sequence of 2 ints >= 1, got 0"),
+        ({"dilation": -2}, ValueError, r"dilation must be an int >= 1"),
+        ({"dilation": 1.5}, TypeError, r"dilation must be an int >= 1 .*got 1.5"),
+        ({"dilation": True}, TypeError, r"dilation must be an int >= 1 .*got True"),
+        ({"dilation": (1, True)}, TypeError, r"dilation must be .*got \(1, True\)"),
+        ({"dilation": (1, 2, 3)}, ValueError, r"dilation must be .*a sequence of 2 ints >= 1, got \(1, 2, 3\)"),
+        ({"stride": 0}, ValueError, r"stride must be an int >= 1"),
+        ({"stride": "2"}, TypeError, r"stride must be an int >= 1 .*got '2'"),
         ({"padding": "full"}, ValueError, r"padding must be one of .*'full'"),
-        ({"padding": -1}, ValueError, r"padding must be >= 0"),
+        ({"padding": -1}, ValueError, r"padding must be an int >= 0 or a sequence of 2 ints >= 0, got -1"),
         ({"padding": "causal"}, ValueError, r"causal.*1D.*2D"),
-        ({"groups": 0}, ValueError, r"groups must be an int >= 1"),
+        ({"groups": 0}, ValueError, r"groups must be an int >= 1, got 0"),
+        ({"groups": 1.0}, TypeError, r"groups must be an int >= 1, got 1.0"),
         ({"groups": 3}, ValueError, r"groups"),
         ({"padding_mode": "mirror"}, ValueError, r"padding_mode"),
     ],
@@ -67,13 +69,25 @@ def test_not_a_tensor():
 def test_module_errors():
     with pytest.raises(ValueError, match=r"causal.*1D"):
         DilatedConv2d(1, 1, 3, padding="causal")
-    with pytest.raises(ValueError, match=r"dilation must be >= 1"):
+    with pytest.raises(ValueError, match=r"dilation must be an int >= 1 or a sequence of 1 ints >= 1, got 0"):
         CausalConv1d(1, 1, 2, dilation=0)
-    with pytest.raises(ValueError, match=r"rates must be >= 1"):
+    with pytest.raises(ValueError, match=r"rates must be a sequence of ints >= 1 such as \(1, 2, 4\), got \[1, 0\]"):
         DilatedStack(2, [1, 0])
-    with pytest.raises(ValueError, match=r"dims must be 1, 2 or 3"):
+    with pytest.raises(TypeError, match=r"rates must be a sequence of ints >= 1"):
+        DilatedStack(2, [1, 2.0])
+    with pytest.raises(ValueError, match=r"dims must be an int from 1 to 3, got 4"):
         DilatedStack(2, [1], dims=4)
-    with pytest.raises(ValueError, match=r"rate must be an int >= 1"):
+    with pytest.raises(TypeError, match=r"use_space_to_batch must be True or False, got 1"):
+        DilatedStack(2, [1], use_space_to_batch=1)
+    with pytest.raises(ValueError, match=r"rate must be an int >= 1, got 0"):
         atrous_conv2d(torch.zeros(1, 5, 5, 1), torch.zeros(3, 3, 1, 1), 0)
+    with pytest.raises(TypeError, match=r"rate must be an int >= 1, got True"):
+        atrous_conv2d(torch.zeros(1, 5, 5, 1), torch.zeros(3, 3, 1, 1), True)
     with pytest.raises(ValueError, match=r"not a multiple of block_size 2"):
         space_to_batch(torch.zeros(1, 1, 5), 2, paddings=[(0, 0)])
+    with pytest.raises(ValueError, match=r"paddings\[0\] must be a sequence of 2 ints >= 0, got \(0, -1\)"):
+        space_to_batch(torch.zeros(1, 1, 5), 2, paddings=[(0, -1)])
+    with pytest.raises(TypeError, match=r"paddings\[0\] must be a sequence of 2 ints >= 0, got \(0, 1.0\)"):
+        space_to_batch(torch.zeros(1, 1, 5), 2, paddings=[(0, 1.0)])
+    with pytest.raises(TypeError, match=r"x must be a tensor"):
+        space_to_batch([[0.0]], 2)

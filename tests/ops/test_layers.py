@@ -87,9 +87,3 @@ def test_each_layer_is_a_class_statement_a_grep_finds(cls, plain):
     assert inspect.getsource(cls).startswith(f"class {cls.__name__}(DilatedConvNd, nn.{plain.__name__}):")
     assert cls.__module__ == "atrous.ops.layers" and cls.__mro__[1:3] == (DilatedConvNd, plain)
     assert cls.__init__ is DilatedConvNd.__init__ and cls.__doc__.startswith(f"{cls.spatial_dims}D dilated")
-
-
-def test_the_private_base_name_still_imports():
-    from atrous.ops.layers import _DilatedConvMixin
-
-    assert _DilatedConvMixin is DilatedConvNd

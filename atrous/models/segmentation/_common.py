@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from torch import nn
 
-from atrous.models._checks import check_float
+from atrous._checks import check_float
 from atrous.models._features import run_children
 from atrous.ops.capture import capturing
 
@@ -17,7 +17,7 @@ MAX_WIDTH_MULTIPLIER = 64.0  # 64 times the papers' widths is already past any G
 
 def scaled(channels: int, width_multiplier: float) -> int:
     """``channels * width_multiplier`` rounded, at least 1: the width knob of every builder."""
-    check_float("width_multiplier", width_multiplier, low=0.0, high=MAX_WIDTH_MULTIPLIER, low_open=True)
+    check_float(width_multiplier, "width_multiplier", low=0.0, high=MAX_WIDTH_MULTIPLIER, low_open=True)
     return max(1, int(round(channels * width_multiplier)))
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from atrous.models._checks import check_bool, check_int
+from atrous._checks import check_bool, check_int
 from atrous.models._registry import register_model
 from atrous.models.segmentation._common import resize_to, scaled
 from atrous.models.segmentation.blocks import ContextModule, ConvBNReLU
@@ -85,11 +85,11 @@ class ContextNet(nn.Module):
         fuse_channels: int | None = None,
     ) -> None:
         super().__init__()
-        check_int("num_classes", num_classes)
-        check_int("in_channels", in_channels)
-        check_int("channels", channels)
+        check_int(num_classes, "num_classes", low=1)
+        check_int(in_channels, "in_channels", low=1)
+        check_int(channels, "channels", low=1)
         for name, flag in (("norm", norm), ("residual", residual), ("decoder", decoder)):
-            check_bool(name, flag)
+            check_bool(flag, name)
         first, second = max(1, channels // 3), max(1, 2 * channels // 3)
         self.stem = nn.Sequential(  # stride 4, field 15: the decoder's skip
             ConvBNReLU(in_channels, first, 3, stride=2),
@@ -99,8 +99,10 @@ class ContextNet(nn.Module):
         self.down = ConvBNReLU(second, channels, 3, stride=2)
         self.context = ContextModule(channels, variant, rates=rates, norm=norm, residual=residual)
         if decoder:
-            skip = max(1, channels // 2) if skip_channels is None else check_int("skip_channels", skip_channels)
-            fused = max(1, 2 * channels // 3) if fuse_channels is None else check_int("fuse_channels", fuse_channels)
+            skip = max(1, channels // 2) if skip_channels is None else \
+                check_int(skip_channels, "skip_channels", low=1)
+            fused = max(1, 2 * channels // 3) if fuse_channels is None else \
+                check_int(fuse_channels, "fuse_channels", low=1)
             self.skip = ConvBNReLU(second, skip, 1)
             self.fuse = ConvBNReLU(channels + skip, fused, 3)
             self.classifier = nn.Conv2d(fused, num_classes, 1)
@@ -150,7 +152,7 @@ def context_net(
         width_multiplier: scales the width C = 96 and every width that follows it.
         skip_channels, fuse_channels: decoder widths; default C/2 and 2C/3.
     """
-    check_bool("residual", residual)  # before it is combined with the variant below
+    check_bool(residual, "residual")  # before it is combined with the variant below
     return ContextNet(num_classes, in_channels, channels=scaled(CHANNELS, width_multiplier), rates=rates,
                       variant=variant, norm=norm, residual=residual and variant == "basic", decoder=decoder,
                       skip_channels=skip_channels, fuse_channels=fuse_channels)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from atrous.models._checks import check_bool, check_int, check_sequence
+from atrous._checks import check_bool, check_int, check_rates
 from atrous.models._features import FeatureExtractor
 from atrous.models._registry import register_model
 from atrous.models.segmentation._common import AUX_LAYER, classify, resize_to, scaled
@@ -72,11 +72,11 @@ class DeepLabV3(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        check_int("num_classes", num_classes)
-        check_bool("aux_loss", aux_loss)
+        check_int(num_classes, "num_classes", low=1)
+        check_bool(aux_loss, "aux_loss")
         self.backbone = backbone
         self.output_stride = backbone.output_stride
-        rates = paper_rates(self.output_stride) if rates is None else check_sequence("rates", rates)
+        rates = paper_rates(self.output_stride) if rates is None else check_rates(rates)
         self.classifier = DeepLabHead(backbone.out_channels, num_classes, channels=aspp_channels, rates=rates,
                                       separable=separable, dropout=dropout, output_stride=self.output_stride,
                                       extra_conv=extra_conv, pooling_norm=pooling_norm)
@@ -115,12 +115,14 @@ class DeepLabV3Plus(nn.Module):
         aux_loss: bool = False,
     ) -> None:
         super().__init__()
-        check_int("num_classes", num_classes)
-        check_bool("aux_loss", aux_loss)
+        check_int(num_classes, "num_classes", low=1)
+        check_bool(aux_loss, "aux_loss")
         self.output_stride = backbone.output_stride
-        layers = {"layer1": "low", AUX_LAYER: "aux", "layer4": "out"} if aux_loss else {"layer1": "low", "layer4": "out"}
+        layers = {"layer1": "low", "layer4": "out"}
+        if aux_loss:
+            layers = {"layer1": "low", AUX_LAYER: "aux", "layer4": "out"}
         self.features = FeatureExtractor(backbone, layers)
-        rates = paper_rates(self.output_stride) if rates is None else check_sequence("rates", rates)
+        rates = paper_rates(self.output_stride) if rates is None else check_rates(rates)
         self.aspp = ASPP(backbone.out_channels, aspp_channels, rates, separable=separable,
                          output_stride=self.output_stride)
         self.decoder = DeepLabV3PlusDecoder(backbone.stage_channels[0], aspp_channels, num_classes,
@@ -139,7 +141,7 @@ class DeepLabV3Plus(nn.Module):
 def _deeplabv3(depth: int, *, num_classes: int, in_channels: int, output_stride: int,
                multi_grid: Sequence[int] | None, rates: Sequence[int] | None, separable: bool, aux_loss: bool,
                head: str, width_multiplier: float) -> DeepLabV3:
-    check_bool("separable", separable)
+    check_bool(separable, "separable")
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS} ('paper': ASPP then the classifier; 'torchvision': "
                          f"torchvision's head, whose checkpoints load by key), got {head!r}")
@@ -154,7 +156,7 @@ def _deeplabv3(depth: int, *, num_classes: int, in_channels: int, output_stride:
 def _deeplabv3plus(depth: int, *, num_classes: int, in_channels: int, output_stride: int,
                    multi_grid: Sequence[int] | None, rates: Sequence[int] | None, separable: bool, aux_loss: bool,
                    width_multiplier: float) -> DeepLabV3Plus:
-    check_bool("separable", separable)
+    check_bool(separable, "separable")
     backbone = build_resnet(depth, output_stride=output_stride, multi_grid=multi_grid, in_channels=in_channels,
                             width_multiplier=width_multiplier)
     return DeepLabV3Plus(backbone, num_classes, aspp_channels=scaled(256, width_multiplier),

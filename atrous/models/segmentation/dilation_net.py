@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from atrous.models._checks import check_int
+from atrous._checks import check_int
 from atrous.models._registry import register_model
 from atrous.models.segmentation._common import resize_to
 from atrous.models.segmentation.backbones import VGG16Trunk
@@ -46,7 +46,7 @@ class DilationNet(nn.Module):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        check_int("num_classes", num_classes)
+        check_int(num_classes, "num_classes", low=1)
         if context not in (None, "basic", "large"):
             raise ValueError(f"context must be 'basic', 'large' or None (front end alone), got {context!r}")
         self.trunk = VGG16Trunk(trunk, in_channels=in_channels, width_multiplier=width_multiplier, dropout=dropout)

@@ -17,7 +17,7 @@ from torch import nn
 
 from collections.abc import Sequence
 
-from atrous.models._checks import check_bool, check_int
+from atrous._checks import check_bool, check_int
 from atrous.models._features import FeatureExtractor
 from atrous.models._registry import register_model
 from atrous.models.segmentation._common import classify, resize_to
@@ -58,7 +58,7 @@ class FCN8s(nn.Module):
     def __init__(self, num_classes: int, *, in_channels: int = 3, width_multiplier: float = 1.0,
                  dropout: float = 0.5) -> None:
         super().__init__()
-        check_int("num_classes", num_classes)
+        check_int(num_classes, "num_classes", low=1)
         trunk = VGG16Trunk("fcn", in_channels=in_channels, width_multiplier=width_multiplier, dropout=dropout)
         self.features = FeatureExtractor(trunk, {"pool3": "pool3", "pool4": "pool4", "fc7": "fc7"})
         self.score_fr = nn.Conv2d(trunk.out_channels, num_classes, 1)
@@ -108,8 +108,8 @@ class FCNResNet(nn.Module):
 
     def __init__(self, backbone: ResNet, num_classes: int, *, aux_loss: bool = False) -> None:
         super().__init__()
-        check_int("num_classes", num_classes)
-        check_bool("aux_loss", aux_loss)
+        check_int(num_classes, "num_classes", low=1)
+        check_bool(aux_loss, "aux_loss")
         self.backbone = backbone
         self.output_stride = backbone.output_stride
         self.classifier = FCNHead(backbone.out_channels, num_classes)

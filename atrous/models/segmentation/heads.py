@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from atrous.models._checks import check_bool, check_float, check_int
+from atrous._checks import check_bool, check_float, check_int
 from atrous.models.segmentation._common import resize_to
 from atrous.models.segmentation.blocks import ASPP, PAPER_RATES, ConvBNReLU, SeparableConv2d
 from atrous.ops import DilatedConv2d
@@ -44,10 +44,11 @@ class FCNHead(nn.Sequential):
     def __init__(
         self, in_channels: int, num_classes: int, *, hidden_channels: int | None = None, dropout: float = 0.1
     ) -> None:
-        check_int("in_channels", in_channels)
-        check_int("num_classes", num_classes)
-        hidden = max(1, in_channels // 4) if hidden_channels is None else check_int("hidden_channels", hidden_channels)
-        check_float("dropout", dropout, low=0.0, high=1.0)
+        check_int(in_channels, "in_channels", low=1)
+        check_int(num_classes, "num_classes", low=1)
+        hidden = max(1, in_channels // 4) if hidden_channels is None else \
+            check_int(hidden_channels, "hidden_channels", low=1)
+        check_float(dropout, "dropout", low=0.0, high=1.0)
         super().__init__(
             DilatedConv2d(in_channels, hidden, 3, bias=False),
             nn.BatchNorm2d(hidden),
@@ -94,8 +95,8 @@ class DeepLabHead(nn.Sequential):
         extra_conv: bool = False,
         pooling_norm: bool = False,
     ) -> None:
-        check_int("num_classes", num_classes)
-        check_bool("extra_conv", extra_conv)
+        check_int(num_classes, "num_classes", low=1)
+        check_bool(extra_conv, "extra_conv")
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         layers["0"] = ASPP(in_channels, channels, rates, separable=separable, dropout=dropout,
                            output_stride=output_stride, pooling_norm=pooling_norm)
@@ -136,8 +137,8 @@ class DeepLabV3PlusDecoder(nn.Module):
         for name, value in (("low_level_channels", low_level_channels), ("encoder_channels", encoder_channels),
                             ("num_classes", num_classes), ("reduce_channels", reduce_channels),
                             ("channels", channels)):
-            check_int(name, value)
-        check_bool("separable", separable)
+            check_int(value, name, low=1)
+        check_bool(separable, "separable")
         self.reduce = ConvBNReLU(low_level_channels, reduce_channels, 1)
         fused = reduce_channels + encoder_channels
         if separable:

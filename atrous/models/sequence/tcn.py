@@ -18,9 +18,10 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from atrous.models._checks import check_bool, check_float, check_int
+from atrous._checks import check_bool, check_float, check_int
 from atrous.models._registry import register_model
 from atrous.ops.layers import CausalConv1d, DilatedConv1d
+from atrous.ops.padding import kernel_extent
 
 MAX_LEVELS = 32  # dilation 2**31 in the last level
 
@@ -40,13 +41,11 @@ class TCNConfig:
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "out_channels", "hidden", "kernel_size"):
-            check_int(name, getattr(self, name))
-        check_int("levels", self.levels, maximum=MAX_LEVELS)
-        dropout = self.dropout
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")  # nan fails the comparison too
-        check_float("init_std", self.init_std, low=0.0)  # 0 keeps PyTorch's default init
-        check_bool("causal", self.causal)
+            check_int(getattr(self, name), name, low=1)
+        check_int(self.levels, "levels", low=1, high=MAX_LEVELS)
+        check_float(self.dropout, "dropout", low=0.0, high=1.0, high_open=True)
+        check_float(self.init_std, "init_std", low=0.0)  # 0 keeps PyTorch's default init
+        check_bool(self.causal, "causal")
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, dilation: int, causal: bool) -> nn.Module:
@@ -144,8 +143,10 @@ class TCN(nn.Module):
 
     @property
     def receptive_field(self) -> int:
-        """Samples one output sees: ``1 + 2 (k - 1) (2**levels - 1)``."""
-        return 1 + 2 * (self.config.kernel_size - 1) * (2**self.config.levels - 1)
+        """Samples one output sees: ``1 + 2 (k - 1) (2**levels - 1)``, level ``i``'s two convolutions
+        each adding their extent at dilation ``2**i`` less one."""
+        kernel_size = self.config.kernel_size
+        return 1 + sum(2 * (kernel_extent(kernel_size, 2**i) - 1) for i in range(self.config.levels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[1] != self.config.in_channels:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atrous.models._checks import check_int
+from atrous._checks import check_int
 from atrous.models._registry import register_model
 from atrous.ops.layers import CausalConv1d
 from atrous.ops.padding import kernel_extent
@@ -44,14 +44,14 @@ class WaveNetConfig:
 
     def __post_init__(self) -> None:
         for name in ("classes", "residual_channels", "gate_channels", "skip_channels"):
-            check_int(name, getattr(self, name))
-        check_int("blocks", self.blocks, maximum=MAX_BLOCKS)
-        check_int("layers", self.layers, maximum=MAX_LAYERS)
+            check_int(getattr(self, name), name, low=1)
+        check_int(self.blocks, "blocks", low=1, high=MAX_BLOCKS)
+        check_int(self.layers, "layers", low=1, high=MAX_LAYERS)
         if self.gate_channels % 2:
             raise ValueError(f"gate_channels must be even (filter and gate halves), got {self.gate_channels}")
-        check_int("kernel_size", self.kernel_size, minimum=2)  # a dilated stack needs two taps or more
+        check_int(self.kernel_size, "kernel_size", low=2)  # a dilated stack needs two taps or more
         for name in ("global_classes", "local_channels"):  # 0 disables them
-            check_int(name, getattr(self, name), minimum=0)
+            check_int(getattr(self, name), name, low=0)
 
 
 class GatedResidualLayer(nn.Module):
@@ -194,8 +194,7 @@ def upsample_condition(condition: torch.Tensor, factor: int) -> torch.Tensor:
     Returns:
         ``(B, C, T_frames * factor)``.
     """
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-        raise ValueError(f"factor must be an int >= 1, got {factor!r}")
+    check_int(factor, "factor", low=1)
     return condition.repeat_interleave(factor, dim=2)
 
 

@@ -2,8 +2,8 @@
 
 import torch
 import torch.nn.functional as F
+from tiny_models import BACKBONE, create_tiny
 
-from atrous.models import create
 from atrous.models.segmentation import VGG16Trunk
 from atrous.models.segmentation.fcn import _upsample2x
 
@@ -29,11 +29,11 @@ def test_fcn8s_starts_as_fcn32s():
     """At init the pool3/pool4 scorers are zero (Long et al.), so FCN-8s predicts what FCN-32s does:
     class scores of fc7 alone (stride 32), brought to the input size by the bilinear upsamplers."""
     torch.manual_seed(0)
-    model = create("fcn8s_vgg16", num_classes=4, width_multiplier=1 / 16).eval()
+    model = create_tiny("fcn8s_vgg16", num_classes=4).eval()
     x = torch.randn(2, 3, 64, 96)
 
     # FCN-32s, computed apart: a separate stride-32 trunk with the same weights and a 1x1 scorer.
-    trunk = VGG16Trunk("fcn", width_multiplier=1 / 16).eval()
+    trunk = VGG16Trunk("fcn", **BACKBONE).eval()
     trunk.load_state_dict(model.features.body.state_dict())
     coarse = F.conv2d(trunk(x), model.score_fr.weight, model.score_fr.bias)  # (2, 4, 2, 3)
     fcn32s = F.interpolate(_bilinear_up2(_bilinear_up2(coarse)), size=(64, 96), mode="bilinear", align_corners=False)

@@ -48,9 +48,11 @@ def test_same_variant_sees_the_future():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="dropout must be in"):
+    with pytest.raises(ValueError, match="dropout must be a finite number >= 0 and < 1, got 1.5"):
         TCNConfig(dropout=1.5)
-    with pytest.raises(ValueError, match="levels must be an int >= 1, got 0"):
+    with pytest.raises(TypeError, match="levels must be an int from 1 to 32, got 2.0"):
+        TCNConfig(levels=2.0)
+    with pytest.raises(ValueError, match="levels must be an int from 1 to 32, got 0"):
         TCNConfig(levels=0)
     with pytest.raises(ValueError, match=r"in_channels=2"):
         create("tcn")(torch.randn(1, 3, 5))

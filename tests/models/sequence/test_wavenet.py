@@ -2,14 +2,10 @@
 
 import pytest
 import torch
+from tiny_models import create_tiny
 
 from atrous.models import create
 from atrous.models.sequence import WaveNetConfig, upsample_condition
-
-
-def small(**kwargs):
-    return create("wavenet", classes=8, blocks=2, layers=3, residual_channels=4, gate_channels=6,
-                  skip_channels=3, **kwargs)
 
 
 def test_default_is_three_blocks_of_rates_1_to_512():
@@ -29,7 +25,7 @@ def test_receptive_field_matches_the_paper(blocks, field):
 
 def test_class_ids_equal_their_one_hot_input():
     torch.manual_seed(0)
-    model = small()
+    model = create_tiny("wavenet")
     ids = torch.randint(0, 8, (2, 15))
     one_hot = torch.nn.functional.one_hot(ids, 8).float().transpose(1, 2)
     torch.testing.assert_close(model(ids), model(one_hot), atol=1e-6, rtol=0)
@@ -37,7 +33,7 @@ def test_class_ids_equal_their_one_hot_input():
 
 def test_gate_is_tanh_times_sigmoid():
     torch.manual_seed(0)
-    layer = small().layers[0]
+    layer = create_tiny("wavenet").layers[0]
     x = torch.randn(1, 4, 9)
     h = layer.dilated(x)
     z = torch.tanh(h[:, :3]) * torch.sigmoid(h[:, 3:])
@@ -48,7 +44,7 @@ def test_gate_is_tanh_times_sigmoid():
 
 def test_global_and_local_conditioning_change_the_output():
     torch.manual_seed(0)
-    model = small(global_classes=2, local_channels=3)
+    model = create_tiny("wavenet", global_classes=2, local_channels=3)
     ids, local = torch.randint(0, 8, (2, 12)), torch.randn(2, 3, 12)
     base = model(ids, global_condition=torch.tensor([0, 0]), local_condition=local)
     other_speaker = model(ids, global_condition=torch.tensor([1, 0]), local_condition=local)
@@ -67,7 +63,7 @@ def test_upsample_condition_repeats_frames():
 
 
 def test_bad_inputs_are_named():
-    model = small()
+    model = create_tiny("wavenet")
     with pytest.raises(ValueError, match=r"class ids must lie in \[0, 8\)"):
         model(torch.tensor([[0, 9]]))
     with pytest.raises(ValueError, match=r"\(B, 8, T\) float"):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from atrous._checks import check_int
+
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _MAX_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 _AVG_POOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
@@ -83,14 +85,13 @@ def make_dilated(
         ``module``, whose output is ``ceil(n / output_stride)`` long where it was ``n / stride``.
 
     Raises:
+        TypeError: ``output_stride`` or ``probe_size`` not an int.
         ValueError: bad ``output_stride`` / ``probe_size``, or no convolution in ``module``.
     """
-    if isinstance(output_stride, bool) or not isinstance(output_stride, int) or output_stride < 1 or (
-        output_stride & (output_stride - 1)
-    ):
+    check_int(output_stride, "output_stride", low=1)
+    if output_stride & (output_stride - 1):  # a power of two has one bit set
         raise ValueError(f"output_stride must be a power of two >= 1 (e.g. 8, 16, 32), got {output_stride!r}")
-    if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 1:
-        raise ValueError(f"probe_size must be a positive int, got {probe_size!r}")
+    check_int(probe_size, "probe_size", low=1)
     convs = [m for m in module.modules() if isinstance(m, _CONV)]
     if not convs:
         raise ValueError(f"module must contain at least one convolution, got {type(module).__name__}")

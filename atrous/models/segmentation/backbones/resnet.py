@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from atrous.models._checks import check_int, check_sequence
+from atrous._checks import check_int, check_rates, is_int
 from atrous.models._registry import register_model
 from atrous.models.segmentation._common import scaled
 from atrous.ops import DilatedConv2d
@@ -36,9 +36,11 @@ OUTPUT_STRIDES = (8, 16, 32)
 
 
 def _check_output_stride(output_stride: object) -> int:
-    if output_stride not in OUTPUT_STRIDES or isinstance(output_stride, bool):
+    if not is_int(output_stride):
+        raise TypeError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+    if output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
-    return output_stride  # type: ignore[return-value]
+    return output_stride
 
 
 def _conv3x3(in_channels: int, out_channels: int, *, stride: int, dilation: int) -> DilatedConv2d:
@@ -164,13 +166,10 @@ class ResNet(nn.Module):
     def __init__(self, config: ResNetConfig) -> None:
         super().__init__()
         _check_output_stride(config.output_stride)
-        check_int("in_channels", config.in_channels)
-        check_int("base_width", config.base_width)
+        check_int(config.in_channels, "in_channels", low=1)
+        check_int(config.base_width, "base_width", low=1)
         if config.multi_grid is not None:
-            if not config.multi_grid or not all(
-                isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in config.multi_grid
-            ):
-                raise ValueError(f"multi_grid must be a non-empty tuple of ints >= 1, got {config.multi_grid!r}")
+            check_rates(config.multi_grid, "multi_grid")
         self.config = config
         self.output_stride = config.output_stride
         width = config.base_width
@@ -227,7 +226,7 @@ def build_resnet(
             block,
             layers,
             output_stride=output_stride,
-            multi_grid=None if multi_grid is None else check_sequence("multi_grid", multi_grid),
+            multi_grid=None if multi_grid is None else check_rates(multi_grid, "multi_grid"),
             base_width=scaled(64, width_multiplier),
             in_channels=in_channels,
         )

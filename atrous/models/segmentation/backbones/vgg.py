@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from atrous.models._checks import check_float, check_int
+from atrous._checks import check_float, check_int
 from atrous.models._registry import register_model
 from atrous.models.segmentation._common import scaled
 from atrous.ops import DilatedConv2d
@@ -82,8 +82,8 @@ class VGG16Trunk(nn.Module):
         super().__init__()
         if trunk not in CONFIGS:
             raise ValueError(f"trunk must be one of {TRUNKS}, got {trunk!r}")
-        check_int("in_channels", in_channels)
-        check_float("dropout", dropout, low=0.0, high=1.0)
+        check_int(in_channels, "in_channels", low=1)
+        check_float(dropout, "dropout", low=0.0, high=1.0)
         config = CONFIGS[trunk]
         self.output_stride = config.output_stride
         channels = in_channels

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from atrous.models._checks import check_bool, check_int, check_sequence
+from atrous._checks import check_bool, check_float, check_int, check_rates
 from atrous.models.segmentation.blocks.conv import SeparableConv2d
 from atrous.ops import DilatedConv2d
 from atrous.ops.capture import capturing
@@ -167,18 +167,15 @@ class ASPP(nn.Module):
         pooling_norm: bool = False,
     ) -> None:
         super().__init__()
-        check_int("in_channels", in_channels)
-        check_int("out_channels", out_channels)
-        rates = check_sequence("rates", rates)
-        for rate in rates:
-            check_int("rates", rate)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")  # nan fails the comparison too
-        check_bool("separable", separable)
-        check_bool("image_pooling", image_pooling)
-        check_bool("pooling_norm", pooling_norm)
+        check_int(in_channels, "in_channels", low=1)
+        check_int(out_channels, "out_channels", low=1)
+        rates = check_rates(rates)
+        check_float(dropout, "dropout", low=0.0, high=1.0, high_open=True)
+        check_bool(separable, "separable")
+        check_bool(image_pooling, "image_pooling")
+        check_bool(pooling_norm, "pooling_norm")
         if output_stride is not None:
-            check_int("output_stride", output_stride)
+            check_int(output_stride, "output_stride", low=1)
         check_aspp_rates(rates, output_stride=output_stride)
         self.rates = rates
         branches: list[nn.Module] = [

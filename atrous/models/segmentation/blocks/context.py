@@ -14,9 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from atrous.models._checks import check_bool, check_float, check_int
+from atrous._checks import check_bool, check_float, check_int, check_rates
 from atrous.ops import DilatedConv2d
-from atrous.ops.padding import check_rates
 
 CONTEXT_RATES = (1, 1, 2, 4, 8, 16, 1)
 LARGE_WIDTHS = (2, 2, 4, 8, 16, 32, 32)  # multiples of C for the seven 3x3 layers
@@ -94,7 +93,7 @@ class ContextModule(nn.Module):
         residual: bool = False,
     ) -> None:
         super().__init__()
-        check_int("channels", channels)
+        check_int(channels, "channels", low=1)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         rates = check_rates(rates)
@@ -102,9 +101,9 @@ class ContextModule(nn.Module):
             raise ValueError(f"variant='large' needs {len(LARGE_WIDTHS)} rates, got {rates!r}")
         if residual and variant != "basic":
             raise ValueError(f"residual=True needs variant='basic' (equal widths), got variant={variant!r}")
-        check_float("init_noise", init_noise, low=0.0)
-        check_bool("norm", norm)
-        check_bool("residual", residual)
+        check_float(init_noise, "init_noise", low=0.0)
+        check_bool(norm, "norm")
+        check_bool(residual, "residual")
         widths = [channels * m for m in LARGE_WIDTHS] if variant == "large" else [channels] * len(rates)
         self.channels, self.variant, self.rates = channels, variant, rates
         self.residual = residual

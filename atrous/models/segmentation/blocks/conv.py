@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from atrous.models._checks import check_int
+from atrous._checks import check_int
 from atrous.ops import DilatedConv2d
 
 
@@ -47,8 +47,8 @@ class SeparableConv2d(nn.Sequential):
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, dilation: int = 1) -> None:
-        check_int("in_channels", in_channels)
-        check_int("out_channels", out_channels)
+        check_int(in_channels, "in_channels", low=1)
+        check_int(out_channels, "out_channels", low=1)
         super().__init__(
             DilatedConv2d(in_channels, in_channels, 3, dilation=dilation, groups=in_channels, bias=False),
             nn.BatchNorm2d(in_channels),

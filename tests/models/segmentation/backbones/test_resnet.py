@@ -5,13 +5,12 @@ import math
 
 import pytest
 import torch
+from tiny_models import create_tiny
 from torch import nn
 
 import atrous
 from atrous.models import create
 from atrous.models.segmentation import make_dilated
-
-TINY = 1 / 16
 
 
 def _main_path_field(model):
@@ -31,7 +30,7 @@ def _main_path_field(model):
 
 @pytest.mark.parametrize("output_stride", [32, 16, 8])
 def test_resnet50_field_is_427_at_every_output_stride(output_stride):
-    model = create("resnet50", output_stride=output_stride, width_multiplier=TINY)
+    model = create_tiny("resnet50", output_stride=output_stride)
     # Closed form: stem 11 at jump 4, then 3, 4, 6, 3 blocks add 2 * jump each (He et al. layout).
     assert _main_path_field(model) == (427, output_stride)
     field = atrous.receptive_field(model, (3, 224, 224))
@@ -42,8 +41,8 @@ def test_resnet50_field_is_427_at_every_output_stride(output_stride):
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_output_stride_changes_only_the_map_size(name, output_stride):
-    base = create(name, output_stride=32, width_multiplier=TINY)
-    model = create(name, output_stride=output_stride, width_multiplier=TINY)
+    base = create_tiny(name, output_stride=32)
+    model = create_tiny(name, output_stride=output_stride)
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in base.state_dict().items()}
     out = model(torch.randn(1, 3, 64, 96))
     assert out.shape == (1, model.out_channels, math.ceil(64 / output_stride), math.ceil(96 / output_stride))
@@ -53,19 +52,19 @@ def test_output_stride_changes_only_the_map_size(name, output_stride):
 
 
 def test_first_block_of_dilated_stage_keeps_previous_dilation():
-    model = create("resnet50", output_stride=8, width_multiplier=TINY)
+    model = create_tiny("resnet50", output_stride=8)
     assert [b.conv2.dilation[0] for b in model.layer3] == [1] + [2] * 5
     assert [b.conv2.dilation[0] for b in model.layer4] == [2, 4, 4]
     assert all(b.conv2.stride == (1, 1) for b in model.layer4)
-    basic = create("resnet18", output_stride=16, width_multiplier=TINY)
+    basic = create_tiny("resnet18", output_stride=16)
     assert [(b.conv1.dilation[0], b.conv2.dilation[0]) for b in basic.layer4] == [(1, 2), (2, 2)]
 
 
 def test_multi_grid_multiplies_the_last_stage_rate():
     # DeepLab v3: unit rates (1, 2, 4) at output stride 16 give block4 rates 2 * (1, 2, 4).
-    model = create("resnet50", output_stride=16, multi_grid=(1, 2, 4), width_multiplier=TINY)
+    model = create_tiny("resnet50", output_stride=16, multi_grid=(1, 2, 4))
     assert [b.conv2.dilation[0] for b in model.layer4] == [2, 4, 8]
-    model = create("resnet101", output_stride=8, multi_grid=(1, 2, 4), width_multiplier=TINY)
+    model = create_tiny("resnet101", output_stride=8, multi_grid=(1, 2, 4))
     assert [b.conv2.dilation[0] for b in model.layer4] == [4, 8, 16]
 
 
@@ -89,8 +88,8 @@ def test_make_dilated_matches_native_dilation():
     torch.manual_seed(0)
     for name in ("resnet18", "resnet50"):
         for output_stride in (16, 8):
-            native = create(name, output_stride=output_stride, width_multiplier=TINY).eval()
-            converted = create(name, output_stride=32, width_multiplier=TINY).eval()
+            native = create_tiny(name, output_stride=output_stride).eval()
+            converted = create_tiny(name, output_stride=32).eval()
             converted.load_state_dict(native.state_dict())
             assert make_dilated(converted, output_stride) is converted
             x = torch.randn(1, 3, 40, 56)
@@ -111,16 +110,16 @@ def test_make_dilated_on_a_plain_cnn_keeps_field_and_lowers_stride():
 
 
 def test_make_dilated_keeps_training_mode_and_statistics():
-    model = create("resnet18", width_multiplier=TINY).train()
+    model = create_tiny("resnet18").train()
     stats = model.bn1.running_mean.clone()
     make_dilated(model, 8)
     assert model.training and model.layer4[0].training
     torch.testing.assert_close(model.bn1.running_mean, stats)
 
 
-@pytest.mark.parametrize("bad", [0, 12, 7.0, True])
-def test_make_dilated_rejects_bad_output_stride(bad):
-    with pytest.raises(ValueError, match="output_stride"):
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (12, ValueError), (7.0, TypeError), (True, TypeError)])
+def test_make_dilated_rejects_bad_output_stride(bad, error):
+    with pytest.raises(error, match="output_stride"):
         make_dilated(nn.Conv2d(1, 1, 3), bad)
 
 
@@ -130,4 +129,10 @@ def test_make_dilated_rejects_bad_output_stride(bad):
 ])
 def test_resnet_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        create("resnet18", width_multiplier=TINY, **kwargs)
+        create_tiny("resnet18", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"output_stride": 8.0}, "output_stride"), ({"multi_grid": (1, 2.0)}, "multi_grid")])
+def test_resnet_refuses_arguments_of_the_wrong_type(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        create_tiny("resnet18", **kwargs)

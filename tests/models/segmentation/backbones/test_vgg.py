@@ -3,6 +3,7 @@
 import math
 
 import torch
+from tiny_models import BACKBONE, create_tiny
 
 import atrous
 from atrous.models import create, make_dilated
@@ -13,8 +14,8 @@ def test_dilation_frontend_is_make_dilated_vgg16():
     # Yu & Koltun: removing pool4/pool5 and dilating conv5 by 2 and fc6 by 4 is exactly the
     # stride -> dilation conversion of the stride-32 network.
     torch.manual_seed(0)
-    frontend = create("vgg16_dilation_frontend", width_multiplier=1 / 16).eval()
-    converted = make_dilated(VGG16Trunk("fcn", width_multiplier=1 / 16), 8).eval()
+    frontend = create_tiny("vgg16_dilation_frontend").eval()
+    converted = make_dilated(VGG16Trunk("fcn", **BACKBONE), 8).eval()
     converted.load_state_dict(frontend.state_dict())
     assert isinstance(converted.pool4, torch.nn.Identity) and isinstance(converted.pool5, torch.nn.Identity)
     assert converted.conv5[0].dilation == (2, 2) and converted.fc6[0].dilation == (4, 4)
@@ -27,9 +28,9 @@ def test_vgg_trunk_fields():
     # fc6 7x7 at jump 32 on VGG-16's 212-pixel pool5 field: 212 + 6 * 32 = 404. The front end
     # drops the 2x2 pool4 (1 tap at jump 8) and pool5 (1 tap at jump 16): 404 - 8 - 16 = 380.
     for trunk, size in (("fcn", 404), ("frontend", 380)):
-        field = atrous.receptive_field(VGG16Trunk(trunk, width_multiplier=1 / 16), (3, 256, 256))
+        field = atrous.receptive_field(VGG16Trunk(trunk, **BACKBONE), (3, 256, 256))
         assert field.size == (size, size), trunk
-    largefov = create("deeplabv1_largefov_vgg16", num_classes=2, width_multiplier=1 / 16)
+    largefov = create_tiny("deeplabv1_largefov_vgg16", num_classes=2)
     fc6 = largefov.trunk.fc6[0]
     assert (fc6.kernel_size, fc6.dilation, largefov.output_stride) == ((3, 3), (12, 12), 8)
 
@@ -44,8 +45,8 @@ def test_vgg16_parameter_count():
 def test_vgg_output_strides():
     x = torch.randn(1, 3, 70, 50)
     for name in ("dilation8_vgg16", "deeplabv1_largefov_vgg16", "fcn8s_vgg16"):
-        assert create(name, num_classes=2, width_multiplier=1 / 16)(x).shape == (1, 2, 70, 50)
-    trunk = VGG16Trunk("fcn", width_multiplier=1 / 16)
+        assert create_tiny(name, num_classes=2)(x).shape == (1, 2, 70, 50)
+    trunk = VGG16Trunk("fcn", **BACKBONE)
     assert trunk(x).shape[-2:] == (math.ceil(70 / 32), math.ceil(50 / 32))
 
 

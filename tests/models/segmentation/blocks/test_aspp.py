@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import SEGMENTATION, create_tiny
 
 from atrous.models import create
 from atrous.models.segmentation import ASPP, RateWarning, check_aspp_rates, paper_rates
@@ -34,7 +35,7 @@ def test_aspp_trains_at_batch_size_1():
 
 
 def test_deeplab_trains_at_batch_size_1():
-    model = create("deeplabv3_resnet18", num_classes=3, width_multiplier=1 / 16).train()
+    model = create_tiny("deeplabv3_resnet18").train()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RateWarning)
         out = model(torch.randn(1, 3, 64, 64))
@@ -71,9 +72,9 @@ def test_rates_off_the_paper_convention_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ASPP(4, 4, rates=(12, 24, 36), output_stride=8)
-        create("deeplabv3_resnet18", num_classes=3, output_stride=8, width_multiplier=1 / 16)
+        create("deeplabv3_resnet18", **SEGMENTATION, output_stride=8)
     with pytest.warns(RateWarning):
-        create("deeplabv3_resnet18", num_classes=3, output_stride=16, rates=(12, 24, 36), width_multiplier=1 / 16)
+        create("deeplabv3_resnet18", **SEGMENTATION, output_stride=16, rates=(12, 24, 36))
 
 
 def test_rate_past_the_feature_map_warns_and_really_degenerates():
