@@ -4,12 +4,12 @@ Each configuration runs ``atrous predict --model NAME --weights FILE`` (random w
 ``state_dict``; 21 classes, as VOC) in a fresh Python process, so its peak resident memory
 (``ru_maxrss``) is its own: decoding the image, the forward passes, the two PNGs written. "whole"
 is ``--tile 0``; "tiled" the default (2048-pixel tiles, the overlap from the model's receptive
-field). The time is that of the whole command after the imports. The labels of both runs are
+field). Wall and CPU time are those of the command after its imports. The labels of both runs are
 compared pixel by pixel: equal for models without global pooling, not for DeepLab (ASPP's
 image-level branch sees only its tile).
 
     python benchmarks/tiled_predict.py --write-docs   # the table in docs/inference.md, written there
-    python benchmarks/tiled_predict.py --quick    # smoke run: a 1200x896 image, tiles of 1024
+    python benchmarks/tiled_predict.py --quick        # smoke run: a 1200x896 image, tiles of 1024
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from _docs import DOCS, write_section  # benchmarks/_docs.py, beside this script
 
-# (model, builder arguments as --model-arg): full width where a whole-image forward fits in a few GB
+# (model, builder arguments as --model-arg): the ResNets at a quarter width keep the run near 5 minutes on 2 cores
 MODELS = [
     ("context_net", ["width_multiplier=1.0"]),
     ("fcn_resnet50", ["width_multiplier=0.25"]),
@@ -46,7 +46,8 @@ def child(argv: list[str]) -> None:
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     code = main(argv)
     seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime  # less swayed by other jobs than wall time
+    # CPU seconds are less swayed than wall time by other jobs on the machine
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     print(json.dumps({"code": code, "seconds": seconds, "cpu_seconds": cpu, "peak_mib": after.ru_maxrss / 1024}))
 
 
@@ -112,8 +113,8 @@ def main() -> None:
     command = "python benchmarks/tiled_predict.py" + (" --quick" if args.quick else "")
     lines = [f"`{command}`: `atrous predict` on one {width}x{height} PNG, {CLASSES} classes, random weights, "
              f"{args.threads} threads, a fresh process per row (time: wall and CPU seconds of the command after its "
-             f"imports; memory: its peak resident set); load average {load:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
-             f"on {os.cpu_count()} cores.", "",
+             f"imports; memory: its peak resident set); load average {load:.1f} at the start and "
+             f"{os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} cores.", "",
              "| model | arguments | mode | time (s) | CPU time (s) | peak memory (MiB) | labels equal to whole |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| `{name}` | `{model_args}` | {mode} | {seconds:.1f} | {cpu:.1f} | {peak:,.0f} | {same:.2%} |"

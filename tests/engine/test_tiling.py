@@ -26,13 +26,13 @@ from atrous.engine.tiling import (
 )
 
 TILE = 256
-HEIGHT, WIDTH = 264, 552  # multiples of the stride (8), not of the tile: 2 x 6 tiles with plain_net's margin
+HEIGHT, WIDTH = 264, 552  # multiples of the stride (8), not of the tile: 2 x 5 tiles with plain_net's margin
 
 
 @pytest.fixture(scope="module")
 def model_and_image():
-    """plain_net (no global pooling, a 163-pixel field) with random BatchNorm, in float64, and an image
-    of smooth blobs (the labels follow it) with noise on top."""
+    """plain_net (no global pooling, a 155-pixel field reaching 81 pixels) with random BatchNorm, in
+    float64, and an image of smooth blobs with noise on top."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
     blobs = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 12, dtype=torch.float64, generator=generator),
