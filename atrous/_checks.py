@@ -27,6 +27,16 @@ def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def finite_numbers(values: object, *, above: float = -math.inf, length: int | None = None) -> bool:
+    """Whether ``values`` is a non-empty sequence (not a string) of finite numbers > ``above``,
+    of ``length`` items when given; for lists read from files and options, whose errors say more."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        return False
+    if length is not None and len(values) != length:
+        return False
+    return all(is_number(v) and math.isfinite(v) and v > above for v in values)
+
+
 def _bounds(low: int | None, high: int | None) -> str:
     if low is not None and high is not None:
         return f"from {low:,} to {high:,}"

@@ -17,6 +17,7 @@ from atrous._checks import (
     check_int,
     check_ints,
     check_rates,
+    finite_numbers,
     int_range,
     is_int,
     is_number,
@@ -160,3 +161,20 @@ def test_check_bool_takes_only_true_and_false():
     for bad in (0, 1, "True", None, np.bool_(True)):
         message = refused(TypeError, lambda: check_bool(bad, "bias"), name="bias", value=bad)
         assert message == f"bias must be True or False, got {bad!r}"
+
+
+@pytest.mark.parametrize("values, kwargs, expected", [
+    ([0.5, 1, 2.0], {}, True),
+    ((1.0,), {"above": 0}, True),
+    ([0.0], {"above": 0}, False),  # above is exclusive
+    ([1.0, float("nan")], {}, False),
+    ([1.0, float("inf")], {}, False),
+    ([1.0, True], {}, False),  # a bool is not a number here
+    ([], {}, False),
+    ("12", {}, False),  # a string is a sequence, but not of numbers
+    (3.0, {}, False),
+    ([1.0, 2.0], {"length": 3}, False),
+    ([1.0, 2.0, 3.0], {"length": 3}, True),
+])
+def test_finite_numbers(values, kwargs, expected):
+    assert finite_numbers(values, **kwargs) is expected

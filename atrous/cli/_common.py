@@ -7,7 +7,7 @@ import importlib.util
 import math
 import sys
 
-from atrous._checks import check_int
+from atrous._checks import check_int, finite_numbers
 
 
 def parse_ints(text: str, name: str, *, maximum: int | None = None) -> list[int]:
@@ -30,8 +30,7 @@ def parse_floats(text: str, name: str, *, maximum: float | None = None) -> tuple
         raise ValueError(f"{name} must be comma-separated numbers like 0.75,1,1.25, got {text!r}") from None
     allowed = f"finite numbers > 0 and <= {maximum:g}" if maximum is not None else "finite numbers > 0"
     # nan compares False with everything, so finiteness is checked on its own
-    if not values or not all(math.isfinite(v) and v > 0 for v in values) or \
-            (maximum is not None and max(values) > maximum):
+    if not finite_numbers(values, above=0) or (maximum is not None and max(values) > maximum):
         raise ValueError(f"{name} must be comma-separated {allowed}, got {text!r}")
     return values
 
@@ -158,7 +157,7 @@ def parse_stats(text: str | None, name: str) -> list[float] | None:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ValueError(f"{name} must be comma-separated numbers like 0.485,0.456,0.406, got {text!r}") from None
-    if not values or not all(math.isfinite(v) for v in values):
+    if not finite_numbers(values):
         raise ValueError(f"{name} must be comma-separated finite numbers, got {text!r}")
     return values
 

@@ -5,7 +5,6 @@ DeepLab's evaluation protocol); images larger than a tile run in overlapping til
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from atrous._checks import check_int, is_number
+from atrous._checks import check_int, finite_numbers
 from atrous.engine.metrics import ConfusionMatrix
 from atrous.engine.preprocess import MEAN, STD, normalize
 from atrous.engine.tiling import DEFAULT_TILE, Tiler
@@ -35,8 +34,7 @@ def _batches(dataset: Dataset, indices: Sequence[int], batch_size: int) -> Itera
 
 def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     """A non-empty sequence of finite input scales > 0, as a tuple; the error names ``scales``."""
-    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales or not all(
-            is_number(s) and math.isfinite(s) and s > 0 for s in scales):
+    if not finite_numbers(scales, above=0):
         raise ValueError(f"scales (--scales) must be a non-empty sequence of finite numbers > 0, got {scales!r}")
     return tuple(scales)
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from atrous._checks import is_int, is_number
+from atrous._checks import finite_numbers, is_int
 from atrous._files import atomic_write, check_output_file
 from atrous.data.folders import DEFAULT_MAX_PIXELS, read_image
 from atrous.engine.checkpoint import META_FILE, checkpoint_dir, load_checkpoint, read_checkpoint_meta
@@ -56,8 +56,7 @@ def _check_meta(meta: dict[str, Any], file: Path, in_channels: Any) -> None:
     channels = in_channels if is_int(in_channels) else 3
     for key, low in (("mean", -math.inf), ("std", 0.0)):
         value = meta.get(key)
-        numbers = isinstance(value, list) and len(value) == channels and all(
-            is_number(v) and math.isfinite(v) and v > low for v in value)
+        numbers = isinstance(value, list) and finite_numbers(value, above=low, length=channels)
         if value is not None and not numbers:
             what = "finite numbers" if key == "mean" else "finite numbers > 0"
             raise _field_error(file, key, f"a list of {channels} {what} (one per input channel)", value)

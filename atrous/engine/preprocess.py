@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from atrous._checks import is_number
+from atrous._checks import finite_numbers
 
 # ImageNet statistics: the default of atrous runs, stored with each checkpoint so prediction uses what
 # training used, and what torchvision's and timm's released checkpoints expect on RGB in [0, 1].
@@ -28,8 +28,7 @@ def check_stats(mean: Sequence[float], std: Sequence[float], *, channels: int = 
     result = []
     for values, name, low in ((mean, names[0], -math.inf), (std, names[1], 0.0)):
         what = "finite numbers" if low == -math.inf else "finite numbers > 0"
-        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != channels \
-                or not all(is_number(v) and math.isfinite(v) and v > low for v in values):
+        if not finite_numbers(values, above=low, length=channels):
             raise ValueError(f"{name} must be {channels} {what} (one per input channel), got {values!r}")
         result.append([float(v) for v in values])
     return result[0], result[1]

@@ -325,7 +325,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Fa
 def _hint(state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]) -> str:
     pooling_bn = "classifier.0.convs.4.2.running_mean"
     if pooling_bn in state and "classifier.0.convs.4.conv.weight" in model_state:
-        return "; build the model with head='torchvision' for torchvision's DeepLab v3 checkpoints"
+        return ("; build the model with head='torchvision' (on the command line: --model-arg head=torchvision) "
+                "for torchvision's DeepLab v3 checkpoints")
     if pooling_bn in model_state and "classifier.0.convs.4.conv.weight" in state:
         return "; this is atrous's own DeepLab head: build the model with head='paper'"
     return ""

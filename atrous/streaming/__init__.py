@@ -1,6 +1,7 @@
 """Streaming (incremental) inference for causal dilated models: :class:`Streamer` (any causal
-stack), :class:`FusedStreamer` (one fused call per step), :class:`StreamingStep` (explicit state,
-for export) and autoregressive sampling."""
+model torch.fx can trace, strided and upsampling layers and bounded lookahead included; the
+graph it streams is :mod:`atrous.streaming.graph`), :class:`FusedStreamer` (one fused call per
+step), :class:`StreamingStep` (explicit state, for export) and autoregressive sampling."""
 
 from atrous.streaming.functional import StreamingStep
 from atrous.streaming.fused import FusedStreamer

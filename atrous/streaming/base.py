@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from atrous._checks import is_int
+
 
 class StreamerBase(ABC):
     """State and checks shared by :class:`~atrous.streaming.Streamer` and
@@ -32,7 +34,7 @@ class StreamerBase(ABC):
     def __init__(self, model: nn.Module, batch_size: int) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:  # a ValueError for every bad batch size, as always
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.batch_size = batch_size
         self.samples_seen = 0
@@ -40,11 +42,11 @@ class StreamerBase(ABC):
     @property
     @abstractmethod
     def context(self) -> int:
-        """Total past samples held across layers (the sum of ``(k - 1) * d``)."""
+        """Total past samples held across layers (for causal convolutions, the sum of ``(k - 1) * d``)."""
 
     @abstractmethod
     def step(self, chunk: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Feed the next ``L`` samples of every stream; return the model's next ``L`` outputs."""
+        """Feed the next ``L`` samples of every stream; return the outputs now complete."""
 
     @abstractmethod
     def _zero_streams(self, rows: torch.Tensor | None) -> None:

@@ -2,15 +2,17 @@
 
 :func:`build_graph` traces a model with ``torch.fx`` on two example inputs of different lengths
 (:mod:`atrous.streaming.tracing`), reads from them which axis of every value is time, turns the
-fx nodes into the :class:`Node` list below (:mod:`atrous.streaming.normalise`), folds padding
-into the window that follows it and crops into the window that precedes it, and analyses the
-sample rates, delays and lookahead (:mod:`atrous.streaming.timing`). The PyTorch
-:class:`~atrous.streaming.Streamer` executes the list; a lowering to fused ops can read it too.
+fx nodes into the :class:`Node` list below (:mod:`atrous.streaming.normalise`, the ops along time
+in :mod:`atrous.streaming.time_ops`), folds padding into the window that follows it and crops
+into the window that precedes it (:mod:`atrous.streaming.folding`), and analyses the sample
+rates, delays and lookahead (:mod:`atrous.streaming.timing`). The PyTorch
+:class:`~atrous.streaming.Streamer` executes the list (:mod:`atrous.streaming.plan`); a lowering
+to fused ops can read it too.
 
 Node kinds (:class:`Kind`):
 
-* ``INPUT``: an argument of ``forward``; a time input (the chunk, or a tensor argument of two or
-  more dims, time last) or a per-stream constant (``axis`` is ``None``).
+* ``INPUT``: an argument of ``forward``; a time input (the chunk, or a tensor argument of three
+  or more dims, time last) or a per-stream constant (``axis`` is ``None``).
 * ``STATIC``: a value with no time axis computed from parameters and constants only (a
   parameter, a weight-norm weight, a speaker embedding). Recomputed at every step, so the
   streamer uses the model's current weights.
@@ -121,23 +123,28 @@ class Node:
     @property
     def inputs(self) -> list[int]:
         """Indices of the nodes this one reads, in order."""
-        found: list[int] = []
-        _collect_refs((self.args, self.kwargs), found)
-        return found
+        return refs_in((self.args, self.kwargs))
 
 
 
-def _collect_refs(value: Any, found: list[int]) -> None:
+def refs_in(value: Any) -> list[int]:
+    """Indices of the :class:`Ref` in ``value`` (nested in tuples, lists, dicts and slices), in order."""
+    found: list[int] = []
+    _collect(value, found)
+    return found
+
+
+def _collect(value: Any, found: list[int]) -> None:
     if isinstance(value, Ref):
         found.append(value.index)
     elif isinstance(value, (tuple, list)):
         for item in value:
-            _collect_refs(item, found)
+            _collect(item, found)
     elif isinstance(value, dict):
         for item in value.values():
-            _collect_refs(item, found)
+            _collect(item, found)
     elif isinstance(value, slice):
-        _collect_refs((value.start, value.stop, value.step), found)
+        _collect((value.start, value.stop, value.step), found)
 
 
 @dataclass
@@ -149,8 +156,9 @@ class Timing:
     that wait for later input (the offline output's tail that depends on the right padding;
     :meth:`~atrous.streaming.Streamer.flush` returns them). ``lookahead``: future input samples
     the output needs. ``sources``: the nodes that look ahead, with their own lookahead in
-    samples of their input. ``lead``: a node whose output runs ahead of the input (a left pad
-    not folded into a window), which rules out resetting single streams.
+    samples of their input. ``waiting``: per node, the samples it holds back at most. ``lead``:
+    a node that computes samples ahead of the input (a left pad not folded into a window), which
+    rules out resetting single streams.
     """
 
     rate: Fraction = Fraction(1)
@@ -159,6 +167,7 @@ class Timing:
     lookahead: int = 0
     sources: list[tuple[int, int]] = field(default_factory=list)
     lead: int | None = None
+    waiting: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -222,8 +231,9 @@ def build_graph(model: nn.Module, examples: dict[str, tuple[Any, Any]], concrete
     """
     from atrous.streaming.normalise import normalise
     from atrous.streaming.timing import analyse
-    from atrous.streaming.tracing import trace
+    from atrous.streaming.tracing import eval_mode, trace
 
-    graph = normalise(trace(model, examples, concrete), model, time_inputs)
+    with eval_mode(model):
+        graph = normalise(trace(model, examples, concrete), model, time_inputs)
     graph.timing = analyse(graph, lengths)
     return graph

@@ -40,6 +40,8 @@ def conv_at_one_step(window: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
 def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> torch.Tensor:
     """A 1x1 convolution; one time step runs as a matmul (conv1d's overhead dominates there)."""
+    if x.shape[2] == 0:
+        return x.new_empty(x.shape[0], weight.shape[0], 0)
     if x.shape[2] == 1:
         return conv_at_one_step(x, weight, bias, groups)
     return F.conv1d(x, weight, bias, 1, 0, 1, groups)
@@ -59,22 +61,27 @@ class Stateful:
         else:
             self.resets.append((position, rows))
 
-    def push(self, x: torch.Tensor, *params, final: bool = False, axis: int = -1) -> torch.Tensor:
-        """Feed the next input samples (``x`` along ``axis``); return the outputs now complete."""
+    def push(self, x: torch.Tensor, *params, final: bool = False, axis: int = -1, end: int | None = None
+             ) -> torch.Tensor:
+        """Feed the next input samples (``x`` along ``axis``); return the outputs now complete.
+
+        ``end``: the input's length if the streams ended now (more than the samples received
+        when the input holds some back); it bounds what a crop at the right end lets out.
+        """
         if not self.resets:
-            return self.step(x, *params, final=final)
+            return self.step(x, *params, final=final, end=end)
         outs = []
         while self.resets and self.resets[0][0] - self.received <= x.shape[axis]:
             position, rows = self.resets.pop(0)
             cut = position - self.received
-            if cut:
-                outs.append(self.step(x.narrow(axis, 0, cut), *params, final=False))
+            if cut:  # without ``end``: holding back more than needed is safe, the rest comes later
+                outs.append(self.step(x.narrow(axis, 0, cut), *params, final=False, end=None))
                 x = x.narrow(axis, cut, x.shape[axis] - cut)
             self.zero(rows)
-        outs.append(self.step(x, *params, final=final))
+        outs.append(self.step(x, *params, final=final, end=end))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=axis)
 
-    def step(self, x: torch.Tensor, *params, final: bool) -> torch.Tensor:
+    def step(self, x: torch.Tensor, *params, final: bool, end: int | None) -> torch.Tensor:
         raise NotImplementedError
 
     def zero(self, rows: torch.Tensor) -> None:
@@ -103,10 +110,11 @@ class CausalRing(Stateful):
     def context(self) -> int:
         return self.size
 
-    def step(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, final: bool) -> torch.Tensor:
+    def step(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, final: bool,
+             end: int | None = None) -> torch.Tensor:
         size = self.size
         self.received += x.shape[2]
-        if size == 0:
+        if size == 0 or x.shape[2] == 0:
             return pointwise_conv(x, weight, bias, self.groups)
         if self.buffer is None:
             self.buffer = x.new_zeros(x.shape[0], x.shape[1], size)
@@ -174,7 +182,7 @@ class Window(_Cropped):
     def context(self) -> int:
         return max(0, self.geometry.extent - self.geometry.stride)
 
-    def step(self, x: torch.Tensor, *params, final: bool) -> torch.Tensor:
+    def step(self, x: torch.Tensor, *params, final: bool, end: int | None) -> torch.Tensor:
         g, axis = self.geometry, self.axis
         if self.buffer is None:
             shape = list(x.shape)
@@ -198,10 +206,9 @@ class Window(_Cropped):
         keep_from = self.done * g.stride  # the next window starts there
         cut = min(max(0, keep_from - self.start), self.buffer.shape[axis])
         self.buffer = self.buffer.narrow(axis, cut, self.buffer.shape[axis] - cut)
-        self.start += cut
-        if keep_from > self.start:  # a gap (stride > extent) or a negative pad: skip inputs still to come
-            self.start = keep_from
-        return self.emit(new, x, final, g.window_raw(self.received, final=True))
+        # past the buffer's end: a gap (stride > extent) or a negative pad, inputs still to come are skipped
+        self.start = max(self.start + cut, keep_from)
+        return self.emit(new, x, final, g.window_raw(self.received if end is None else end, final=True))
 
     def zero(self, rows: torch.Tensor) -> None:
         if self.buffer is not None:
@@ -220,20 +227,23 @@ class Transposed(_Cropped):
     def context(self) -> int:
         return self.reach
 
-    def step(self, x: torch.Tensor, *params, final: bool) -> torch.Tensor:
+    def step(self, x: torch.Tensor, *params, final: bool, end: int | None) -> torch.Tensor:
         g = self.geometry
         self.received += x.shape[2]
         if self.history is None:
             self.history = x.new_zeros(x.shape[0], x.shape[1], self.reach)
             x = torch.cat([x.new_zeros(x.shape[0], x.shape[1], g.pad_left), x], dim=2)
-        raw_end = g.transposed_raw(self.received, final=True)
+        raw_end = g.transposed_raw(self.received if end is None else end, final=True)
         if final:  # zeros after the end: the outputs that the last inputs still reach
             missing = max(0, raw_end - g.crop_right - (self.done + x.shape[2] * g.stride))
             x = torch.cat([x, x.new_zeros(x.shape[0], x.shape[1], -(-missing // g.stride))], dim=2)
         new = None
         if x.shape[2]:
             window = torch.cat([self.history, x], dim=2)
-            full = self.op(window, *params)
+            if g.extent < g.stride:  # a zero input after the window: its gap outputs exist (the bias)
+                full = self.op(torch.cat([window, x.new_zeros(x.shape[0], x.shape[1], 1)], dim=2), *params)
+            else:
+                full = self.op(window, *params)
             new = full[:, :, self.reach * g.stride: (self.reach + x.shape[2]) * g.stride]
             self.done += x.shape[2] * g.stride
             self.history = window[:, :, window.shape[2] - self.reach:]
@@ -250,15 +260,18 @@ class Aligner:
     def __init__(self, axes: list[int]) -> None:
         self.axes = axes
         self.queues: list[torch.Tensor | None] = [None] * len(axes)
+        self.holding = False
 
     def align(self, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
         axes = self.axes
-        lengths = [chunk.shape[axis] for chunk, axis in zip(chunks, axes)]
-        if all(queue is None for queue in self.queues) and min(lengths) == max(lengths):
-            return chunks
+        if not self.holding:
+            length = chunks[0].shape[axes[0]]
+            if all(chunk.shape[axis] == length for chunk, axis in zip(chunks, axes)):
+                return chunks
         joined = [chunk if queue is None else torch.cat([queue, chunk], dim=axis)
                   for queue, chunk, axis in zip(self.queues, chunks, axes)]
         ready = min(chunk.shape[axis] for chunk, axis in zip(joined, axes))
         self.queues = [chunk.narrow(axis, ready, chunk.shape[axis] - ready) if chunk.shape[axis] > ready else None
                        for chunk, axis in zip(joined, axes)]
+        self.holding = any(queue is not None for queue in self.queues)
         return [chunk.narrow(axis, 0, ready) for chunk, axis in zip(joined, axes)]

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atrous.streaming.graph import Geometry, Kind, Node, Ref, StreamGraph
+from atrous.streaming.graph import Geometry, Kind, Node, Ref, StreamGraph, refs_in
 from atrous.streaming.history import Aligner, CausalRing, Stateful, Transposed, Window
 from atrous.streaming.routed import Route
-from atrous.streaming.timing import position
+from atrous.streaming.timing import counts, position
 
 Getter = Callable[[list], Any]
 
@@ -32,6 +32,24 @@ def _compile(value: Any, slot: Callable[[int], int] = lambda index: index) -> Ge
         at = slot(value.index)
         return lambda values: values[at]
     if isinstance(value, (tuple, list)):
+        if all(not _has_ref(item) for item in value):
+            return lambda values: value
+        if all(isinstance(item, Ref) or not _has_ref(item) for item in value):  # flat: the common case
+            positions = [(i, slot(item.index)) for i, item in enumerate(value) if isinstance(item, Ref)]
+            if len(positions) == len(value) == 1:
+                (_, a), = positions
+                return lambda values: (values[a],)
+            if len(positions) == len(value) == 2:
+                (_, a), (_, b) = positions
+                return lambda values: (values[a], values[b])
+            template, kind = list(value), type(value)
+
+            def flat(values: list) -> Any:
+                items = template.copy()
+                for i, at in positions:
+                    items[i] = values[at]
+                return kind(items)
+            return flat
         parts = [_compile(item, slot) for item in value]
         kind = type(value)
         return lambda values: kind(part(values) for part in parts)
@@ -42,6 +60,10 @@ def _compile(value: Any, slot: Callable[[int], int] = lambda index: index) -> Ge
         start, stop, step = (_compile(v, slot) for v in (value.start, value.stop, value.step))
         return lambda values: slice(start(values), stop(values), step(values))
     return lambda values: value
+
+
+def _has_ref(value: Any) -> bool:
+    return bool(refs_in(value))
 
 
 def _fetch(root: nn.Module, target: str) -> Any:
@@ -73,9 +95,11 @@ class _Call:
             self.args, self.kwargs = _compile(node.args, local.__getitem__), _compile(node.kwargs, local.__getitem__)
         else:
             self.args, self.kwargs = _compile(node.args), _compile(node.kwargs)
+        self.no_kwargs = not node.kwargs
         self.route = None
         if node.kind is Kind.OPAQUE:
-            self.route = Route(node.target, node.label.split("'")[1] if "'" in node.label else "")
+            path = next(name for name, module in model.named_modules() if module is node.target)
+            self.route = Route(node.target, path)
             self.function = self.route
         elif node.op == "get_attr":
             target = node.target
@@ -92,6 +116,8 @@ class _Call:
     def __call__(self, values: list, final: bool) -> Any:
         if self.aligner is not None:
             values = self.aligner.align([values[i] for i in self.aligned]) + [values[i] for i in self.others]
+        if self.no_kwargs:
+            return self.function(*self.args(values))
         return self.function(*self.args(values), **self.kwargs(values))
 
 
@@ -104,6 +130,10 @@ class _Temporal:
         self.params = _compile(node.args[1:])
         self.module = node.target if isinstance(node.target, nn.Module) else None
         self.axis = node.axis
+        g = node.geometry
+        # a crop at the right end of a value that holds samples back must know the value's length
+        self.needs_end = bool(graph.timing.waiting and graph.timing.waiting[self.source]) and (
+            g.crop_right != 0 or g.pad_right < 0)
         self.state = self.fresh()
 
     def fresh(self) -> Stateful:
@@ -130,16 +160,15 @@ class _Temporal:
         every = (slice(None),) * axis + (slice(None, None, s),)
         return Window(g, (lambda w: w) if s == 1 else (lambda w: w[every]), lambda x: x.narrow(axis, 0, 0), axis)
 
-    def __call__(self, values: list, final: bool) -> torch.Tensor:
+    def __call__(self, values: list, final: bool, end: int | None = None) -> torch.Tensor:
         x = values[self.source]
         module = self.module
         if module is not None:
-            for hook in module._forward_pre_hooks.values():  # the old weight_norm computes the weight here
-                hook(module, (x,))
-            params = (module.weight, module.bias) if self.node.op.startswith("conv") else ()
-        else:
-            params = self.params(values)
-        return self.state.push(x, *params, final=final, axis=self.axis)
+            if module._forward_pre_hooks:
+                for hook in module._forward_pre_hooks.values():  # the old weight_norm computes the weight here
+                    hook(module, (x,))
+            return self.state.push(x, module.weight, module.bias, final=final, axis=self.axis, end=end)
+        return self.state.push(x, *self.params(values), final=final, axis=self.axis, end=end)
 
 
 class Plan:
@@ -156,8 +185,10 @@ class Plan:
         for index, node in enumerate(graph.nodes):
             if node.kind is Kind.INPUT:
                 continue
-            runner = _Temporal(graph, node) if node.kind in (Kind.WINDOW, Kind.TRANSPOSED) else _Call(graph, node, model)
+            temporal = node.kind in (Kind.WINDOW, Kind.TRANSPOSED)
+            runner = _Temporal(graph, node) if temporal else _Call(graph, node, model)
             self.runners.append((index, runner))
+        self.needs_ends = any(getattr(runner, "needs_end", False) for _, runner in self.runners)
         self.eval_only = list(graph.eval_only)
         for _, runner in self.runners:
             if getattr(runner, "route", None) is not None:
@@ -173,13 +204,23 @@ class Plan:
                 total += runner.route.context
         return total
 
-    def run(self, inputs: dict[str, Any], final: bool = False) -> torch.Tensor:
-        """Outputs complete after this chunk (``inputs`` per argument name; ``final``: the streams end)."""
+    def run(self, inputs: dict[str, Any], samples: int, final: bool = False) -> torch.Tensor:
+        """Outputs complete after this chunk.
+
+        Args:
+            inputs: per argument name of ``forward``, its value for this chunk.
+            samples: input samples fed so far, this chunk included.
+            final: the streams end after this chunk (add the right padding, emit everything).
+        """
         values: list[Any] = [None] * len(self.graph.nodes)
         for name, index in self.graph.inputs.items():
             values[index] = inputs[name]
+        ends = counts(self.graph, samples) if self.needs_ends else None
         for index, runner in self.runners:
-            values[index] = runner(values, final)
+            if ends is not None and getattr(runner, "needs_end", False):
+                values[index] = runner(values, final, ends[runner.source][1])
+            else:
+                values[index] = runner(values, final)
         return values[self.graph.output]
 
     def fresh(self) -> None:
@@ -204,11 +245,13 @@ class Plan:
             raise ValueError(f"cannot reset single streams of this model: {self.graph.nodes[timing.lead].label} emits "
                              "samples ahead of its input (a left pad not followed by a convolution), so the restarted "
                              "streams would see the old sequence there; reset all streams with reset()")
+        routes = [runner.route for _, runner in self.runners if getattr(runner, "route", None) is not None]
+        for route in routes:
+            if route.received != samples and any(conv.ring is not None for conv in route.convs):
+                raise ValueError(f"cannot reset single streams of this model: {type(route.module).__name__} runs "
+                                 "whole behind a window that looks ahead; reset all streams with reset()")
         for _, runner in self.runners:
             if isinstance(runner, _Temporal):
                 runner.state.reset(rows, position(samples, runner.input_rate))
-            elif runner.route is not None:
-                if runner.route.received != samples and any(c.ring is not None for c in runner.route.convs):
-                    raise ValueError(f"cannot reset single streams of this model: {runner.route.module.__class__.__name__}"
-                                     " runs whole behind a window that looks ahead; reset all streams with reset()")
-                runner.route.reset(rows)
+        for route in routes:
+            route.reset(rows)

@@ -25,13 +25,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from atrous._checks import is_int
-from atrous.models.sequence import TCN, TemporalBlock, WaveNet
-from atrous.ops.layers import DilatedConv1d
-from atrous.ops.padding import causal_padding
-from atrous.streaming.opset import ACTIVATIONS, ActKind, IdSource, Op, OpCode, Span
-
-_ACTIVATION_OF = {activation.module: kind for kind, activation in ACTIVATIONS.items()}
+from atrous.models.sequence import WaveNet
+from atrous.streaming.graph import StreamGraph
+from atrous.streaming.lowering import lower_graph
+from atrous.streaming.opset import IdSource, Op, OpCode, Span
+from atrous.streaming.streamer import Streamer
 
 
 @dataclass
@@ -62,124 +60,87 @@ class Program:
         self.ops.append(Op(code, src, dst, **fields))
         return dst
 
-    def linear(self, src: Span, matrix: torch.Tensor, bias: torch.Tensor | None, *, init: Span | None = None,
-               dst: Span | None = None) -> Span:
-        """``matrix``: ``(src.width, out)``."""
-        bias_index = None if bias is None else self.weight(bias)
-        return self.emit(OpCode.LINEAR, src, matrix.shape[1], init=init, weight=self.weight(matrix), bias=bias_index,
-                         dst=dst)
 
-    def conv(self, src: Span, conv: nn.Conv1d, *, init: Span | None = None) -> Span:
-        k, d = conv.kernel_size[0], conv.dilation[0]
-        weight = _dense_weight(conv)  # (out, in, k)
-        matrix = weight.permute(2, 1, 0).reshape(k * src.width, -1)  # tap j (oldest first) in rows j*in..
-        bias = conv.bias
-        if k == 1:
-            return self.linear(src, matrix, bias, init=init)
-        self.rings.append((causal_padding(k, d)[0], src.width))
-        return self.emit(OpCode.CONV, src, weight.shape[0], init=init, weight=self.weight(matrix),
-                         bias=None if bias is None else self.weight(bias), ring=len(self.rings) - 1,
-                         kernel_size=k, dilation=d)
+class _WaveNetCore(nn.Module):
+    """A WaveNet after its class-id lookup: ``(h, global_bias, local) -> logits``, traceable.
 
-    def act(self, src: Span, kind: ActKind) -> Span:
-        return self.emit(OpCode.ACT, src, src.width, arg=kind)
+    WaveNet's own forward checks its ids and conditioning shapes, which ``torch.fx`` cannot trace;
+    the lowering looks up ``h`` (the 1x1 input convolution of a one-hot id) and the speaker's
+    bias with ``EMBED`` ops and traces the rest of the model through this forward.
+    """
 
+    def __init__(self, model: WaveNet) -> None:
+        super().__init__()
+        self.wavenet = model
+        self.in_channels = model.config.residual_channels
 
-def _dense_weight(conv: nn.Conv1d) -> torch.Tensor:
-    """The conv weight ``(out, in, k)`` with groups expanded to a block-diagonal dense weight."""
-    weight = conv.weight.detach()  # evaluates a weight-norm parametrisation
-    if conv.groups == 1:
-        return weight
-    out_per, in_per = conv.out_channels // conv.groups, conv.in_channels // conv.groups
-    dense = weight.new_zeros(conv.out_channels, conv.in_channels, weight.shape[2])
-    for g in range(conv.groups):
-        dense[g * out_per : (g + 1) * out_per, g * in_per : (g + 1) * in_per] = weight[g * out_per : (g + 1) * out_per]
-    return dense
+    def forward(self, h: torch.Tensor, global_bias: torch.Tensor | None = None,
+                local: torch.Tensor | None = None) -> torch.Tensor:
+        bias = None if global_bias is None else global_bias.unsqueeze(2)
+        skips = 0
+        for layer in self.wavenet.layers:
+            h, skip = layer(h, bias, local)
+            skips = skips + skip
+        return self.wavenet.head(skips)
 
 
-def _label(name: str, module: nn.Module) -> str:
-    return f"layer {name or '<root>'!r} ({type(module).__name__})"
+def trace_graph(model: nn.Module, chunk: torch.Tensor | None = None, args: tuple = ()) -> StreamGraph:
+    """The :class:`~atrous.streaming.graph.StreamGraph` of ``model`` on example inputs (batch 1).
 
-
-def _lower_module(program: Program, name: str, module: nn.Module, x: Span) -> Span:
-    """Append the ops of ``module`` applied to ``x``; return the span of its output."""
-    label = _label(name, module)
-    prefix = f"{name}." if name else ""
-    if isinstance(module, nn.Sequential):
-        for child_name, child in module.named_children():
-            x = _lower_module(program, prefix + child_name, child, x)
-        return x
-    if isinstance(module, TemporalBlock):
-        out = _lower_module(program, prefix + "net", module.net, x)
-        residual = x
-        if module.downsample is not None:
-            residual = _lower_module(program, prefix + "downsample", module.downsample, x)
-        return program.act(program.emit(OpCode.ADD, out, out.width, init=residual), ActKind.RELU)
-    if isinstance(module, TCN):
-        features = _lower_module(program, prefix + "blocks", module.blocks, x)
-        return _lower_module(program, prefix + "head", module.head, features)
-    if isinstance(module, nn.Conv1d):
-        causal = isinstance(module, DilatedConv1d) and module.padding == "causal"
-        pointwise = module.kernel_size == (1,) and (module.padding in ("valid", "same") or module.padding == (0,))
-        if module.stride != (1,) or not (causal or pointwise) or module.padding_mode != "zeros":
-            raise ValueError(
-                f"cannot fuse {label}: a convolution must be a CausalConv1d or a 1x1 Conv1d with stride 1, got "
-                f"kernel_size={module.kernel_size[0]}, stride={module.stride[0]}, padding={module.padding!r}"
-            )
-        if module.in_channels != x.width:
-            raise ValueError(f"cannot fuse {label}: it takes {module.in_channels} channels but receives {x.width}")
-        return program.conv(x, module)
-    if isinstance(module, (nn.Dropout, nn.BatchNorm1d)) and module.training:
-        raise ValueError(f"cannot fuse {label} in training mode: call model.eval() first")
-    if isinstance(module, (nn.Dropout, nn.Identity)):
-        return x
-    if isinstance(module, nn.BatchNorm1d):
-        if not module.track_running_stats:
-            raise ValueError(f"cannot fuse {label}: without running statistics it normalises over time")
-        scale = (module.running_var + module.eps).rsqrt() * (module.weight if module.affine else 1.0)
-        shift = (module.bias if module.affine else 0.0) - module.running_mean * scale
-        return program.linear(x, torch.diag(scale.detach()), shift.detach())
-    if type(module) in _ACTIVATION_OF:
-        if isinstance(module, nn.GELU) and module.approximate != "none":
-            raise ValueError(f"cannot fuse {label}: only approximate='none' is supported, got {module.approximate!r}")
-        return program.act(x, _ACTIVATION_OF[type(module)])
-    raise ValueError(
-        f"cannot fuse {label}: supported are WaveNet, TCN and nn.Sequential stacks of CausalConv1d, 1x1 Conv1d, "
-        f"TemporalBlock, {', '.join(sorted(t.__name__ for t in _ACTIVATION_OF))}, Dropout and BatchNorm1d (eval); "
-        "atrous.streaming.Streamer streams any causal stack"
-    )
+    Raises:
+        ValueError: a node that cannot be streamed or looks ahead (named), or a model whose
+            input channels are unknown.
+    """
+    try:
+        streamer = Streamer(model, 1)
+        if chunk is not None and (streamer.graph is None or args):
+            streamer._build(chunk, args, {})
+        elif streamer.graph is None and streamer._takes_one_input():
+            # the input channels were guessed wrong, or a node fails: try the channels of every
+            # convolution in turn, then report the first guess's error
+            guesses = [streamer.in_channels] if streamer.in_channels else []
+            guesses += [m.in_channels for m in model.modules() if isinstance(m, nn.Conv1d)]
+            failure = None
+            for channels in dict.fromkeys(guesses):
+                try:
+                    streamer._build(torch.zeros(1, channels, 1), (), {})
+                    break
+                except ValueError as error:
+                    failure = failure or error
+            if streamer.graph is None and failure is not None:
+                raise failure
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"cannot fuse the model: {error}") from None
+    if streamer.graph is None:
+        raise ValueError(f"cannot fuse {type(model).__name__}: the fused step takes one (B, C, T) input whose "
+                         "channels it reads from in_channels or the first Conv1d; atrous.streaming.Streamer "
+                         "streams models with several inputs")
+    graph = streamer.graph
+    if graph.timing.rate != 1 or graph.timing.period != 1:
+        node = next(n for n in graph.nodes if n.rate != 1 or (n.geometry is not None and n.geometry.stride != 1))
+        raise ValueError(f"cannot fuse {node.label}: it changes the sample rate; atrous.streaming.Streamer streams it")
+    for label, module in graph.eval_only:
+        if module.training:
+            raise ValueError(f"cannot fuse {label} in training mode: call model.eval() first")
+    return graph
 
 
 def _lower_wavenet(model: WaveNet) -> Program:
     cfg = model.config
     program = Program(classes=cfg.classes, global_classes=cfg.global_classes)
-    half, layers = cfg.gate_channels // 2, len(model.layers)
     table = model.input.weight[:, :, 0].t() + model.input.bias  # a 1x1 conv of a one-hot input is a lookup
     h = program.emit(OpCode.EMBED, None, cfg.residual_channels, weight=program.weight(table), arg=IdSource.INPUT)
-    speaker = None
+    inputs, args = {"h": h}, []
+    if cfg.global_classes or cfg.local_channels:
+        args.append(torch.zeros(1, cfg.gate_channels) if cfg.global_classes else None)
     if cfg.global_classes:
-        speaker = program.emit(OpCode.EMBED, None, cfg.gate_channels, weight=program.weight(model.speaker.weight),
-                               arg=IdSource.GLOBAL)
-    local = None
+        inputs["global_bias"] = program.emit(OpCode.EMBED, None, cfg.gate_channels,
+                                             weight=program.weight(model.speaker.weight), arg=IdSource.GLOBAL)
     if cfg.local_channels:
-        program.local = program.alloc(cfg.local_channels)
-        stacked = torch.cat([layer.local.weight[:, :, 0].t() for layer in model.layers], dim=1)
-        local = program.linear(program.local, stacked, None)  # every layer's projection in one product
-    gated = program.alloc(layers * half)  # all z, so the skip convs become one product
-    for i, layer in enumerate(model.layers):
-        init = speaker
-        if local is not None:
-            local_i = Span(local.offset + i * cfg.gate_channels, cfg.gate_channels)
-            init = local_i if speaker is None else program.emit(OpCode.ADD, speaker, cfg.gate_channels, init=local_i)
-        pre = program.conv(h, layer.dilated, init=init)
-        z = program.emit(OpCode.GATE, pre, half, dst=Span(gated.offset + i * half, half))
-        if layer.residual is not None:
-            h = program.linear(z, layer.residual.weight[:, :, 0].t(), layer.residual.bias, init=h)
-    skip_matrix = torch.cat([layer.skip.weight[:, :, 0].t() for layer in model.layers], dim=0)
-    skip_bias = torch.stack([layer.skip.bias for layer in model.layers]).sum(0)
-    y = program.act(program.linear(gated, skip_matrix, skip_bias), ActKind.RELU)
-    y = program.act(program.linear(y, model.head[1].weight[:, :, 0].t(), model.head[1].bias), ActKind.RELU)
-    program.output = program.linear(y, model.head[3].weight[:, :, 0].t(), model.head[3].bias)
+        program.local = inputs["local"] = program.alloc(cfg.local_channels)
+        args.append(torch.zeros(1, cfg.local_channels, 1))
+    graph = trace_graph(_WaveNetCore(model), torch.zeros(1, cfg.residual_channels, 1), tuple(args))
+    program.output = lower_graph(program, graph, inputs=inputs)
     return program
 
 
@@ -188,22 +149,18 @@ def lower(model: nn.Module) -> Program:
     """Lower a causal model to a :class:`Program` (weights are copied: rebuild after training).
 
     Args:
-        model: a WaveNet, a TCN, or an ``nn.Sequential`` of supported layers, float32 on the CPU.
+        model: a causal model whose forward ``torch.fx`` traces (see
+            :mod:`atrous.streaming.lowering` for what fuses), or a WaveNet, float32 on the CPU.
 
     Raises:
-        ValueError: a layer that cannot be fused (named), or a model not on the CPU in float32.
+        ValueError: a node that cannot be fused (named), or a model not on the CPU in float32.
     """
     params = list(model.parameters())
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
         raise ValueError("fused streaming needs a float32 model on the CPU; use Streamer for other dtypes and devices")
     if isinstance(model, WaveNet):
         return _lower_wavenet(model)
-    channels = getattr(model, "in_channels", None)
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv1d)), None)
-    channels = channels if is_int(channels) else getattr(first, "in_channels", None)
-    if channels is None:
-        raise ValueError(f"cannot fuse {_label('', model)}: it has no Conv1d to read the input channels from")
+    graph = trace_graph(model)
     program = Program()
-    program.input = program.alloc(channels)
-    program.output = _lower_module(program, "", model, program.input)
+    program.output = lower_graph(program, graph)
     return program

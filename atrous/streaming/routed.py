@@ -20,6 +20,7 @@ from torch import nn
 
 from atrous.ops.layers import CausalConv1d, DilatedConv1d
 from atrous.streaming.history import CausalRing, pointwise_conv
+from atrous.streaming.tracing import EVAL_ONLY
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _ALWAYS_POINTWISE = (
@@ -31,8 +32,6 @@ _ALWAYS_POINTWISE = (
 )
 # Pointwise only along one axis: the channel axis of (B, C, T) is 1 (or -2).
 _CHANNEL_DIM_OPS = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.GLU)
-# Pointwise in eval mode only (dropout is random and batch norm uses batch statistics in training).
-EVAL_ONLY = (nn.Dropout, nn.Dropout1d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.BatchNorm1d, nn.RReLU)
 
 
 def _label(name: str, module: nn.Module) -> str:
@@ -100,7 +99,7 @@ class _RoutedConv:
         if self.ring is None:
             return pointwise_conv(x, conv.weight, conv.bias, conv.groups)
         self.calls += 1
-        return self.ring.step(x, conv.weight, conv.bias, final=False)
+        return self.ring.step(x, conv.weight, conv.bias, final=False, end=None)
 
 
 class Route:

@@ -38,7 +38,7 @@ from torch import nn
 from atrous.streaming.base import StreamerBase
 from atrous.streaming.graph import StreamGraph, build_graph
 from atrous.streaming.plan import Plan
-from atrous.streaming.tracing import ExampleFailed, TrainingMode
+from atrous.streaming.tracing import ExampleFailed
 
 _LENGTHS = (16, 64, 256, 1024, 4096)  # example lengths tried in turn: long enough for every window
 
@@ -98,26 +98,27 @@ class Streamer(StreamerBase):
             raise TypeError(f"allow_lookahead must be True or False, got {allow_lookahead!r}")
         self.model = model
         self.allow_lookahead = allow_lookahead
+        self._forward = inspect.signature(model.forward)
         self.in_channels = _expected_in_channels(model)
         # (B, C, L) chunks must match the weights: the offline forward would refuse another dtype too
         parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
         self.dtype = None if parameter is None else parameter.dtype
         self._signature: tuple | None = None
         self._plan: Plan | None = None
+        self._first, self._chunk_only = "", None  # the chunk's argument name; what a chunk-only step looks like
         self._last: dict[str, Any] = {}
-        if self.in_channels is not None and self._takes_one_input():
-            chunk = torch.zeros(batch_size, self.in_channels, 1, dtype=self.dtype or torch.float32,
+        channels = self.in_channels or next((m.in_channels for m in model.modules()
+                                             if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))), None)
+        if channels is not None and self._takes_one_input():
+            chunk = torch.zeros(batch_size, channels, 1, dtype=self.dtype or torch.float32,
                                 device=None if parameter is None else parameter.device)
             try:
                 self._build(chunk, (), {})
-            except (ExampleFailed, TrainingMode):
+            except ExampleFailed:
                 self._plan = self._signature = None  # built at the first step, from the real chunk
 
     def _takes_one_input(self) -> bool:
-        try:
-            parameters = list(inspect.signature(self.model.forward).parameters.values())
-        except (TypeError, ValueError):
-            return False
+        parameters = list(self._forward.parameters.values())
         return all(p.default is not inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
                    for p in parameters[1:])
 
@@ -150,7 +151,7 @@ class Streamer(StreamerBase):
     # building -----------------------------------------------------------------------------
     def _bind(self, chunk: torch.Tensor, args: tuple, kwargs: dict) -> dict[str, Any]:
         try:
-            bound = inspect.signature(self.model.forward).bind(chunk, *args, **kwargs)
+            bound = self._forward.bind(chunk, *args, **kwargs)
         except TypeError as error:
             raise TypeError(f"the step's arguments do not fit {type(self.model).__name__}.forward: {error}") from None
         return dict(bound.arguments)
@@ -159,7 +160,7 @@ class Streamer(StreamerBase):
         parts = []
         for name, value in arguments.items():
             if isinstance(value, torch.Tensor):
-                timed = name == first or value.ndim >= 2
+                timed = name == first or value.ndim >= 3
                 shape = tuple(value.shape[1:-1]) if timed else tuple(value.shape[1:])
                 parts.append((name, "time" if timed else "constant", value.dtype, value.device, shape))
             else:
@@ -171,7 +172,7 @@ class Streamer(StreamerBase):
         arguments = self._bind(chunk, args, kwargs)
         first = next(iter(arguments))
         signature = self._signature_of(arguments, first)
-        forward = inspect.signature(self.model.forward).parameters
+        forward = self._forward.parameters
         concrete = {name: p.default for name, p in forward.items() if name not in arguments
                     and p.default is not inspect.Parameter.empty}
         timed = {name for name, kind, *_ in signature if kind == "time"}
@@ -196,8 +197,9 @@ class Streamer(StreamerBase):
             raise error
         timing = graph.timing
         if timing.delay and not self.allow_lookahead:
-            layers = "; ".join(f"{graph.nodes[i].label} looks {own} sample{'s' * (own != 1)} ahead"
-                               for i, own in timing.sources) or "a layer looks ahead"
+            layers = "; ".join(dict.fromkeys(
+                f"{graph.nodes[i].label} needs {own} later sample{'s' * (own != 1)} of its input"
+                for i, own in timing.sources)) or "a layer looks ahead"
             raise ValueError(f"cannot stream the model causally: {layers}. Its output needs {timing.lookahead} future "
                              f"input sample{'s' * (timing.lookahead != 1)}; pass allow_lookahead=True to stream it "
                              f"with a delay of {timing.delay} output sample{'s' * (timing.delay != 1)} "
@@ -212,14 +214,17 @@ class Streamer(StreamerBase):
                 f"chunk of shape {tuple(chunk.shape)} has dtype {chunk.dtype} but the model's parameters are "
                 f"{self.dtype}; convert it first (chunk.to({self.dtype}))"
             )
-        if chunk.ndim == 3 and chunk.is_floating_point() and self.in_channels is not None:
-            if chunk.shape[1] != self.in_channels:
-                raise ValueError(
-                    f"chunk has {chunk.shape[1]} channels but the model expects in_channels={self.in_channels}; "
-                    f"got shape {tuple(chunk.shape)}"
-                )
+        if (chunk.ndim == 3 and chunk.is_floating_point() and self.in_channels is not None
+                and chunk.shape[1] != self.in_channels):
+            raise ValueError(
+                f"chunk has {chunk.shape[1]} channels but the model expects in_channels={self.in_channels}; "
+                f"got shape {tuple(chunk.shape)}"
+            )
 
     def _inputs(self, chunk: torch.Tensor, args: tuple, kwargs: dict) -> dict[str, Any]:
+        if not args and not kwargs and self._plan is not None and self._chunk_only == (
+                chunk.dtype, chunk.device, chunk.shape[1:-1]):
+            return {self._first: chunk}  # the usual step: a chunk like the last one, nothing else
         arguments = self._bind(chunk, args, kwargs)
         first = next(iter(arguments))
         signature = self._signature_of(arguments, first)
@@ -232,7 +237,9 @@ class Streamer(StreamerBase):
         for name, kind, *_ in signature:
             if kind == "time" and name != first and arguments[name].shape[-1] != chunk.shape[-1]:
                 raise ValueError(f"{name} has {arguments[name].shape[-1]} samples but the chunk has {chunk.shape[-1]};"
-                                 " a tensor argument with 2 or more dims is a sequence along time, chunked like x")
+                                 " a tensor argument with 3 or more dims is a sequence along time, chunked like x")
+        self._first = first
+        self._chunk_only = (chunk.dtype, chunk.device, chunk.shape[1:-1]) if len(arguments) == 1 else None
         return arguments
 
     @torch.no_grad()
@@ -242,10 +249,10 @@ class Streamer(StreamerBase):
         Args:
             chunk: ``(B, C_in, L)`` of the model's dtype (or whatever the model takes with time
                 last, e.g. ``(B, L)`` class ids for WaveNet), ``B == batch_size``, any ``L >= 1``.
-            *args, **kwargs: passed to the model's forward with the chunk. A tensor of 2 or more
-                dims is a sequence along time (the matching chunk of a local conditioning
-                sequence ``(B, C_cond, L)``); a tensor of one dim (``(B,)`` speaker ids) or any
-                other value is the same for every time step.
+            *args, **kwargs: passed to the model's forward with the chunk. A tensor of 3 or more
+                dims is a sequence along time, chunked like ``chunk`` (a local conditioning
+                sequence ``(B, C_cond, L)``); a tensor of 1 or 2 dims (``(B,)`` speaker ids, a
+                ``(B, D)`` embedding) or any other value holds for every time step.
 
         Returns:
             The outputs complete after this chunk, e.g. ``(B, C_out, L)`` for a causal model at
@@ -261,7 +268,7 @@ class Streamer(StreamerBase):
         self._check_chunk(chunk)
         inputs = self._inputs(chunk, args, kwargs)
         self._check_modes()
-        out = self._plan.run(inputs)
+        out = self._plan.run(inputs, self.samples_seen + chunk.shape[-1])
         self._last = inputs
         self.samples_seen += chunk.shape[-1]
         return out
@@ -283,9 +290,9 @@ class Streamer(StreamerBase):
         if self._plan is None or not self.samples_seen:
             raise ValueError("nothing to flush: no chunk was fed since the last reset")
         self._check_modes()
-        inputs = {name: value[..., :0] if kind == "time" else self._last[name]
+        inputs = {name: self._last[name][..., :0] if kind == "time" else self._last[name]
                   for name, kind, *_ in self._signature if name in self._last}
-        out = self._plan.run(inputs, final=True)
+        out = self._plan.run(inputs, self.samples_seen, final=True)
         self.reset()
         return out
 

@@ -24,21 +24,14 @@ def _timed_inputs(graph: StreamGraph, node: Node) -> list[int]:
     return [i for i in node.inputs if graph.nodes[i].timed]
 
 
-def counts(graph: StreamGraph, samples: int, *, ready_from: int | None = None) -> list[tuple[int, int]]:
-    """Per node, (ready, end) sample counts after ``samples`` inputs (``(0, 0)`` without a time axis).
-
-    Args:
-        graph: the graph.
-        samples: input samples fed (the end counts are for a sequence of this length).
-        ready_from: count the ready samples after this many inputs instead (for lookahead).
-    """
-    ready_samples = samples if ready_from is None else ready_from
+def counts(graph: StreamGraph, samples: int) -> list[tuple[int, int]]:
+    """Per node, (ready, end) sample counts after ``samples`` inputs (``(0, 0)`` without a time axis)."""
     result: list[tuple[int, int]] = []
     for node in graph.nodes:
         if not node.timed:
             result.append((0, 0))
         elif node.kind is Kind.INPUT:
-            result.append((ready_samples, samples))
+            result.append((samples, samples))
         elif node.kind in (Kind.WINDOW, Kind.TRANSPOSED):
             ready, end = result[node.args[0].index]
             result.append(node.geometry.counts(node.kind is Kind.TRANSPOSED, ready, end))
@@ -81,7 +74,7 @@ def _own_lookahead(node: Node, period: int) -> int:
     transposed = node.kind is Kind.TRANSPOSED
     steady = [_FAR * period + j for j in range(node.geometry.stride)]
     need = 0
-    while not all(node.geometry.counts(transposed, n + need, n)[0] >= node.geometry.counts(transposed, n, n)[1]
+    while not all(node.geometry.counts(transposed, n + need, n + need)[0] >= node.geometry.counts(transposed, n, n)[1]
                   for n in steady):
         need += 1
     return need
@@ -105,15 +98,16 @@ def analyse(graph: StreamGraph, lengths: tuple[int, int]) -> Timing:
     steady = [_FAR * period + j for j in range(period)]
     table = [counts(graph, samples) for samples in steady]
     waiting = [max(row[i][1] - row[i][0] for row in table) for i in range(len(nodes))]
-    timing = Timing(rate=nodes[output].rate, period=period, delay=waiting[output])
+    timing = Timing(rate=nodes[output].rate, period=period, delay=waiting[output], waiting=waiting)
     if timing.delay:
         def enough(extra: int) -> bool:
-            return all(counts(graph, n, ready_from=n + extra)[output][0] >= row[output][1]
-                       for n, row in zip(steady, table))
+            return all(counts(graph, n + extra)[output][0] >= row[output][1] for n, row in zip(steady, table))
 
         high = 1
         while not enough(high):
             high *= 2
+            if high > _FAR:
+                raise ValueError("cannot stream the model: its output never catches up with its input")
         low = high // 2
         while high - low > 1:
             middle = (low + high) // 2
@@ -132,9 +126,17 @@ def analyse(graph: StreamGraph, lengths: tuple[int, int]) -> Timing:
         timing.sources.sort()
     at = _FAR * period
     row = counts(graph, at)
-    timing.lead = next((i for i, node in enumerate(nodes)
-                        if node.timed and node.kind is not Kind.SIZE and row[i][0] > at * node.rate), None)
+    timing.lead = next((i for i, node in enumerate(nodes) if node.timed and node.kind is not Kind.SIZE
+                        and _computed(graph, node, row, i) > at * node.rate), None)
     return timing
+
+
+def _computed(graph: StreamGraph, node: Node, row: list[tuple[int, int]], index: int) -> int:
+    """Samples of ``node`` computed so far: the ready ones, and those a window holds back to crop."""
+    if node.kind not in (Kind.WINDOW, Kind.TRANSPOSED):
+        return row[index][0]
+    raw = node.geometry.transposed_raw if node.kind is Kind.TRANSPOSED else node.geometry.window_raw
+    return raw(row[node.args[0].index][0], final=False) - node.geometry.crop_left
 
 
 def position(samples: int, rate: Fraction) -> int:

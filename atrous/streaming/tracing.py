@@ -22,7 +22,8 @@ forward of its own (one that pads first, say) is traced into.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from torch.fx.node import Node, map_arg
 
 from atrous.ops.layers import DilatedConvNd
 
-# Modules whose behaviour depends on model.train()/model.eval(): refused in training mode.
+# Layers that are pointwise in time in eval mode only: the streamer checks their mode at every step.
 EVAL_ONLY = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.FeatureAlphaDropout,
              nn.modules.batchnorm._BatchNorm, nn.RReLU)
 _STANDARD_FORWARDS = (nn.Conv1d.forward, nn.ConvTranspose1d.forward, DilatedConvNd.forward)
@@ -41,15 +42,12 @@ class Untraceable(ValueError):
     """The forward cannot be recorded as one graph for every chunk (a branch on a traced value)."""
 
 
-class TrainingMode(ValueError):
-    """A layer that is pointwise in time only in eval mode is in training mode."""
-
-
-class ExampleFailed(RuntimeError):
+class ExampleFailed(ValueError):
     """Running a node on the example inputs failed (the examples may be too short)."""
 
     def __init__(self, label: str, error: BaseException) -> None:
-        super().__init__(f"{label} fails on an example input: {type(error).__name__}: {error}")
+        super().__init__(f"cannot stream {label}: it fails on an example input shaped like the chunk "
+                         f"({type(error).__name__}: {error})")
         self.error = error
 
 
@@ -141,8 +139,7 @@ class ExampleTracer(fx.Tracer):
             return False
         if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
             return type(m).forward in _STANDARD_FORWARDS  # a conv with a forward of its own is traced into
-        module = type(m).__module__
-        return module.startswith("torch.nn") or module.startswith("torch.ao.nn")
+        return type(m).__module__.startswith(("torch.nn", "torch.ao.nn"))
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, fx.Proxy]) -> Any:
         if self._eager:
@@ -150,12 +147,12 @@ class ExampleTracer(fx.Tracer):
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def create_arg(self, a: Any) -> Any:
-        if isinstance(a, torch.Tensor) and not isinstance(a, nn.Parameter):
-            if not any(a is buffer for _, buffer in self.root.named_buffers()):
-                # A tensor made in forward: kept here, not set on the user's model as fx would.
-                name = f"_streaming_constant_{len(self.constants)}"
-                self.constants[name] = a
-                return self.create_node("get_attr", name, (), {})
+        if (isinstance(a, torch.Tensor) and not isinstance(a, nn.Parameter)
+                and not any(a is buffer for _, buffer in self.root.named_buffers())):
+            # A tensor made in forward: kept here, not set on the user's model as fx would.
+            name = f"_streaming_constant_{len(self.constants)}"
+            self.constants[name] = a
+            return self.create_node("get_attr", name, (), {})
         return super().create_arg(a)
 
     def to_bool(self, obj: fx.Proxy) -> bool:
@@ -167,7 +164,9 @@ class ExampleTracer(fx.Tracer):
                           "known while tracing")
 
     def describe(self, node: Node) -> str:
-        """``node 'add_1' (add in layer 'blocks.0' (TemporalBlock))``."""
+        """``node 'add_1' (add in layer 'blocks.0' (TemporalBlock))``, or the layer of a module call."""
+        if node.op == "call_module":
+            return module_label(node.target, self.root.get_submodule(node.target))
         path, module_type = node.meta.get("scope", ("", None))
         target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
         where = f" in layer {path or '<root>'!r} ({module_type.__name__})" if module_type is not None else ""
@@ -205,11 +204,6 @@ class ExampleTracer(fx.Tracer):
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> Node:
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
         node.meta["scope"] = (self.scope.module_path, self.scope.module_type)
-        if kind == "call_module":
-            module = _fetch(self.root, target)
-            if isinstance(module, EVAL_ONLY) and module.training:
-                raise TrainingMode(f"cannot stream {module_label(target, module)} in training mode: it is only "
-                                 "pointwise in time in eval mode; call model.eval() first")
         if kind != "output":
             node.meta["examples"] = tuple(self._run(node, i) for i in (0, 1))
         return node
@@ -219,7 +213,13 @@ class ExampleTracer(fx.Tracer):
             default = node.args[0] if node.args else None
             return self.examples.get(node.target, (default, default))[which]
         if node.op == "get_attr":
-            return self.constants[node.target] if node.target in self.constants else _fetch(self.root, node.target)
+            if node.target in self.constants:
+                return self.constants[node.target]
+            self._eager += 1  # fx's patched module getattr would record the parameter again
+            try:
+                return _fetch(self.root, node.target)
+            finally:
+                self._eager -= 1
 
         def value(arg: Node) -> Any:
             result = arg.meta["examples"][which]
@@ -241,6 +241,19 @@ class ExampleTracer(fx.Tracer):
             self._eager -= 1
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode, as it is streamed (dropout off, batch norm on its running
+    statistics, which the examples leave untouched); each module gets its own mode back."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def trace(model: nn.Module, examples: dict[str, tuple[Any, Any]], concrete: dict[str, Any]) -> fx.Graph:
     """Record ``model``'s forward, each node with its values on the two examples.
 
@@ -256,17 +269,22 @@ def trace(model: nn.Module, examples: dict[str, tuple[Any, Any]], concrete: dict
     Raises:
         Untraceable: the forward branches on a traced value (named).
         ExampleFailed: a node fails on the examples.
-        ValueError: a layer in training mode that is pointwise only in eval mode.
     """
     tracer = ExampleTracer(examples)
     tracer.scope.module_type = type(model)
+    if tracer.is_leaf_module(model, ""):  # a single layer: fx would trace into its forward
+        tracer, graph = _whole(model, examples, {}, opaque=False)
+        graph.constants, graph.describe = tracer.constants, tracer.describe
+        return graph
     try:
         graph = tracer.trace(model, concrete_args=concrete or None)
     except (Untraceable, fx.proxy.TraceError) as error:
         if not getattr(type(model), "streamable", False):
-            raise Untraceable(str(error)) from None
-        tracer, graph = _whole(model, examples, concrete)
-    except (TrainingMode, ExampleFailed):
+            message = str(error)
+            raise Untraceable(message if isinstance(error, Untraceable) else f"cannot stream the model: {message}") \
+                from None
+        tracer, graph = _whole(model, examples, concrete, opaque=True)
+    except ExampleFailed:
         raise
     except Exception as error:  # the forward itself refuses the examples (a missing argument?)
         raise ExampleFailed(f"the forward of {type(model).__name__}", error) from error
@@ -275,15 +293,15 @@ def trace(model: nn.Module, examples: dict[str, tuple[Any, Any]], concrete: dict
     return graph
 
 
-def _whole(model: nn.Module, examples: dict[str, tuple[Any, Any]], concrete: dict[str, Any]
+def _whole(model: nn.Module, examples: dict[str, tuple[Any, Any]], concrete: dict[str, Any], *, opaque: bool
            ) -> tuple[ExampleTracer, fx.Graph]:
-    """A graph of one ``call_module`` node that runs the whole (``streamable``) model."""
+    """A graph of one ``call_module`` node that runs the whole model (a layer, or ``streamable``)."""
     tracer = ExampleTracer(examples)
     tracer.root, tracer.graph = model, fx.Graph()
     tracer.scope.module_type = type(model)
-    kwargs = {name: tracer.create_proxy("placeholder", name, (), {}) for name in examples}
-    kwargs.update(concrete)
-    proxy = tracer.create_proxy("call_module", "", (), kwargs)
-    proxy.node.meta["opaque"] = True
+    proxies = {name: tracer.create_proxy("placeholder", name, (), {}) for name in examples}
+    first = next(iter(proxies))
+    proxy = tracer.create_proxy("call_module", "", (proxies.pop(first),), {**proxies, **concrete})
+    proxy.node.meta["opaque"] = opaque
     tracer.graph.output(proxy.node)
     return tracer, tracer.graph

@@ -62,7 +62,9 @@ def test_sampling_runs_in_eval_mode_and_gives_each_module_its_mode_back(fused):
     seen = []
     model.register_forward_pre_hook(lambda module, args: seen.append(module.training))
     sample_autoregressive(model, 4, fused=fused)
-    assert seen == ([] if fused else [False] * 4)  # the fused step never calls the model's forward
+    # the fused step never calls the model's forward; the plain one calls it at every step (and on
+    # the examples it traces the model with when it is built), always in eval mode
+    assert seen == [] if fused else (len(seen) >= 4 and not any(seen))
     assert {name: module.training for name, module in model.named_modules()} == modes
     with pytest.raises(ValueError, match=r"global_condition"):  # raised inside the sampling loop
         sample_autoregressive(model, 3, global_condition=torch.tensor([0]), fused=fused)

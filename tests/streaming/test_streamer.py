@@ -1,25 +1,18 @@
 """Streaming must equal the offline forward for any causal stack, batch, chunking and reset."""
 
+from fractions import Fraction
+
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stream_checks import check_streaming, stream
 from torch import nn
 
 from atrous.models import create
 from atrous.ops.layers import CausalConv1d, DilatedConv1d
 from atrous.streaming import Streamer
-
-
-def stream(streamer: Streamer, x: torch.Tensor, lengths: list[int], **kwargs) -> torch.Tensor:
-    """Feed ``x`` in chunks of the given lengths (time is the last dim); concatenate the outputs."""
-    outs, t = [], 0
-    for length in lengths:
-        chunk_kwargs = {k: v[..., t : t + length] for k, v in kwargs.items()}
-        outs.append(streamer.step(x[..., t : t + length], **chunk_kwargs))
-        t += length
-    assert t == x.shape[-1]
-    return torch.cat(outs, dim=-1)
 
 
 def split(total: int, draw_sizes: list[int]) -> list[int]:
@@ -61,6 +54,38 @@ def test_random_sequential_streams_exactly(model, batch, sizes, seed):
     expected = model(x)
     got = stream(Streamer(model, batch), x, split(40, sizes))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+class Windowed(nn.Module):
+    """A pad, a window op (conv, transposed conv, pooling) and a crop, then a pointwise op."""
+
+    def __init__(self, kind, kernel, dilation, stride, pads, crops):
+        super().__init__()
+        self.pads, self.crops = pads, crops
+        if kind == "conv":
+            self.op = nn.Conv1d(2, 3, kernel, stride=stride, dilation=dilation, groups=1)
+        elif kind == "transposed":
+            self.op = nn.ConvTranspose1d(2, 3, kernel, stride=stride, dilation=dilation)
+            self.pads = (max(pads[0], 0), 0)
+        elif kind == "avg":
+            self.op = nn.AvgPool1d(kernel, stride)
+        else:
+            self.op = nn.MaxPool1d(kernel, stride, dilation=dilation)
+
+    def forward(self, x):
+        y = self.op(F.pad(x, self.pads))
+        return torch.tanh(y[:, :, self.crops[0] : y.shape[2] - self.crops[1]])
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(["conv", "transposed", "avg", "max"]), kernel=st.integers(1, 4),
+       dilation=st.integers(1, 3), stride=st.integers(1, 3), pads=st.tuples(st.integers(-1, 5), st.integers(-1, 4)),
+       crops=st.tuples(st.integers(0, 3), st.integers(0, 3)), seed=st.integers(0, 2**16))
+def test_any_window_streams_exactly_with_its_delay_and_resets(kind, kernel, dilation, stride, pads, crops, seed):
+    """Every geometry of a window, with the runtime's own buffers, against the offline forward."""
+    torch.manual_seed(seed)
+    model = Windowed(kind, kernel, dilation if kind != "avg" else 1, stride, pads, crops).eval()
+    check_streaming(model, torch.randn(3, 2, 64), seed=seed, allow_lookahead=True, shortest=30)
 
 
 def tiny_tcn() -> nn.Module:
@@ -124,34 +149,63 @@ def test_state_lives_outside_the_model():
 
 
 @pytest.mark.parametrize(
-    "layer, name",
+    "layer, name, why",
     [
-        (DilatedConv1d(2, 2, 3, padding="same", dilation=2), "1"),
-        (nn.Conv1d(2, 2, 3, padding=1), "1"),
-        (nn.AvgPool1d(2), "1"),
-        (nn.LSTM(2, 2), "1"),
-        (CausalConv1d(2, 2, 3, stride=2), "1"),
-        (nn.Softmax(dim=-1), "1"),
+        (DilatedConv1d(2, 2, 3, padding="same", dilation=2), "1", r"needs 2 later samples of its input"),
+        (nn.Conv1d(2, 2, 3, padding=1), "1", r"needs 1 later sample of its input"),
+        (nn.Softmax(dim=-1), "1", r"mixes samples along the time axis"),
+        (nn.AdaptiveAvgPool1d(1), "1", r"pools over the whole time axis"),
+        (nn.GroupNorm(1, 2), "1", r"normalises over channels and time together"),
+        (nn.ReflectionPad1d((2, 0)), "1", r"pads with the sequence's own samples"),
     ],
 )
-def test_layers_with_a_time_extent_are_rejected_by_name(layer, name):
-    model = nn.Sequential(CausalConv1d(2, 2, 2), layer)
-    with pytest.raises(ValueError, match=rf"layer '{name}' \({type(layer).__name__}\)"):
+def test_layers_that_need_the_future_or_the_whole_sequence_are_rejected_by_name(layer, name, why):
+    model = nn.Sequential(CausalConv1d(2, 2, 2), layer).eval()
+    with pytest.raises(ValueError, match=rf"layer '{name}' \({type(layer).__name__}\).*{why}"):
         Streamer(model, 1)
 
 
-def test_non_causal_tcn_is_rejected():
-    model = create("tcn", in_channels=2, hidden=3, levels=2, kernel_size=3, causal=False)
-    with pytest.raises(ValueError, match=r"blocks\.0\.net\.0"):
+def test_a_layer_that_cannot_run_on_the_chunk_is_rejected_by_name_at_the_first_step():
+    model = nn.Sequential(CausalConv1d(2, 2, 2), nn.LSTM(2, 2))  # the LSTM takes (T, B, C): not the chunk
+    streamer = Streamer(model, 1)
+    with pytest.raises(ValueError, match=r"layer '1' \(LSTM\)"):
+        streamer.step(torch.randn(1, 2, 3))
+
+
+def test_strided_causal_conv_and_pooling_stream_their_complete_frames():
+    torch.manual_seed(0)
+    model = nn.Sequential(CausalConv1d(2, 3, 3, stride=2), nn.ReLU(), nn.AvgPool1d(2)).eval()
+    x = torch.randn(2, 2, 37)
+    streamer = Streamer(model, 2)
+    assert streamer.rate == Fraction(1, 4) and streamer.delay == 0
+    outs = [streamer.step(x[:, :, t : t + 3]) for t in range(0, 37, 3)]
+    assert [out.shape[2] for out in outs][:4] == [1, 0, 1, 1]  # frames of 4 samples, the first at sample 1
+    torch.testing.assert_close(torch.cat(outs, dim=2), model(x), atol=1e-5, rtol=0)
+
+
+def test_non_causal_tcn_is_rejected_by_layer_or_streamed_with_its_delay():
+    torch.manual_seed(0)
+    model = create("tcn", in_channels=2, hidden=3, levels=2, kernel_size=3, causal=False)  # training mode
+    with pytest.raises(ValueError, match=r"blocks\.0\.net\.0.*needs 1 later sample.*needs 6 future input samples"
+                                         r".*allow_lookahead=True"):
         Streamer(model, 1)
+    model.eval()
+    streamer = Streamer(model, 2, allow_lookahead=True)
+    assert streamer.delay == streamer.lookahead == 6  # 2 convs x (k - 1) d / 2 at dilations 1 and 2
+    x = torch.randn(2, 2, 20)
+    got = stream(streamer, x, [3, 1, 16])
+    assert got.shape[2] == 20 - 6
+    torch.testing.assert_close(torch.cat([got, streamer.flush()], dim=2), model(x), atol=1e-5, rtol=0)
 
 
-def test_unknown_custom_module_is_rejected_unless_declared():
+def test_a_time_mixing_custom_module_is_rejected_by_node():
     class Shift(nn.Module):
+        streamable = True  # a promise the trace does not need: the roll is seen and refused
+
         def forward(self, x):
             return torch.roll(x, 1, dims=2)
 
-    with pytest.raises(ValueError, match=r"'1' \(Shift\).*streamable = True"):
+    with pytest.raises(ValueError, match=r"node 'roll' \(roll in layer '1' \(Shift\)\): it mixes samples"):
         Streamer(nn.Sequential(CausalConv1d(2, 2, 2), Shift()), 1)
 
 
@@ -171,10 +225,8 @@ def test_bad_chunks_and_modes_give_clear_errors():
         streamer.step(torch.randn(2, 3, 1))
 
 
-def test_a_causal_layer_called_twice_per_step_is_rejected():
+def test_a_layer_called_twice_per_step_keeps_one_state_per_call():
     class Twice(nn.Module):
-        streamable = True
-
         def __init__(self):
             super().__init__()
             self.conv = CausalConv1d(2, 2, 2)
@@ -182,8 +234,35 @@ def test_a_causal_layer_called_twice_per_step_is_rejected():
         def forward(self, x):
             return self.conv(self.conv(x))
 
-    with pytest.raises(ValueError, match=r"'conv'.*2 times"):
-        Streamer(Twice(), 1).step(torch.randn(1, 2, 3))
+    torch.manual_seed(0)
+    model, x = Twice(), torch.randn(2, 2, 12)
+    torch.testing.assert_close(stream(Streamer(model, 2), x, [1, 4, 7]), model(x), atol=1e-5, rtol=0)
+
+
+def test_a_streamable_module_that_cannot_be_traced_runs_whole_with_its_causal_layers_routed():
+    class Checked(nn.Module):
+        streamable = True
+
+        def __init__(self):
+            super().__init__()
+            self.conv = CausalConv1d(2, 2, 3, dilation=2)
+
+        def forward(self, x):
+            if x.abs().max() > 1e6:  # a check on the values: no single graph, so the module runs whole
+                raise ValueError("too large")
+            return torch.tanh(self.conv(x))
+
+    torch.manual_seed(0)
+    model, x = Checked(), torch.randn(2, 2, 20)
+    streamer = Streamer(model, 2)
+    assert [node.kind.value for node in streamer.graph.nodes] == ["input", "opaque"]
+    torch.testing.assert_close(stream(streamer, x, [1, 6, 13]), model(x), atol=1e-5, rtol=0)
+
+    class NotPromised(Checked):
+        streamable = False
+
+    with pytest.raises(ValueError, match=r"node 'gt' \(gt in layer '<root>' \(NotPromised\)\) is used in a branch"):
+        Streamer(NotPromised(), 1)
 
 
 def test_no_drift_over_100k_steps():
