@@ -271,7 +271,9 @@ def load_checkpoint(
     directory = checkpoint_dir(path)
     record = read_checkpoint_meta(directory)
     if model is not None:
-        weights = _load_tensors(directory / MODEL_FILE, record)
+        from atrous.models.weights import upgrade_state_dict
+
+        weights = upgrade_state_dict(_load_tensors(directory / MODEL_FILE, record), model)
         try:
             model.load_state_dict(weights)
         except RuntimeError as error:

@@ -1,4 +1,4 @@
-"""ONNX export of the streaming step of causal sequence models (WaveNet, TCN, causal stacks).
+"""ONNX export of the streaming step of causal sequence models (any model the fused lowering takes).
 
 The exported graph is :class:`~atrous.streaming.functional.StreamingStep`: one time step with
 the state of every causal convolution as an explicit input and output (``state_i`` ->
@@ -89,8 +89,8 @@ def export_streaming_onnx(
     """Write the streaming step of ``model`` as an ONNX graph with explicit state.
 
     Args:
-        model: a WaveNet, TCN or causal ``nn.Sequential`` (see :mod:`atrous.streaming.program`),
-            float32, on the CPU; exported in eval mode.
+        model: a WaveNet, or any causal model whose traced graph the fused lowering expresses
+            (see :mod:`atrous.streaming.lowering`), float32, on the CPU; exported in eval mode.
         path: the ``.onnx`` file; its folder must exist. Checked before the export starts (a
             folder or a symbolic link is refused) and written atomically (a temporary name in the
             same folder, then renamed onto ``path``).

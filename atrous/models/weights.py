@@ -254,6 +254,34 @@ def _load_backbone(model: nn.Module, model_state: Mapping[str, torch.Tensor], fo
     )
 
 
+def upgrade_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` with the key names atrous used before DeepLab's head took torchvision's layout.
+
+    Runs saved before then name the ASPP branches ``aspp.branches.N`` and (in DeepLab v3) the
+    classifier ``classifier``; the modules, their order and their tensors are unchanged, so the
+    renamed file loads (and its optimizer state still lines up parameter for parameter). A state
+    without the old names comes back as it was.
+    """
+    if not any(key.startswith("aspp.branches.") for key in state):
+        return dict(state)
+    model_keys = set(model.state_dict())
+    in_head = any(key.startswith("classifier.0.convs.") for key in model_keys)  # v3: ASPP inside the head
+    # the head's last layer: the 1x1 classifier that was ``classifier`` itself
+    final = max((key.rsplit(".", 1)[0] for key in model_keys
+                 if key.startswith("classifier.") and not key.startswith("classifier.0.") and key.endswith(".weight")),
+                default=None)
+    upgraded = {}
+    for key, value in state.items():
+        if key.startswith("aspp.branches."):
+            key = "aspp.convs." + key.removeprefix("aspp.branches.")
+        if in_head and key.startswith("aspp."):
+            key = "classifier.0." + key.removeprefix("aspp.")
+        elif in_head and final is not None and key in ("classifier.weight", "classifier.bias"):
+            key = f"{final}.{key.rsplit('.', 1)[1]}"
+        upgraded[key] = value
+    return upgraded
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = False) -> WeightsReport:
     """Load a whole model's weights: torchvision's ``deeplabv3_resnet50/101`` and ``fcn_resnet50/101``
     (into atrous's with ``head="torchvision"``, resp. ``fcn_resnet*``), an atrous ``state_dict``, or,
@@ -277,8 +305,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Fa
             ``strict`` and the load is partial.
     """
     check_bool(strict, "strict")
-    state = read_state_dict(path)
     model_state = model.state_dict()
+    state = upgrade_state_dict(read_state_dict(path), model)
     name, found = str(path), find_backbone(model_state)
     classification = classification_backbone(state)
     if isinstance(classification, Backbone):

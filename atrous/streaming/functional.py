@@ -28,8 +28,8 @@ class StreamingStep(nn.Module):
     ``global_classes`` / ``local_channels``).
 
     Args:
-        model: a WaveNet, TCN or ``nn.Sequential`` that :func:`~atrous.streaming.program.lower`
-            accepts (weights are copied).
+        model: a model that :func:`~atrous.streaming.program.lower` accepts (weights are
+            copied).
 
     Shape:
         ``x``: ``(B, C_in)`` float, or ``(B,)`` int64 class ids for a WaveNet;

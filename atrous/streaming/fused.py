@@ -1,9 +1,12 @@
-"""Fused streaming: one call per step for WaveNet, TCN and causal ``nn.Sequential`` stacks.
+"""Fused streaming: one call per step for any causal model whose graph lowers to the fused ops.
 
 :class:`~atrous.streaming.Streamer` runs the model's own forward on one sample, which costs a
 few microseconds of PyTorch dispatch per operator: about 300 operators per WaveNet sample, so
 the default WaveNet streams a few hundred samples per second although a sample needs only
-1.5 MFLOP. :class:`FusedStreamer` lowers the model once (:func:`~atrous.streaming.program.lower`)
+1.5 MFLOP. :class:`FusedStreamer` lowers the model's traced graph once
+(:func:`~atrous.streaming.program.lower`: causal convolutions at stride 1, 1x1 convolutions and
+``Linear`` over channels, activations, gates, sums, concatenation and slicing along channels,
+eval-mode batch norm; WaveNet with class ids and conditioning)
 and runs each step as a single C++ call (``fused_step.cpp``, compiled on first use with the
 system compiler in about a second and cached): per layer a matrix-vector
 product over the stacked taps, the gate and the 1x1 convolutions, reading each causal
@@ -73,20 +76,24 @@ def _resolve_backend(backend: str) -> str:
 
 
 class FusedStreamer(StreamerBase):
-    """Stream a WaveNet, TCN or causal ``nn.Sequential`` with one fused call per step.
+    """Stream a causal model with one fused call per step.
 
     Same use as :class:`~atrous.streaming.Streamer`: the outputs of :meth:`step` concatenated
     over any chunking equal the offline forward (within float rounding, ~1e-6).
 
     Args:
-        model: a WaveNet (class-id input), a TCN or an ``nn.Sequential`` of supported layers
-            (see :mod:`atrous.streaming.program`), float32 on the CPU, in eval mode.
+        model: a WaveNet (class-id input), or a model with one ``(B, C, T)`` input whose traced
+            graph lowers to the fused ops (see :mod:`atrous.streaming.lowering`: WaveNet, TCN,
+            locuslab- and pytorch-tcn-style TCNs, gated stacks), float32 on the CPU, in eval
+            mode. Its weights are copied when the streamer is built.
         batch_size: number of independent streams.
         backend: ``"cpp"`` (the compiled step), ``"torch"`` (PyTorch ops) or ``"auto"`` (C++
             when it can be built, else PyTorch ops with a warning).
 
     Raises:
-        ValueError: a layer that cannot be fused (named), or a bad ``batch_size``/``backend``.
+        ValueError: a node that cannot be fused (named; strided, transposed or non-causal
+            windows, pooling, norms over channels...: use :class:`~atrous.streaming.Streamer`),
+            or a bad ``batch_size``/``backend``.
         RuntimeError: ``backend="cpp"`` and the C++ step cannot be built (the message says why).
 
     Example:

@@ -1,21 +1,23 @@
-"""Lower a causal dilated model to a flat list of per-sample ops for fused streaming.
+"""Lower a causal model to a flat list of per-sample ops for fused streaming.
 
 A streaming step of a causal stack is a fixed sequence of small matrix products and pointwise
 functions on one vector per stream: the queue formulation of fast WaveNet generation (Paine et
 al. 2016, "Fast WaveNet generation algorithm"), where each causal convolution
 ``y[t] = b + sum_j W_j x[t - (k - 1 - j) d]`` reads its ``k - 1`` past inputs from a queue of
-the last ``(k - 1) * d`` samples. :func:`lower` writes that sequence down once, with the
-weights resolved (weight-norm parametrisations applied, grouped convolutions made dense, the
-1x1 skip convolutions of all WaveNet layers stacked into one matrix), so that an executor
-(C++ in ``fused_step.cpp``, or PyTorch ops) runs a step without the model's Python code.
+the last ``(k - 1) * d`` samples. :func:`lower` writes that sequence down once: it traces the
+model into a :class:`~atrous.streaming.graph.StreamGraph` (the graph
+:class:`~atrous.streaming.Streamer` runs) and lowers its nodes one by one
+(:mod:`atrous.streaming.lowering`), with the weights resolved (weight norm evaluated, grouped
+convolutions made dense, batch norm folded, residual and skip sums folded into products, the
+summed 1x1 skip convolutions of a WaveNet stacked into one matrix), so that an executor (C++ in
+``fused_step.cpp``, or PyTorch ops) runs a step without the model's Python code. One path serves
+every model; a WaveNet's class-id input (an ``EMBED`` lookup of its 1x1 input convolution) and
+its speaker embedding are looked up first and the rest of it is traced as a float model.
 
 Every value lives in a column range (:class:`~atrous.streaming.opset.Span`) of one workspace row
-per stream; the ops and what they compute are defined in :mod:`atrous.streaming.opset`.
-Supported: :class:`~atrous.models.sequence.WaveNet` (class-id input, global and local
-conditioning), :class:`~atrous.models.sequence.TCN` and ``nn.Sequential`` stacks of
-``CausalConv1d``, 1x1 ``Conv1d``, ``TemporalBlock``, ReLU/Tanh/Sigmoid/GELU/SiLU, ``Identity``
-and ``Dropout`` or ``BatchNorm1d`` in eval mode. Anything else raises a ``ValueError`` naming
-the layer; :class:`~atrous.streaming.Streamer` streams any causal stack.
+per stream; the ops and what they compute are defined in :mod:`atrous.streaming.opset`. A node
+the ops cannot express raises a ``ValueError`` naming it; :class:`~atrous.streaming.Streamer`
+streams any causal model. The program holds a copy of the weights taken when it is built.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def sample_autoregressive(
         progress: called with the number of samples done after each step (e.g. ``bar.update``).
         fused: stream with :class:`~atrous.streaming.FusedStreamer` (``True``), with
             :class:`~atrous.streaming.Streamer` (``False``), or with the fused one whenever the
-            model can be lowered to it (``None``: WaveNet, TCN, causal ``nn.Sequential``).
+            model can be lowered to it (``None``; see :mod:`atrous.streaming.lowering`).
         classes: the number of classes the model takes and predicts (default: its
             ``in_channels``, which a WaveNet sets to its classes).
 

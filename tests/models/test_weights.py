@@ -194,3 +194,47 @@ def test_vgg_trunk_state_dicts_load_into_each_other(tmp_path):
     model = _created("dilation8_vgg16", num_classes=3, **TINY, backbone_weights=tmp_path / "frontend.pth")
     assert model.weights_report.mean is None and model.weights_report.target == "trunk"
     torch.testing.assert_close(model.trunk.fc6[0].weight, frontend.fc6[0].weight, rtol=0, atol=0)
+
+
+def _old_name(key: str, plus: bool) -> str:
+    """The name atrous gave ``key`` before DeepLab's head took torchvision's layout (written out by hand)."""
+    if plus:
+        return key.replace("aspp.convs.", "aspp.branches.")
+    if key.startswith("classifier.0."):
+        return "aspp." + key.removeprefix("classifier.0.").replace("convs.", "branches.", 1)
+    return {"classifier.4.weight": "classifier.weight", "classifier.4.bias": "classifier.bias"}.get(key, key)
+
+
+@pytest.mark.filterwarnings("ignore::atrous.models.RateWarning")  # a tiny input: the rates reach past it
+@pytest.mark.parametrize("name", ["deeplabv3_resnet18", "deeplabv3plus_resnet18"])
+def test_deeplab_runs_saved_before_the_head_layout_still_load(name, tmp_path):
+    from atrous.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 40, 40)
+    model = calibrated(create_tiny(name), x)
+    old = {_old_name(key, "plus" in name): value for key, value in model.state_dict().items()}
+    assert any(key.startswith("aspp.branches.") for key in old)  # really the old names
+    legacy = tmp_path / "legacy.pth"
+    torch.save(old, legacy)
+    for load in ("checkpoint", "weights"):
+        fresh = create_tiny(name).eval()
+        if load == "checkpoint":
+            save_checkpoint(tmp_path / "run", _Renamed(old), meta={})
+            load_checkpoint(tmp_path / "run", fresh)
+        else:
+            report = load_weights(fresh, legacy, strict=True)
+            assert not report.partial
+        with torch.no_grad():
+            torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+class _Renamed(torch.nn.Module):
+    """A module whose state_dict is a given dict (what an old run saved)."""
+
+    def __init__(self, state):
+        super().__init__()
+        self._state = state
+
+    def state_dict(self, *args, **kwargs):
+        return dict(self._state)

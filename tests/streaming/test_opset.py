@@ -170,10 +170,12 @@ def test_the_table_holds_each_op_field_in_its_column():
     torch.manual_seed(0)
     model = create("wavenet", classes=8, blocks=1, layers=2, residual_channels=3, gate_channels=4, skip_channels=2,
                    global_classes=2, local_channels=2).eval()
-    program = lower(model)
-    assert {op.code for op in program.ops} == set(OpCode)
-    table = op_table(program.ops)
-    assert table.dtype == torch.int64 and tuple(table.shape) == (len(program.ops), len(Field))
+    tcn = create("tcn", in_channels=2, out_channels=2, hidden=3, levels=2, kernel_size=2).eval()  # an ADD
+    programs = [lower(model), lower(tcn)]
+    assert {op.code for program in programs for op in program.ops} == set(OpCode)
+    ops = [op for program in programs for op in program.ops]
+    table = op_table(ops)
+    assert table.dtype == torch.int64 and tuple(table.shape) == (len(ops), len(Field))
 
     def span(offset, width):
         return None if width == 0 else Span(int(offset), int(width))
@@ -181,7 +183,7 @@ def test_the_table_holds_each_op_field_in_its_column():
     def index(value):
         return None if value < 0 else int(value)
 
-    for row, op in zip(table.tolist(), program.ops):
+    for row, op in zip(table.tolist(), ops):
         init = None if row[Field.INIT] < 0 else Span(row[Field.INIT], op.dst.width)
         decoded = Op(row[Field.CODE], span(row[Field.SRC], row[Field.SRC_WIDTH]),
                      span(row[Field.DST], row[Field.DST_WIDTH]), init=init, weight=index(row[Field.WEIGHT]),

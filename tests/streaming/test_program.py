@@ -166,7 +166,22 @@ def test_eval_mode_batch_norm_and_dropout_add_no_work_of_their_own():
     norm.running_var.uniform_(0.5, 2.0)
     model = nn.Sequential(nn.Conv1d(2, 3, 1), norm, nn.Dropout(0.5), nn.ReLU()).eval()
     program = assert_lowered_like_offline(model, torch.randn(2, 2, 10))
-    assert [op.code for op in program.ops] == [OpCode.LINEAR, OpCode.LINEAR, OpCode.ACT]
+    assert [op.code for op in program.ops] == [OpCode.LINEAR, OpCode.ACT]  # the norm folded into the conv
+    alone = nn.Sequential(CausalConv1d(2, 3, 2), nn.ReLU(), norm).eval()  # after an activation: a diagonal
+    program = assert_lowered_like_offline(alone, torch.randn(2, 2, 10))
+    assert [op.code for op in program.ops] == [OpCode.CONV, OpCode.ACT, OpCode.LINEAR]
+
+
+def test_residual_sums_fold_into_the_product_that_computes_a_term():
+    torch.manual_seed(0)
+    model = create("tcn", in_channels=3, out_channels=2, hidden=4, levels=2, kernel_size=2).eval()
+    program = assert_lowered_like_offline(model, torch.randn(2, 3, 20))
+    # level 0 has a 1x1 downsample, computed after its convs: the sum is an ADD; level 1 adds its
+    # input, ready before: also an ADD since the term is an activation, not a product
+    assert [op.code for op in program.ops].count(OpCode.ADD) == 2
+    width = program.width
+    assert width == len({c for op in program.ops for s in (op.src, op.dst, op.init) if s
+                         for c in range(s.offset, s.offset + s.width)})  # no unused columns
 
 
 def test_the_program_holds_copies_of_the_resolved_weights():
@@ -185,9 +200,11 @@ def test_the_program_holds_copies_of_the_resolved_weights():
     (nn.Sequential(CausalConv1d(2, 2, 2), nn.GELU(approximate="tanh")), r"'1' \(GELU\).*approximate='none'"),
     (nn.Sequential(CausalConv1d(2, 2, 2), nn.BatchNorm1d(2, track_running_stats=False)),
      r"'1' \(BatchNorm1d\).*running statistics"),
-    (nn.Sequential(CausalConv1d(2, 3, 2), nn.Conv1d(2, 2, 1)), r"'1' \(Conv1d\).*takes 2 channels but receives 3"),
-    (nn.Sequential(CausalConv1d(2, 2, 2, stride=2)), r"'0' \(CausalConv1d\).*stride=2"),
-    (nn.Sequential(nn.ReLU()), r"'<root>' \(Sequential\).*no Conv1d"),
+    (nn.Sequential(CausalConv1d(2, 3, 2), nn.Conv1d(2, 2, 1)), r"'1' \(Conv1d\).*expected input.*to have 2 channels"),
+    (nn.Sequential(CausalConv1d(2, 2, 2, stride=2)), r"'0' \(CausalConv1d\).*changes the sample rate.*Streamer"),
+    (nn.Sequential(nn.ReLU()), r"cannot fuse Sequential: the fused step takes one \(B, C, T\) input"),
+    (nn.Sequential(CausalConv1d(2, 4, 2), nn.GLU(dim=1)), r"layer '1' \(GLU\): no fused op for GLU.*Streamer"),
+    (nn.Sequential(nn.Conv1d(2, 2, 3, padding=1)), r"'0' \(Conv1d\) needs 1 later sample"),
     (nn.Sequential(CausalConv1d(2, 2, 2)).double(), r"float32 model on the CPU"),
 ])
 def test_what_cannot_be_lowered_is_named(model, message):
