@@ -14,6 +14,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _umask_at_import() -> int:
+    umask = os.umask(0o022)  # the only way to read it elsewhere; done once, before any thread of atrous runs
+    os.umask(umask)
+    return umask
+
+
+_IMPORT_UMASK = _umask_at_import()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it: setting it even for a moment would let
+    another thread create a file with the temporary mask."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:  # Linux >= 4.7
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _IMPORT_UMASK
+
+
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """Call ``write(tmp_path)`` then move the result onto ``path`` in one step.
 
@@ -34,9 +56,7 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
             if error.filename is None or error.filename == tmp:
                 raise OSError(error.errno, error.strerror or str(error), str(path)) from None
             raise
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

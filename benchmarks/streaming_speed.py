@@ -20,6 +20,7 @@ instead of the wall time (for 1 thread, what a quiet machine would give). Prints
     python benchmarks/streaming_speed.py --compile --onnx   # the table in docs/streaming.md
     python benchmarks/streaming_speed.py            # 1 and 2 threads, batch 1 and 64
     python benchmarks/streaming_speed.py --quick    # shorter rounds
+    python benchmarks/streaming_speed.py --families --write-docs  # the families table (streaming_families.py)
 """
 
 from __future__ import annotations
@@ -125,7 +126,20 @@ def main() -> None:
     parser.add_argument("--onnx", action="store_true", help="add onnxruntime running the exported step")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive recomputation")
     parser.add_argument("--quick", action="store_true", help="fewer steps and 3 rounds")
+    parser.add_argument("--families", action="store_true",
+                        help="the causal families side by side at batch 1, 8, 64 (benchmarks/streaming_families.py)")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="with --families: write the table into docs/streaming.md")
     args = parser.parse_args()
+    if args.families:
+        from _docs import DOCS, write_section  # benchmarks/, beside this script
+        from streaming_families import families_table
+
+        table = families_table(rounds=3 if args.quick else args.rounds, budget=0.15 if args.quick else 0.4)
+        print(table)
+        if args.write_docs:
+            write_section(DOCS / "streaming.md", "streaming-families", table)
+        return
     if args.quick:
         args.steps, args.rounds = 100, 3
     torch.manual_seed(0)

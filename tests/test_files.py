@@ -23,6 +23,29 @@ def test_a_write_replaces_the_file_with_the_usual_permissions(tmp_path):
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_the_mode_follows_the_umask_the_process_has_now(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        target = tmp_path / "out.bin"
+        atomic_write(target, lambda tmp: Path(tmp).write_bytes(b"x"))
+    finally:
+        os.umask(previous)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_write_never_changes_the_umask(tmp_path, monkeypatch):
+    """Setting the umask, even to restore it, opens a window where other threads make files with it."""
+
+    def refuse(mask):
+        raise AssertionError(f"atomic_write called os.umask({mask:#o})")
+
+    monkeypatch.setattr(os, "umask", refuse)
+    target = tmp_path / "out.bin"
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(b"x"))
+    assert target.read_bytes() == b"x"
+
+
 @pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), RuntimeError("writer bug"),
                                      KeyboardInterrupt()])
 def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary(tmp_path, failure):

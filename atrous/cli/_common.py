@@ -146,7 +146,9 @@ def check_model_arguments(args) -> None:
     if args.weights is None:
         raise ValueError(f"--model {args.model} needs --weights PATH, a local weights file (atrous never downloads)")
     if args.num_classes is not None:
-        check_int(args.num_classes, "--num-classes", low=1, high=255)
+        from atrous.data.palette import MAX_CLASSES  # imports torch: only when a command runs, never at --help
+
+        check_int(args.num_classes, "--num-classes", low=1, high=MAX_CLASSES)
 
 
 def parse_stats(text: str | None, name: str) -> list[float] | None:

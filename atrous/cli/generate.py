@@ -11,7 +11,7 @@ from atrous.cli._common import require
 
 MAX_SECONDS = 3600.0  # an hour per clip: about 29 million single-sample steps at 8 kHz
 MAX_SAMPLES = 2**28  # samples of all clips together, held in memory until they are written
-MAX_RATE = 768_000  # as atrous.engine.generate.MAX_SAMPLE_RATE (imported lazily: --help loads no torch)
+MAX_RATE = 768_000  # atrous.engine.generate.MAX_SAMPLE_RATE, which imports torch (--help must not); a test keeps them equal
 MAX_COUNT = 1024
 MAX_TEMPERATURE = 100.0  # far past the point where the draws are uniform noise
 

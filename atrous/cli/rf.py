@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from atrous._checks import check_int
-from atrous._files import atomic_write, check_output_file
+from atrous._files import check_output_file
 from atrous.cli._common import parse_ints, require
 from atrous.cli._names import MODEL_NAMES
 
@@ -84,7 +83,9 @@ def _input_shape(text: str) -> tuple[int, ...]:
 
 
 def _check_coverage(rates: list[int], kernel: int, option: str) -> None:
-    size = 1 + (kernel - 1) * sum(rates)
+    from atrous.ops.padding import stack_receptive_field  # torch-free, like the rest of this check
+
+    size = stack_receptive_field(kernel, rates)
     if size > MAX_COVERAGE:
         raise ValueError(f"{option} with --kernel {kernel} spans a field of {size:,} samples; the coverage is "
                          f"computed up to {MAX_COVERAGE:,}")
@@ -96,23 +97,6 @@ def _check_plot(args: argparse.Namespace) -> Path:
         raise ValueError(f"--plot must name a .png file, got {args.plot!r}")
     require("matplotlib", "plot", "rf --plot")
     return check_output_file(path, overwrite=args.overwrite, name="--plot")
-
-
-def _write_png(path: Path, draw) -> None:
-    """``draw(png)`` into a hidden file beside ``path``, moved into place whole
-    (:func:`atrous._files.atomic_write`); the plotting functions want a ``.png`` name."""
-
-    def write(tmp: str) -> None:
-        staged = Path(f"{tmp}.png")
-        try:
-            draw(staged)
-            os.replace(staged, tmp)
-        except OSError as error:
-            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
-        finally:
-            staged.unlink(missing_ok=True)
-
-    atomic_write(path, write)
 
 
 def _default_input(model: nn.Module) -> tuple[int, ...]:
@@ -177,11 +161,11 @@ def run(args: argparse.Namespace) -> int:
 
             erf = effective_receptive_field(model, shape)
             title = f"effective receptive field of {args.model} at {','.join(map(str, shape))}"
-            _write_png(plot, lambda png: plot_erf(erf, png, title=title, weights="random init"))
+            plot_erf(erf, plot, title=title, weights="random init")
             print(f"wrote the effective receptive field ({'x'.join(map(str, erf.shape))}) to {plot}")
         else:
             coverage = gridding(rates, args.kernel)
-            _write_png(plot, lambda png: plot_coverage(coverage, png, dims=args.dims))
+            plot_coverage(coverage, plot, dims=args.dims)
             print(f"wrote the coverage map to {plot}")
     return 0
 

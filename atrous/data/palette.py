@@ -14,6 +14,11 @@ import numpy as np
 import torch
 
 from atrous._checks import check_int
+from atrous._files import atomic_write
+
+# Class indices are stored as the pixel values of 8-bit palette PNGs (VOC's ground truth and
+# :func:`save_index_png`), and 255 is the ignore label, so a model predicts at most classes 0..254.
+MAX_CLASSES = 255
 
 
 def voc_palette(num_colors: int = 256) -> np.ndarray:
@@ -71,11 +76,15 @@ def save_index_png(mask: np.ndarray | torch.Tensor, path: str | Path, *, palette
 
     Args:
         mask: ``(H, W)`` integer class indices in 0..255.
-        path: output file; its parent folders are created.
+        path: output file, written whole or not at all (:func:`atrous._files.atomic_write`);
+            its folder must exist.
         palette: ``(256, 3)`` uint8 colours shown by image viewers; default :func:`voc_palette`.
 
     Returns:
         The path written.
+
+    Raises:
+        FileNotFoundError: the folder of ``path`` does not exist (the message names it).
     """
     from PIL import Image
 
@@ -84,10 +93,11 @@ def save_index_png(mask: np.ndarray | torch.Tensor, path: str | Path, *, palette
     if palette.shape != (256, 3):
         raise ValueError(f"palette must have shape (256, 3), got {palette.shape}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder of path {str(path)!r} does not exist: {str(path.parent)!r}")
     picture = Image.frombytes("P", (indices.shape[1], indices.shape[0]), np.ascontiguousarray(indices).tobytes())
     picture.putpalette(palette.reshape(-1).tolist())
-    picture.save(path, format="PNG")
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))  # tmp has no .png suffix
     return path
 
 

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from atrous._checks import check_bool, check_float, check_int, is_number
+from atrous.data.palette import MAX_CLASSES
 
 OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_LR = {"adamw": 1.5e-3, "sgd": 0.01}
@@ -18,7 +19,7 @@ DEFAULT_AUX_WEIGHT = 0.5  # torchvision's reference recipe
 PRECISIONS = ("auto", "fp32", "bf16")
 _OPTIONAL = ("crop_size", "num_classes", "train_images", "val_images")
 _INT_RANGES = {  # bounds that no real run reaches, so a crafted config cannot ask for absurd work
-    "epochs": (1, 100_000), "batch_size": (1, 65_536), "crop_size": (8, 65_536), "num_classes": (1, 255),
+    "epochs": (1, 100_000), "batch_size": (1, 65_536), "crop_size": (8, 65_536), "num_classes": (1, MAX_CLASSES),
     "train_images": (1, 10**8), "val_images": (1, 10**8), "workers": (0, 256), "seed": (0, 2**32 - 1),
     "config_version": (1, CONFIG_VERSION),
 }

@@ -59,7 +59,7 @@ def predict_probabilities(
     """
     scales = check_scales(scales)
     height, width = images.shape[-2:]
-    inputs = normalize(images, mean or MEAN, std or STD)
+    inputs = normalize(images, MEAN if mean is None else mean, STD if std is None else std)
     total = None
     for scale in scales:
         scaled = inputs
@@ -108,12 +108,19 @@ def predict_labels(
         if not single:
             return predict_probabilities(model, x, flip=flip, scales=scales, mean=mean, std=std).argmax(1, keepdim=True)
         # one pass: softmax keeps the order, so the argmax of the logits, without a K x H x W probability map
-        logits = model(normalize(x, mean or MEAN, std or STD))
+        logits = model(normalize(x, MEAN if mean is None else mean, STD if std is None else std))
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits.argmax(1, keepdim=True)
 
     if tiler is not None and tiler.applies(*images.shape[-2:]):
+        if tuple(scales) != (1.0,):
+            import warnings
+
+            from atrous.engine.tiling import TilingWarning
+
+            warnings.warn(f"scales {tuple(scales)} rescale each tile on its own, off the model's stride grid: "
+                          "tiled labels are close to, not equal to, the whole image's", TilingWarning, stacklevel=2)
         return tiler.run(labels, images, device=device, progress=progress)[:, 0]
     return labels(images.to(device or images.device))[:, 0].to(images.device)
 

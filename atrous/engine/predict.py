@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from atrous._checks import finite_numbers, is_int
+from atrous._checks import check_int, finite_numbers, int_range, is_int
 from atrous._files import atomic_write, check_output_file
 from atrous.data.folders import DEFAULT_MAX_PIXELS, read_image
+from atrous.data.palette import MAX_CLASSES
 from atrous.engine.checkpoint import META_FILE, checkpoint_dir, load_checkpoint, read_checkpoint_meta
 from atrous.engine.config import TrainConfig
 from atrous.engine.evaluate import check_scales, predict_labels
@@ -47,8 +48,8 @@ def _check_meta(meta: dict[str, Any], file: Path, in_channels: Any) -> None:
     if not isinstance(meta["model"], str):
         raise _field_error(file, "model", "a registered model name", meta["model"])
     classes = meta["num_classes"]
-    if not is_int(classes) or not 1 <= classes <= 255:
-        raise _field_error(file, "num_classes", "an int from 1 to 255", classes)
+    if not is_int(classes) or not 1 <= classes <= MAX_CLASSES:
+        raise _field_error(file, "num_classes", int_range(1, MAX_CLASSES), classes)
     names = meta.get("class_names")
     if names is not None and (not isinstance(names, list) or len(names) != classes
                               or not all(isinstance(n, str) for n in names)):
@@ -175,8 +176,7 @@ def model_from_weights(
         if key in model_args:
             raise ValueError(f"model_args (--model-arg) must not set {key!r}; it has its own argument")
     channels = model_args.get("in_channels", 3)
-    if not is_int(channels) or channels < 1:
-        raise ValueError(f"model_args (--model-arg) in_channels must be an int >= 1, got {channels!r}")
+    check_int(channels, "model_args (--model-arg) in_channels", low=1)
     if channels != 3 and (mean is None or std is None):
         raise ValueError(f"a model with {channels} input channels needs mean (--mean) and std (--std): "
                          f"ImageNet's statistics are for RGB")
@@ -188,8 +188,7 @@ def model_from_weights(
         if num_classes is None:
             raise ValueError(f"weights file {str(weights)!r} does not say how many classes {name} predicts; "
                              f"give num_classes (--num-classes)")
-    if not is_int(num_classes) or not 1 <= num_classes <= 255:
-        raise ValueError(f"num_classes (--num-classes) must be an int from 1 to 255, got {num_classes!r}")
+    check_int(num_classes, "num_classes (--num-classes)", low=1, high=MAX_CLASSES)
     check_model_size(name, num_classes=num_classes, **model_args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", WeightsWarning)  # a partial load is refused below, with the report
@@ -308,7 +307,7 @@ def predict_files(
             image = read_rgb(path, max_pixels=max_pixels)
             mask = predict_labels(model, image[None], flip=flip, scales=scales, mean=meta.get("mean"),
                                   std=meta.get("std"), tiler=tiler, device=device, progress=progress)[0]
-            atomic_write(mask_path, lambda tmp: save_index_png(mask, tmp))
+            save_index_png(mask, mask_path)  # atomic, like the overlay
             picture = Image.fromarray(overlay(image, mask))
             atomic_write(overlay_path, lambda tmp: picture.save(tmp, format="PNG"))
             written += [mask_path, overlay_path]

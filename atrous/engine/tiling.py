@@ -95,6 +95,8 @@ def check_tile_options(tile: int, overlap: int | None) -> tuple[int, int | None]
         raise ValueError(f"tile (--tile) must be 0 (never tile) or an int from {MIN_TILE} to {MAX_TILE:,}, got {tile}")
     if overlap is not None:
         check_int(overlap, "overlap (--tile-overlap)", low=0)
+        if tile == 0:
+            raise ValueError(f"overlap (--tile-overlap) {overlap} needs tiles; tile (--tile) 0 never tiles")
         if tile and 2 * overlap >= tile:
             raise ValueError(f"overlap (--tile-overlap) must be less than half of tile (--tile) {tile}, so that "
                              f"each tile keeps a core, got {overlap}")

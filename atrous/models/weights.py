@@ -180,11 +180,18 @@ def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
 
 
+def _kind_differs(file: torch.Tensor, model: torch.Tensor) -> bool:
+    """Integer weights where the model has floats (or the reverse): not a precision, a wrong file."""
+    return file.is_floating_point() != model.is_floating_point()
+
+
 def _differences(file: Mapping[str, torch.Tensor], model: Mapping[str, torch.Tensor], limit: int = 3) -> list[str]:
     """The first differences between two key sets, in words."""
     lines = []
     shapes = [f"{k} is {_shape(file[k])} in the file, {_shape(model[k])} in the model"
               for k in file if k in model and file[k].shape != model[k].shape]
+    shapes += [f"{k} holds {file[k].dtype} in the file where the model holds {model[k].dtype}"
+               for k in file if k in model and file[k].shape == model[k].shape and _kind_differs(file[k], model[k])]
     only_model = [k for k in model if k not in file and not _counter(k)]
     only_file = [k for k in file if k not in model and not _counter(k)]
     if shapes:
@@ -334,6 +341,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Fa
     if structural:
         raise ValueError(f"weights file {name!r} holds {source}, which does not fit {type(model).__name__} "
                          f"({expected}): {'; '.join(_differences(state, model_state))}{_hint(state, model_state)}")
+    wrong_kind = [k for k in state if k in model_state and not _counter(k) and _kind_differs(state[k], model_state[k])]
+    if wrong_kind:
+        raise ValueError(f"weights file {name!r} holds {source}, which does not fit {type(model).__name__}: "
+                         f"{'; '.join(_differences(state, model_state))}")
     mismatched = [k for k in state if k in model_state and state[k].shape != model_state[k].shape]
     loaded = tuple(k for k in state if k in model_state and k not in mismatched)
     skipped = tuple(k for k in state if k not in loaded and not _counter(k))
@@ -353,8 +364,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Fa
 def _hint(state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]) -> str:
     pooling_bn = "classifier.0.convs.4.2.running_mean"
     if pooling_bn in state and "classifier.0.convs.4.conv.weight" in model_state:
-        return ("; build the model with head='torchvision' (on the command line: --model-arg head=torchvision) "
-                "for torchvision's DeepLab v3 checkpoints")
+        return ("; torchvision's DeepLab v3 checkpoints need head='torchvision' and output_stride=8, the stride "
+                "they were trained at (on the command line: --model-arg head=torchvision --model-arg output_stride=8)")
     if pooling_bn in model_state and "classifier.0.convs.4.conv.weight" in state:
         return "; this is atrous's own DeepLab head: build the model with head='paper'"
     return ""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from atrous._checks import check_float, check_int
+from atrous._checks import check_float, check_int, is_int
 from atrous.ops.capture import capturing
 from atrous.ops.geometry import CHANNELS_LAST
 
@@ -104,7 +104,12 @@ def tuning_settings(
     """
     given = dict(budget_s=budget_s, min_rounds=min_rounds, max_rounds=max_rounds, min_macs=min_macs,
                  max_keys=max_keys, margin=margin, timer=timer)  # fmt: skip
-    settings = replace(_SETTINGS.get(), **{name: value for name, value in given.items() if value is not None})
+    current = _SETTINGS.get()
+    if min_rounds is not None and max_rounds is None and is_int(min_rounds) and min_rounds > current.max_rounds:
+        # the user never passed max_rounds: say where its value comes from rather than blame it
+        raise ValueError(f"min_rounds={min_rounds} exceeds the current max_rounds ({current.max_rounds}); "
+                         f"pass max_rounds too, e.g. tuning_settings(min_rounds={min_rounds}, max_rounds={min_rounds})")
+    settings = replace(current, **{name: value for name, value in given.items() if value is not None})
     token = _SETTINGS.set(settings)
     try:
         yield settings

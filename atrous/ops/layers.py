@@ -23,6 +23,7 @@ from atrous.ops.padding import (
     causal_padding,
     kernel_extent,
     resolve_padding,
+    stack_receptive_field,
     to_tuple,
 )
 from atrous.ops.stack_fusion import fuse_same_rate, same_rate_stack
@@ -278,7 +279,7 @@ class DilatedStack(nn.Module):
     @property
     def receptive_field(self) -> int:
         """Receptive field of the whole stack along each axis: ``1 + sum (k - 1) * rate``."""
-        return 1 + sum(kernel_extent(conv.kernel_size[0], rate) - 1 for conv, rate in zip(self.convs, self.rates))
+        return stack_receptive_field(self.convs[0].kernel_size[0], self.rates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for start, stop, fused in self.groups_of_layers():

@@ -37,6 +37,23 @@ def kernel_extent(kernel_size: int, dilation: int) -> int:
     return (kernel_size - 1) * dilation + 1
 
 
+def stack_receptive_field(kernel_size: int, rates: Sequence[int]) -> int:
+    """Receptive field of stride-1 convolutions of one kernel size applied in turn at ``rates``.
+
+    Each layer widens the field by its extent less one, so the field is
+    ``1 + sum((k - 1) * d for d in rates)`` (Yu & Koltun 2016: 3, 7, 15, 31 for 3x3 kernels at
+    rates 1, 2, 4, 8), one axis of the field; the order of the rates does not matter.
+
+    Args:
+        kernel_size: the kernel size of every layer along the axis.
+        rates: the dilation of each layer, in any order; empty gives 1 (the identity).
+
+    Returns:
+        The number of input samples one output sees along the axis.
+    """
+    return 1 + sum(kernel_extent(kernel_size, rate) - 1 for rate in rates)
+
+
 def same_padding(size: int, kernel_size: int, stride: int = 1, dilation: int = 1) -> tuple[int, int]:
     """(low, high) padding that makes the output ``ceil(size / stride)`` long.
 

@@ -112,14 +112,16 @@ def trace_graph(model: nn.Module, chunk: torch.Tensor | None = None, args: tuple
             if streamer.graph is None and failure is not None:
                 raise failure
     except (ValueError, TypeError) as error:
-        raise ValueError(f"cannot fuse the model: {error}") from None
+        raise ValueError(f"cannot fuse the model: {error} (the fused step runs what a causal Streamer can trace; "
+                         "atrous.streaming.Streamer streams the rest)") from None
     if streamer.graph is None:
         raise ValueError(f"cannot fuse {type(model).__name__}: the fused step takes one (B, C, T) input whose "
                          "channels it reads from in_channels or the first Conv1d; atrous.streaming.Streamer "
                          "streams models with several inputs")
     graph = streamer.graph
     if graph.timing.rate != 1 or graph.timing.period != 1:
-        node = next(n for n in graph.nodes if n.rate != 1 or (n.geometry is not None and n.geometry.stride != 1))
+        node = next((n for n in graph.nodes if n.rate != 1 or (n.geometry is not None and n.geometry.stride != 1)),
+                    graph.nodes[graph.output])
         raise ValueError(f"cannot fuse {node.label}: it changes the sample rate; atrous.streaming.Streamer streams it")
     for label, module in graph.eval_only:
         if module.training:

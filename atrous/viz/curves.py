@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from atrous._files import atomic_write
-from atrous.viz.fields import _pyplot
+from atrous.viz.fields import _pyplot, _save
 
 
 def plot_training_curves(history: list[dict[str, Any]], path: str | Path, *, score: str) -> Path:
@@ -37,9 +36,8 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path, *, sco
     score_ax.set(xlabel="epoch", ylabel="validation", title=score.replace("_", " "))
     for ax in (loss_ax, score_ax):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
     try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        _save(fig, path)
     finally:
         plt.close(fig)
     return path

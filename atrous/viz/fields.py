@@ -3,7 +3,8 @@
 The coverage map shows how many paths of a dilated stack reach each input offset, with the
 holes of the gridding effect (Wang et al. 2018) in a colour of their own; the effective
 receptive field is the gradient-magnitude map of Luo et al. 2016. Both are written as PNG with
-matplotlib's Agg backend, imported when a plot is drawn so ``import atrous`` stays light.
+matplotlib's Agg backend, imported when a plot is drawn so ``import atrous`` stays light, and
+written whole or not at all (:func:`atrous._files.atomic_write`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from atrous._files import atomic_write
 
 
 def _pyplot():
@@ -30,6 +33,12 @@ def _check_path(path: str | Path) -> Path:
     if not path.parent.exists():
         raise FileNotFoundError(f"folder {str(path.parent)!r} for the plot does not exist")
     return path
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    # the temporary name has no .png suffix, so the format is given
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def plot_coverage(result, path: str | Path, *, dims: int = 2) -> Path:
@@ -52,30 +61,32 @@ def plot_coverage(result, path: str | Path, *, dims: int = 2) -> Path:
     offsets = result.offsets
     title = f"rates {', '.join(map(str, result.rates))}, kernel {result.kernel_size}: field {result.size}"
     title += f", {len(result.holes)} holes per axis" if result.holes else ", no holes"
-    if dims == 1:
-        fig, ax = plt.subplots(figsize=(max(6, min(16, len(coverage) / 6)), 3.2))
-        colours = ["tab:red" if c == 0 else "tab:blue" for c in coverage]
-        ax.bar(offsets, np.where(coverage == 0, coverage.max() * 0.03, coverage), color=colours, width=0.9)
-        ax.set_xlabel("input offset")
-        ax.set_ylabel("paths")
-    else:
-        grid = np.multiply.outer(coverage, coverage)
-        shown = np.log10(np.maximum(grid, 1))
-        fig, ax = plt.subplots(figsize=(6.4, 5.6))
-        extent = (offsets[0] - 0.5, offsets[-1] + 0.5, offsets[-1] + 0.5, offsets[0] - 0.5)
-        image = ax.imshow(np.ma.masked_where(grid == 0, shown), cmap="viridis", extent=extent, interpolation="nearest")
-        holes = np.ma.masked_where(grid != 0, np.ones_like(grid))
-        from matplotlib.colors import ListedColormap
+    size = (max(6, min(16, len(coverage) / 6)), 3.2) if dims == 1 else (6.4, 5.6)
+    fig, ax = plt.subplots(figsize=size)
+    try:  # a failed drawing must not leave the figure open in pyplot's registry
+        if dims == 1:
+            colours = ["tab:red" if c == 0 else "tab:blue" for c in coverage]
+            ax.bar(offsets, np.where(coverage == 0, coverage.max() * 0.03, coverage), color=colours, width=0.9)
+            ax.set_xlabel("input offset")
+            ax.set_ylabel("paths")
+        else:
+            from matplotlib.colors import ListedColormap
 
-        ax.imshow(holes, cmap=ListedColormap(["#d62728"]), extent=extent, interpolation="nearest")
-        fig.colorbar(image, ax=ax, label="log10(paths)")
-        ax.set_xlabel("input offset (x)")
-        ax.set_ylabel("input offset (y)")
-        title += " (holes in red)" if result.holes else ""
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            grid = np.multiply.outer(coverage, coverage)
+            shown = np.log10(np.maximum(grid, 1))
+            extent = (offsets[0] - 0.5, offsets[-1] + 0.5, offsets[-1] + 0.5, offsets[0] - 0.5)
+            image = ax.imshow(np.ma.masked_where(grid == 0, shown), cmap="viridis", extent=extent,
+                              interpolation="nearest")
+            holes = np.ma.masked_where(grid != 0, np.ones_like(grid))
+            ax.imshow(holes, cmap=ListedColormap(["#d62728"]), extent=extent, interpolation="nearest")
+            fig.colorbar(image, ax=ax, label="log10(paths)")
+            ax.set_xlabel("input offset (x)")
+            ax.set_ylabel("input offset (y)")
+            title += " (holes in red)" if result.holes else ""
+        ax.set_title(title, fontsize=10)
+        _save(fig, path)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -110,19 +121,19 @@ def plot_erf(
     path = _check_path(path)
     plt = _pyplot()
     peak = values.max() if values.max() > 0 else 1.0
-    if values.ndim == 1:
-        fig, ax = plt.subplots(figsize=(7, 3.2))
-        ax.plot(np.arange(len(values)), values / peak)
-        ax.set_xlabel("input position")
-        ax.set_ylabel("|gradient| / max")
-    else:
-        fig, ax = plt.subplots(figsize=(6.4, 5.6))
-        image = ax.imshow(values / peak, cmap="magma", interpolation="nearest")
-        fig.colorbar(image, ax=ax, label="|gradient| / max")
-        ax.set_xlabel("x")
-        ax.set_ylabel("y")
-    ax.set_title(f"{title}\nweights: {weights if weights is not None else 'not stated'}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 3.2) if values.ndim == 1 else (6.4, 5.6))
+    try:
+        if values.ndim == 1:
+            ax.plot(np.arange(len(values)), values / peak)
+            ax.set_xlabel("input position")
+            ax.set_ylabel("|gradient| / max")
+        else:
+            image = ax.imshow(values / peak, cmap="magma", interpolation="nearest")
+            fig.colorbar(image, ax=ax, label="|gradient| / max")
+            ax.set_xlabel("x")
+            ax.set_ylabel("y")
+        ax.set_title(f"{title}\nweights: {weights if weights is not None else 'not stated'}", fontsize=10)
+        _save(fig, path)
+    finally:
+        plt.close(fig)
     return path

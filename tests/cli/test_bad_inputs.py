@@ -384,3 +384,12 @@ def test_export_onnx_checks_the_path_before_exporting(kind, tmp_path, monkeypatc
     with pytest.raises(error, match=pattern):
         export_onnx(DilatedConv2d(3, 2, 3), path, torch.zeros(1, 3, 8, 8))
     assert listing(tmp_path) == before
+
+
+def test_the_cli_sample_rate_bound_is_the_engine_one():
+    """``atrous generate`` cannot import the engine at --help time (it imports torch), so it keeps
+    its own copy of the bound; the two must agree."""
+    from atrous.cli.generate import MAX_RATE
+    from atrous.engine.generate import MAX_SAMPLE_RATE
+
+    assert MAX_RATE == MAX_SAMPLE_RATE

@@ -81,3 +81,18 @@ def test_erf_plot_says_the_weights_are_random(capsys, tmp_path, plot_titles):
     code, out, _ = run(capsys, "--model", "tcn", "--input", "2,256", "--plot", str(path))
     assert code == 0 and path.exists()
     assert len(titles) == 1 and "tcn" in titles[0] and "random init" in titles[0]
+
+
+def test_a_plot_on_a_full_disk_leaves_no_partial_file(capsys, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def full(self, fname, *args, **kwargs):
+        with open(fname, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    path = tmp_path / "coverage.png"
+    code, _, err = run(capsys, "--rates", "1,2,5", "--plot", str(path))
+    assert code == 1 and err.count("\n") == 1 and str(path) in err and "No space" in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import SEGMENTATION, create_tiny
 from torch import nn
 
 from atrous.engine.checkpoint import read_checkpoint_meta
@@ -23,16 +24,11 @@ from atrous.models import create
 
 pytestmark = pytest.mark.filterwarnings("ignore::atrous.models.RateWarning")  # ASPP on tiny inputs
 
-TINY = {"num_classes": 3, "width_multiplier": 1 / 16}
-RUN = {"model": "deeplabv3_resnet18", "model_kwargs": {"width_multiplier": 1 / 16}, "train_images": 8,
+RUN = {"model": "deeplabv3_resnet18", "model_kwargs": {"width_multiplier": SEGMENTATION["width_multiplier"]}, "train_images": 8,
        "val_images": 2, "batch_size": 4, "epochs": 2, "crop_size": 64, "device": "cpu"}
 
 
-def tiny(name: str = "deeplabv3_resnet18", **kwargs) -> nn.Module:
-    return create(name, **{**TINY, **kwargs})
-
-
-def batch(seed: int = 0, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(seed: int = 0, classes: int = SEGMENTATION["num_classes"]) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(2, 3, 32, 32, generator=generator)
     masks = torch.randint(0, classes, (2, 32, 32), generator=generator)
@@ -78,7 +74,7 @@ def test_freeze_bn_leaves_running_statistics_and_affine_parameters_untouched(fre
 def test_the_backbone_steps_at_its_scale_of_the_rate(name, prefix):
     scale, lr = 0.1, 0.05
     config = TrainConfig(model=name, optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=lr, backbone_lr_scale=scale)
-    model = tiny(name)
+    model = create_tiny(name)
     assert backbone_prefix(model) == prefix
     optimizer = build_optimizer(config, model)
     assert [g["lr"] for g in optimizer.param_groups] == [lr * scale, lr]
@@ -105,13 +101,13 @@ def test_the_backbone_steps_at_its_scale_of_the_rate(name, prefix):
 def test_a_backbone_rate_for_a_model_without_a_backbone_is_refused():
     with pytest.raises(ValueError, match=r"backbone_lr_scale.*context_net has none"):
         build_optimizer(TrainConfig(backbone_lr_scale=0.1), create("context_net", num_classes=3, width_multiplier=0.25))
-    one = build_optimizer(TrainConfig(), tiny())  # scale 1: one group, as every run before
+    one = build_optimizer(TrainConfig(), create_tiny("deeplabv3_resnet18"))  # scale 1: one group, as every run before
     assert len(one.param_groups) == 1 and "lr_scale" not in one.param_groups[0]
 
 
 @pytest.mark.parametrize(("aux_weight", "background_weight"), [(None, 1.0), (0.25, 0.3)])
 def test_the_aux_loss_is_the_main_loss_plus_the_weighted_aux_loss(aux_weight, background_weight):
-    model = tiny(aux_loss=True).train()
+    model = create_tiny("deeplabv3_resnet18", aux_loss=True).train()
     images, masks = batch(1)
     reference = copy.deepcopy(model)
     torch.manual_seed(7)
@@ -138,7 +134,7 @@ def test_a_run_from_a_weights_file_starts_with_its_weights_and_resumes_without_i
     from atrous.engine import trainer
 
     torch.manual_seed(123)  # other weights than the run's own seed would draw
-    source = tiny(num_classes=11)
+    source = create_tiny("deeplabv3_resnet18", num_classes=11)
     file = tmp_path / "start.pth"
     torch.save(source.state_dict(), file)
     seen, real = [], trainer.train_step
@@ -164,7 +160,7 @@ def test_a_run_from_a_weights_file_starts_with_its_weights_and_resumes_without_i
 
 
 def test_backbone_weights_reach_the_backbone_alone(tmp_path):
-    classifier = create("resnet18", width_multiplier=1 / 16)
+    classifier = create_tiny("resnet18")
     state = {**classifier.state_dict(), "fc.weight": torch.zeros(10, 32), "fc.bias": torch.zeros(10)}
     torch.save(state, tmp_path / "imagenet.pth")
     model = job(backbone_weights=str(tmp_path / "imagenet.pth")).model

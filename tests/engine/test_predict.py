@@ -11,7 +11,8 @@ from tiny_models import SEGMENTATION, calibrated, create_tiny
 
 from atrous.engine.checkpoint import save_checkpoint
 from atrous.engine.config import TrainConfig
-from atrous.engine.predict import load_trained_model, predict_files
+from atrous.data.palette import MAX_CLASSES
+from atrous.engine.predict import load_trained_model, model_from_weights, predict_files
 
 PIL = pytest.importorskip("PIL.Image")
 MEAN, STD = [0.4, 0.5, 0.6], [0.3, 0.2, 0.25]
@@ -61,6 +62,21 @@ def test_crafted_metadata_is_named_by_file_and_field(tmp_path, change, field):
     saved(tmp_path / "run", **change)
     with pytest.raises(ValueError, match=rf"checkpoint file .*checkpoint\.json.*field 'meta\.{field}'"):
         load_trained_model(tmp_path / "run")
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"num_classes": True}, TypeError, "num_classes"), ({"num_classes": 2.0}, TypeError, "num_classes"),
+    ({"num_classes": MAX_CLASSES + 1}, ValueError, f"num_classes .*from 1 to {MAX_CLASSES}"),
+    ({"num_classes": 0}, ValueError, "num_classes"),
+    ({"num_classes": 2, "model_args": {"in_channels": True}}, TypeError, "in_channels must be an int >= 1"),
+    ({"num_classes": 2, "model_args": {"in_channels": 0}}, ValueError, "in_channels must be an int >= 1"),
+])
+def test_model_from_weights_checks_its_ints_by_the_shared_policy(tmp_path, kwargs, error, message):
+    """A bool is never a count (TypeError), whatever the checks are written in."""
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")  # never read: the arguments are refused first
+    with pytest.raises(error, match=message):
+        model_from_weights("context_net", weights, **kwargs)
 
 
 def test_a_checkpoint_without_the_segmentation_fields_says_what_it_is(tmp_path):

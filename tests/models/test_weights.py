@@ -173,7 +173,7 @@ def test_files_that_do_not_fit(tmp_path):
     torch.save(_tiny("deeplabv3_resnet18", head="torchvision").state_dict(), tmp_path / "tv.pth")
     with pytest.raises(ValueError, match="build the model with head='paper'"):
         create("deeplabv3_resnet18", num_classes=3, **TINY, head="torchvision", weights=tmp_path / "paper.pth")
-    with pytest.raises(ValueError, match="build the model with head='torchvision'"):
+    with pytest.raises(ValueError, match="need head='torchvision' and output_stride=8"):
         _created("deeplabv3_resnet18", num_classes=3, **TINY, weights=tmp_path / "tv.pth")
     with pytest.raises(ValueError, match="FCN head"):
         _created("fcn_resnet50", num_classes=3, **TINY, weights=tmp_path / "tv.pth")
@@ -238,3 +238,16 @@ class _Renamed(torch.nn.Module):
 
     def state_dict(self, *args, **kwargs):
         return dict(self._state)
+
+
+def test_integer_weights_are_a_wrong_file_not_a_precision(tmp_path):
+    # load_state_dict would cast int8 into the float parameter without a word
+    state = _tiny("resnet18").state_dict()
+    state["layer1.0.conv1.weight"] = state["layer1.0.conv1.weight"].to(torch.int8)
+    torch.save(state, tmp_path / "ints.pth")
+    with pytest.raises(ValueError, match="layer1.0.conv1.weight holds torch.int8 in the file where the model holds "
+                                         "torch.float32"):
+        create("resnet18", **TINY, weights=tmp_path / "ints.pth")
+    state["layer1.0.conv1.weight"] = state["layer1.0.conv1.weight"].to(torch.float16)  # a precision: loads
+    torch.save(state, tmp_path / "halves.pth")
+    assert not create("resnet18", **TINY, weights=tmp_path / "halves.pth").weights_report.partial

@@ -130,6 +130,8 @@ def test_settings_are_local_to_a_thread():
         ({"min_macs": 1.5}, TypeError, r"min_macs must be an int"),
         ({"min_rounds": 0}, ValueError, r"min_rounds must be an int >= 1"),
         ({"max_rounds": 2}, ValueError, r"max_rounds must be an int >= min_rounds=3, got 2"),
+        # max_rounds was never passed: the message says where 7 comes from and what to do
+        ({"min_rounds": 10}, ValueError, r"min_rounds=10 exceeds the current max_rounds \(7\); pass max_rounds too"),
         ({"budget_s": True}, TypeError, r"budget_s must be a finite number >= 0, got True"),
         ({"budget_s": math.inf}, ValueError, r"budget_s must be a finite number >= 0, got inf"),
         ({"margin": 1.0}, ValueError, r"margin must be a finite number >= 0 and < 1, got 1.0"),

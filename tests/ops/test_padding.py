@@ -52,3 +52,32 @@ def test_unit_stride_amounts_are_plain_ints_whatever_the_size(kernel, dilation):
     low, high = same_padding(torch.tensor(17), kernel, 1, dilation)
     assert type(low) is int and type(high) is int
     assert (low, high) == ((extent - 1) // 2, extent - 1 - (extent - 1) // 2)
+
+
+def impulse_response_width(kernel_size: int, rates: list[int]) -> int:
+    """The brute force: push a unit impulse through all-ones dilated kernels with NumPy and
+    measure the span from the first to the last input offset that reaches one output (holes,
+    the gridding effect, lie inside the span and do not shrink the field)."""
+    import numpy as np
+
+    response = np.ones(1)
+    for rate in rates:
+        kernel = np.zeros((kernel_size - 1) * rate + 1)
+        kernel[::rate] = 1.0
+        response = np.convolve(response, kernel)
+    reached = np.flatnonzero(response)
+    return int(reached[-1] - reached[0] + 1)
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 3, 5])
+@pytest.mark.parametrize("rates", [[], [1], [1, 2, 4, 8], [2, 2, 2], [3, 1, 6], [1, 2, 4, 1, 2, 4], [16]])
+def test_stack_receptive_field_is_the_impulse_response_width(kernel, rates):
+    from atrous.ops.padding import stack_receptive_field
+
+    assert stack_receptive_field(kernel, rates) == impulse_response_width(kernel, rates)
+
+
+def test_stack_receptive_field_of_the_tutorial():
+    from atrous.ops.padding import stack_receptive_field
+
+    assert [stack_receptive_field(3, [1, 2, 4, 8][:n]) for n in range(1, 5)] == [3, 7, 15, 31]  # Yu & Koltun 2016

@@ -176,8 +176,8 @@ def test_residual_sums_fold_into_the_product_that_computes_a_term():
     torch.manual_seed(0)
     model = create("tcn", in_channels=3, out_channels=2, hidden=4, levels=2, kernel_size=2).eval()
     program = assert_lowered_like_offline(model, torch.randn(2, 3, 20))
-    # level 0 has a 1x1 downsample, computed after its convs: the sum is an ADD; level 1 adds its
-    # input, ready before: also an ADD since the term is an activation, not a product
+    # level 0's 1x1 downsample runs before its convs, so the other term is not ready for it; level
+    # 1 adds its input to an activation, not a product: an ADD each
     assert [op.code for op in program.ops].count(OpCode.ADD) == 2
     width = program.width
     assert width == len({c for op in program.ops for s in (op.src, op.dst, op.init) if s

@@ -21,7 +21,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from atrous._checks import check_bool, check_float, check_int
 from atrous.models._registry import register_model
 from atrous.ops.layers import CausalConv1d, DilatedConv1d
-from atrous.ops.padding import kernel_extent
+from atrous.ops.padding import stack_receptive_field
 
 MAX_LEVELS = 32  # dilation 2**31 in the last level
 
@@ -145,8 +145,8 @@ class TCN(nn.Module):
     def receptive_field(self) -> int:
         """Samples one output sees: ``1 + 2 (k - 1) (2**levels - 1)``, level ``i``'s two convolutions
         each adding their extent at dilation ``2**i`` less one."""
-        kernel_size = self.config.kernel_size
-        return 1 + sum(2 * (kernel_extent(kernel_size, 2**i) - 1) for i in range(self.config.levels))
+        rates = [2**i for i in range(self.config.levels) for _ in range(2)]
+        return stack_receptive_field(self.config.kernel_size, rates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[1] != self.config.in_channels:

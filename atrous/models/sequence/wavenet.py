@@ -22,7 +22,7 @@ from torch import nn
 from atrous._checks import check_int
 from atrous.models._registry import register_model
 from atrous.ops.layers import CausalConv1d
-from atrous.ops.padding import kernel_extent
+from atrous.ops.padding import stack_receptive_field
 
 MAX_LAYERS = 32  # layers per block: dilation 2**31 in the last
 MAX_BLOCKS = 1024
@@ -126,7 +126,7 @@ class WaveNet(nn.Module):
     @property
     def receptive_field(self) -> int:
         """Samples one output sees: ``1 + sum (k - 1) * d`` (3070 for 3 blocks of 1..512)."""
-        return 1 + sum(kernel_extent(self.config.kernel_size, d) - 1 for d in self.dilations)
+        return stack_receptive_field(self.config.kernel_size, self.dilations)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Class ids ``(B, T)`` or one-hot ``(B, classes, T)`` -> ``(B, residual, T)``."""
