@@ -3,33 +3,19 @@ sequences by a NumPy interpreter written here (no ring buffers, no executor of t
 equals the offline forward; and the rewrites it promises (dense groups, folded batch norm, one
 skip product) are there."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_opset import NUMPY_ACTIVATIONS as ACTIVATIONS  # one NumPy reference per activation
+from test_opset import sigmoid
 from torch import nn
 
 from atrous.models import create
 from atrous.ops.layers import CausalConv1d
-from atrous.streaming.opset import ActKind, IdSource, OpCode
+from atrous.streaming.opset import IdSource, OpCode
 from atrous.streaming.program import Program, lower
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-ACTIVATIONS = {
-    ActKind.IDENTITY: lambda x: x,
-    ActKind.RELU: lambda x: np.maximum(x, 0.0),
-    ActKind.TANH: np.tanh,
-    ActKind.SIGMOID: sigmoid,
-    ActKind.GELU: lambda x: 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0))),
-    ActKind.SILU: lambda x: x * sigmoid(x),
-}
 
 
 def delayed(x: np.ndarray, shift: int) -> np.ndarray:
