@@ -251,12 +251,10 @@ class _Normaliser(TimeOps):
                                  examples=node.meta["examples"]))
         else:
             self.refuse(node, f"it turns values with a time axis into a {type(first).__name__}")
-        tensors, sizes = [], False
+        tensors = []
         for arg in node.all_input_nodes:
             source = self.nodes[self.index_of[arg]]
-            if source.kind is Kind.SIZE:
-                sizes = True
-            elif source.timed:
+            if source.kind is not Kind.SIZE and source.timed:
                 tensors.append(arg)
                 examples = arg.meta["examples"]
                 lengths = (self.time_length(*examples) if isinstance(examples[0], torch.Tensor)
@@ -268,7 +266,7 @@ class _Normaliser(TimeOps):
             if not isinstance(first, torch.Tensor) or not bool((first == first.narrow(axis, 0, 1)).all()):
                 self.refuse(node, "it builds a sequence from the input's length (positions?), which depends on "
                             "where a chunk starts")
-        elif check and not sizes and out_lengths[0] >= 3:
+        elif check and out_lengths[0] >= 4:
             self.check_pointwise(node, out_lengths[0])
         module = self.model.get_submodule(node.target) if node.op == "call_module" else None
         return self.add(Node(node.name, Kind.POINTWISE, self.label(node), op=node.op,
@@ -276,12 +274,20 @@ class _Normaliser(TimeOps):
                              kwargs=self.refs(node.kwargs), axis=axis, timed=True, examples=node.meta["examples"]))
 
     def check_pointwise(self, node: fx.Node, length: int) -> None:
-        """Run ``node`` on its inputs cut to ``[1, length - 1)`` along time: it must give that cut of its output."""
-        start, stop = 1, length - 1
+        """Run ``node`` on its inputs cut to ``[1, length - 2)`` along time: it must give that cut of its output.
+
+        The cut is asymmetric so that reversing time cannot pass; sizes read from the time axis
+        shrink with it, so an op that uses the length (dividing by it, normalising over time) fails.
+        """
+        start, stop = 1, length - 2
+        shrink = length - (stop - start)
 
         def cut(arg: fx.Node) -> Any:
             first, second = arg.meta["examples"]
-            if not self.nodes[self.index_of[arg]].timed:
+            source = self.nodes[self.index_of[arg]]
+            if source.kind is Kind.SIZE:
+                return _shrink(first, second, shrink)
+            if not source.timed:
                 return first
             value = _cut(first, second, start, stop)
             return value.clone() if isinstance(value, torch.Tensor) else value
@@ -301,6 +307,16 @@ class _Normaliser(TimeOps):
         if not _same(got, _cut(*node.meta["examples"], start, stop)):
             self.refuse(node, "it mixes samples along the time axis: run on part of the sequence, it does not give "
                         "that part of its output")
+
+
+def _shrink(first: Any, second: Any, by: int) -> Any:
+    """A size read from the time axis (an int, or the entries of a shape that differ between the two
+    examples) made ``by`` samples shorter; sizes of other axes as they are."""
+    if isinstance(first, int) and not isinstance(first, bool):
+        return first - by if first != second else first
+    if isinstance(first, (tuple, list)) and isinstance(second, (tuple, list)) and len(first) == len(second):
+        return type(first)(_shrink(a, b, by) for a, b in zip(first, second))
+    return first
 
 
 def normalise(graph: fx.Graph, model: nn.Module, time_inputs: set[str]) -> StreamGraph:

@@ -372,6 +372,12 @@ class Refused(nn.Module):
             return torch.cat([x, x], dim=2)[..., : x.shape[2]]
         if self.what == "positions":
             return x + torch.arange(x.shape[2], dtype=x.dtype)
+        if self.what == "flip":  # a symmetric cut of time would let this pass
+            return x.flip(-1)
+        if self.what == "by_length":  # inside a streamer the length is the chunk's
+            return x / x.shape[-1]
+        if self.what == "norm_over_time":
+            return F.layer_norm(x, x.shape[1:])
         return torch.cumsum(x, dim=2)
 
 
@@ -383,6 +389,9 @@ class Refused(nn.Module):
     ("time_cat", r"node 'cat' .* concatenates along the time axis"),
     ("positions", r"node 'arange' .* builds a sequence from the input's length"),
     ("cumsum", r"node 'cumsum' .* mixes samples along the time axis"),
+    ("flip", r"node 'flip' .* mixes samples along the time axis"),
+    ("by_length", r"node 'truediv' .* mixes samples along the time axis"),
+    ("norm_over_time", r"node 'layer_norm' .* mixes samples along the time axis"),
 ])
 def test_what_needs_the_whole_sequence_is_refused_by_node(what, message):
     with pytest.raises(ValueError, match=rf"cannot stream .*{message}"):
