@@ -20,7 +20,8 @@ import torch
 
 from atrous.data import DigitsScenes
 from atrous.engine.config import TrainConfig
-from atrous.engine.trainer import autocast_dtype, build_model, build_optimizer, poly_lr, train_step
+from atrous.engine.finetune import build_optimizer
+from atrous.engine.trainer import autocast_dtype, build_model, poly_lr, train_step
 from atrous.ops.backend import clear_backend_cache, deterministic_backend, export_choices, replay_choices
 
 

@@ -94,7 +94,7 @@ def config_from_args(args: argparse.Namespace):
     from pathlib import Path
 
     from atrous.engine.config import train_config
-    from atrous.engine.trainer import check_weights_file
+    from atrous.engine.finetune import check_weights_file
 
     data = args.data or "digits"
     if data != "digits" and not Path(data).exists():

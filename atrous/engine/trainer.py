@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from atrous.engine import distributed
 from atrous.engine.config import DEFAULT_AUX_WEIGHT, TrainConfig
 from atrous.engine.evaluate import evaluate
+from atrous.engine.finetune import batchnorm_eval, build_optimizer, check_weights_file, freeze_batchnorm
 from atrous.engine.history import plot_curves, write_metrics
 from atrous.engine.loop import optimizer_step
 from atrous.engine.preprocess import MEAN, STD, normalize
@@ -107,26 +108,6 @@ def build_model(config: TrainConfig, num_classes: int, *, pretrained: bool = Tru
         return create(config.model, num_classes=num_classes, **files, **config.model_kwargs)
 
 
-def check_weights_file(path: str | Path, name: str) -> Path:
-    """``path`` if it is a file this process can read; ``name`` (a config field or CLI option) names it.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: a folder, or unreadable.
-    """
-    file = Path(path)
-    if not file.exists():
-        raise FileNotFoundError(f"{name} {str(path)!r}: no such file (expected a .pth or .safetensors file)")
-    if not file.is_file():
-        raise ValueError(f"{name} {str(path)!r} is not a file (expected a .pth or .safetensors file)")
-    try:
-        with open(file, "rb") as handle:
-            handle.read(1)
-    except OSError as error:
-        raise ValueError(f"{name} {str(path)!r} is unreadable: {error.strerror or error}") from None
-    return file
-
-
 def check_model_size(name: str, **kwargs: Any) -> int:
     """Build ``name`` on the meta device (no memory) and return its parameter count.
 
@@ -151,64 +132,6 @@ def check_model_size(name: str, **kwargs: Any) -> int:
 
 def poly_lr(config: TrainConfig, step: int, total_steps: int) -> float:
     return config.peak_lr * (1 - min(step, total_steps) / total_steps) ** config.poly_power
-
-
-def backbone_prefix(model: nn.Module) -> str | None:
-    """The ``named_parameters`` prefix of ``model``'s ResNet or VGG-16 trunk (``"backbone."``,
-    ``"features.body."``, ``"trunk."``): where ``backbone_weights`` load; None if it has none."""
-    from atrous.models.weights import find_backbone
-
-    found = find_backbone(name for name, _ in model.named_parameters())
-    return found[1] if found is not None else None
-
-
-def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer of ``config`` over ``model``'s trainable parameters.
-
-    With ``backbone_lr_scale != 1`` it has two parameter groups, the backbone's and the rest, each
-    with its ``lr_scale``, which :func:`train_step` multiplies the scheduled learning rate by.
-
-    Raises:
-        ValueError: ``backbone_lr_scale != 1`` for a model without a ResNet or VGG-16 backbone.
-    """
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    groups: list[dict[str, Any]] = [{"params": [p for _, p in named]}]
-    if config.backbone_lr_scale != 1.0:
-        prefix = backbone_prefix(model)
-        if prefix is None:
-            raise ValueError(f"backbone_lr_scale (--backbone-lr-scale) {config.backbone_lr_scale:g} needs a model with "
-                             f"a ResNet or VGG-16 backbone; {config.model} has none (leave it at 1)")
-        scale = config.backbone_lr_scale
-        groups = [
-            {"params": [p for name, p in named if name.startswith(prefix)], "lr": config.peak_lr * scale,
-             "lr_scale": scale},
-            {"params": [p for name, p in named if not name.startswith(prefix)], "lr_scale": 1.0},
-        ]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.peak_lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(groups, lr=config.peak_lr, weight_decay=config.weight_decay)
-
-
-def freeze_batchnorm(model: nn.Module) -> int:
-    """Stop training every BatchNorm layer's scale and shift; returns how many layers there are.
-
-    :func:`batchnorm_eval` keeps their running statistics as well: together they make each layer
-    the fixed affine map its statistics and parameters define, as detection and segmentation
-    recipes do when fine-tuning with batches too small for useful statistics.
-    """
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for layer in layers:
-        for parameter in layer.parameters(recurse=False):
-            parameter.requires_grad_(False)
-    return len(layers)
-
-
-def batchnorm_eval(model: nn.Module) -> None:
-    """Every BatchNorm layer of ``model`` in eval mode (normalising by, and leaving alone, its running statistics);
-    called after ``model.train()``, which would switch them back."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
 
 
 def training_loss(outputs: torch.Tensor | dict[str, torch.Tensor], masks: torch.Tensor, background_weight: float = 1.0,

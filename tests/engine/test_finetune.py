@@ -19,7 +19,8 @@ from atrous.engine.config import CONFIG_VERSION, DEFAULT_AUX_WEIGHT, TrainConfig
 from atrous.engine.distributed import DistributedContext
 from atrous.engine.preprocess import normalize
 from atrous.engine.run_dir import newest_checkpoint
-from atrous.engine.trainer import SegmentationJob, backbone_prefix, build_optimizer, poly_lr, train, train_step
+from atrous.engine.finetune import backbone_prefix, build_optimizer
+from atrous.engine.trainer import SegmentationJob, poly_lr, train, train_step
 from atrous.models import create
 
 pytestmark = pytest.mark.filterwarnings("ignore::atrous.models.RateWarning")  # ASPP on tiny inputs
