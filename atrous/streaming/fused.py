@@ -92,7 +92,7 @@ class FusedStreamer(StreamerBase):
 
     Raises:
         ValueError: a node that cannot be fused (named; strided, transposed or non-causal
-            windows, pooling, norms over channels...: use :class:`~atrous.streaming.Streamer`),
+            windows, pooling, norms over time...: use :class:`~atrous.streaming.Streamer`),
             or a bad ``batch_size``/``backend``.
         RuntimeError: ``backend="cpp"`` and the C++ step cannot be built (the message says why).
 

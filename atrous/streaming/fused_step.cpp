@@ -25,8 +25,10 @@ typedef int32_t i16 __attribute__((vector_size(64)));
 
 // Codes and layouts defined in atrous/streaming/opset.py (what each means is documented there);
 // tests/streaming/test_opset.py fails when a name or value here differs from it.
-enum OpCode : int64_t { LINEAR = 0, CONV = 1, ACT = 2, GATE = 3, ADD = 4, EMBED = 5 };
-enum ActKind : int64_t { IDENTITY = 0, RELU = 1, TANH = 2, SIGMOID = 3, GELU = 4, SILU = 5 };
+enum OpCode : int64_t {
+  LINEAR = 0, CONV = 1, ACT = 2, GATE = 3, ADD = 4, EMBED = 5, PRELU = 6, GLU = 7, LAYER_NORM = 8
+};
+enum ActKind : int64_t { IDENTITY = 0, RELU = 1, TANH = 2, SIGMOID = 3, GELU = 4, SILU = 5, ELU = 6 };
 enum IdSource : int64_t { IDS_INPUT = 0, IDS_GLOBAL = 1 };
 enum Field { CODE, SRC, SRC_WIDTH, DST, DST_WIDTH, INIT, WEIGHT, BIAS, RING, KERNEL_SIZE, DILATION, ARG, NFIELDS };
 enum ConfigSlot {
@@ -95,6 +97,7 @@ inline v16 activate(v16 x, int64_t kind) {
     case TANH: return vtanh(x);
     case SIGMOID: return vsigmoid(x);
     case SILU: return x * vsigmoid(x);
+    case ELU: return x > splat(0.0f) ? x : vexp(x) - splat(1.0f);
     case GELU: {
       float tmp[16];
       store(tmp, x);
@@ -246,6 +249,39 @@ void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, f
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t n = 0; n < N; ++n) dst[r * W + n] = src[r * W + n] + work[r * W + op[INIT] + n];
         break;
+      case PRELU: {  // dst = src > 0 ? src : weight * src, a slope per column
+        const float* slope = weights[op[WEIGHT]];
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t n = 0; n < N; ++n) {
+            const float v = src[r * W + n];
+            dst[r * W + n] = v > 0.0f ? v : slope[n] * v;
+          }
+        break;
+      }
+      case GLU: {  // dst[0:N] = src[0:N] * sigmoid(src[N:2N])
+        for (int64_t r = 0; r < rows; ++r) {
+          float* z = dst + r * W;
+          const float *a = src + r * W, *g = a + N;
+          int64_t n = 0;
+          for (; n + 16 <= N; n += 16) store(z + n, load(a + n) * vsigmoid(load(g + n)));
+          for (; n < N; ++n) z[n] = a[n] / (1.0f + std::exp(-g[n]));
+        }
+        break;
+      }
+      case LAYER_NORM: {  // over the N columns of each row; weight = [scale (N), shift (N), eps]
+        const float *scale = weights[op[WEIGHT]], *shift = scale + N, eps = scale[2 * N];
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* a = src + r * W;
+          float* z = dst + r * W;
+          float mean = 0.0f, variance = 0.0f;
+          for (int64_t n = 0; n < N; ++n) mean += a[n];
+          mean /= static_cast<float>(N);
+          for (int64_t n = 0; n < N; ++n) variance += (a[n] - mean) * (a[n] - mean);
+          const float inverse = 1.0f / std::sqrt(variance / static_cast<float>(N) + eps);
+          for (int64_t n = 0; n < N; ++n) z[n] = (a[n] - mean) * inverse * scale[n] + shift[n];  // after the reads
+        }
+        break;
+      }
       case EMBED: {
         const float* table = weights[op[WEIGHT]];
         for (int64_t r = 0; r < rows; ++r) {

@@ -11,6 +11,8 @@ value with a time axis is a vector per stream, so it lives in a column range
   ring of ``(k - 1) d`` past inputs, or ``LINEAR`` (grouped weights made dense, weight norm
   evaluated, ``nn.Linear`` over channels);
 * activations: ``ACT``; ``tanh(a) * sigmoid(b)`` of the two halves of one value: ``GATE``;
+  ``PReLU`` and ``LeakyReLU``: ``PRELU`` (a slope per channel); ``GLU`` over channels: ``GLU``;
+* ``LayerNorm`` over channels (after a transpose to ``(B, T, C)``): ``LAYER_NORM``;
 * a sum: folded into the ``init`` of the product that computes one of its terms when the other
   is ready before it (residual connections and skip sums cost no op), else ``ADD``;
 * slicing and ``chunk`` along channels, ``transpose``, ``contiguous``, dropout and identity: no op
@@ -19,7 +21,7 @@ value with a time axis is a vector per stream, so it lives in a column range
 * eval-mode ``BatchNorm1d``: folded into the product before it, else a diagonal ``LINEAR``.
 
 Anything else (strided or non-causal windows, transposed convolutions, pooling, opaque modules,
-norms over channels, products of two signals) raises ``ValueError`` naming the node; the
+norms over time, products of two signals) raises ``ValueError`` naming the node; the
 PyTorch :class:`~atrous.streaming.Streamer` streams those. Weights are evaluated once here: a
 program (and a :class:`~atrous.streaming.FusedStreamer`) holds a snapshot of them.
 """
@@ -40,6 +42,7 @@ _ACTIVATION_OF_MODULE = {activation.module: kind for kind, activation in ACTIVAT
 _ACTIVATION_OF_FUNCTION = {
     torch.relu: ActKind.RELU, F.relu: ActKind.RELU, torch.tanh: ActKind.TANH, F.tanh: ActKind.TANH,
     torch.sigmoid: ActKind.SIGMOID, F.sigmoid: ActKind.SIGMOID, F.silu: ActKind.SILU, F.gelu: ActKind.GELU,
+    F.elu: ActKind.ELU,
 }
 _ACTIVATION_OF_METHOD = {"relu": ActKind.RELU, "tanh": ActKind.TANH, "sigmoid": ActKind.SIGMOID}
 _SAME = {"contiguous", "float", "clone", "detach"}  # methods that change nothing of a value at one step
@@ -290,7 +293,17 @@ class _Lowering:
             if type(module) in _ACTIVATION_OF_MODULE:
                 if isinstance(module, nn.GELU) and module.approximate != "none":
                     raise _unsupported(node, f"only approximate='none' is supported, got {module.approximate!r}")
+                if isinstance(module, nn.ELU) and module.alpha != 1.0:
+                    raise _unsupported(node, f"only alpha=1 is supported, got {module.alpha}")
                 return self.activation(node, first, _ACTIVATION_OF_MODULE[type(module)])
+            if isinstance(module, nn.PReLU):
+                return self.prelu(node, first, module.weight.detach())
+            if isinstance(module, nn.LeakyReLU):
+                return self.prelu(node, first, torch.tensor([module.negative_slope]))
+            if isinstance(module, nn.GLU):
+                return self.glu(node, first, module.dim)
+            if isinstance(module, nn.LayerNorm):
+                return self.layer_norm(node, first, module.normalized_shape, module.weight, module.bias, module.eps)
             if isinstance(module, nn.BatchNorm1d):
                 if not module.track_running_stats or module.running_var is None:
                     raise _unsupported(node, "without running statistics it normalises over time")
@@ -315,7 +328,21 @@ class _Lowering:
             kind = _ACTIVATION_OF_FUNCTION.get(target) if node.op != "call_method" else _ACTIVATION_OF_METHOD[target]
             if target is F.gelu and kwargs.get("approximate", "none") != "none":
                 raise _unsupported(node, "only exact (erf) GELU is supported")
+            if target is F.elu and kwargs.get("alpha", args[1] if len(args) > 1 else 1.0) != 1.0:
+                raise _unsupported(node, "only alpha=1 is supported")
             return self.activation(node, first, kind)
+        if target is F.prelu:
+            return self.prelu(node, first, kwargs.get("weight", args[1] if len(args) > 1 else None))
+        if target is F.leaky_relu:
+            slope = kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
+            return self.prelu(node, first, torch.tensor([float(slope)]))
+        if target is F.glu:
+            return self.glu(node, first, kwargs.get("dim", args[1] if len(args) > 1 else -1))
+        if target is F.layer_norm:
+            names = ("normalized_shape", "weight", "bias", "eps")
+            given = {**dict(zip(names, args[1:])), **kwargs}
+            return self.layer_norm(node, first, given["normalized_shape"], given.get("weight"), given.get("bias"),
+                                   given.get("eps", 1e-5))
         if target in (F.dropout,):
             return first
         if target in _ADDS and len(args) == 2 and not kwargs:
@@ -350,6 +377,36 @@ class _Lowering:
     def activation(self, node: Node, value: Any, kind: ActKind) -> Span:
         src = self.signal(node, value)
         return self.emit(OpCode.ACT, src, src.width, arg=kind)
+
+    def prelu(self, node: Node, value: Any, slope: Any) -> Span:
+        """``max(x, 0) + slope * min(x, 0)``: one slope, or one per channel (dim 1 of the input)."""
+        src = self.signal(node, value)
+        if not isinstance(slope, torch.Tensor) or slope.dim() != 1:
+            raise _unsupported(node, "its slope is not a parameter")
+        if slope.numel() != 1 and (slope.numel() != src.width or self.source_channel_dim(node) != 1):
+            raise _unsupported(node, f"{slope.numel()} slopes for {src.width} channels on dim 1")
+        weight = self.program.weight(slope.detach().float().expand(src.width))
+        return self.emit(OpCode.PRELU, src, src.width, weight=weight)
+
+    def glu(self, node: Node, value: Any, dim: int) -> Span:
+        """``a * sigmoid(b)`` of the two halves along channels."""
+        src = self.signal(node, value)
+        if dim % 3 != self.source_channel_dim(node):
+            raise _unsupported(node, "a GLU along a dim that is not channels")
+        if src.width % 2:
+            raise _unsupported(node, f"a GLU of an odd number of channels ({src.width})")
+        return self.emit(OpCode.GLU, src, src.width // 2)
+
+    def layer_norm(self, node: Node, value: Any, shape: Any, scale: Any, shift: Any, eps: float) -> Span:
+        """A layer norm over channels alone, each time step on its own (the last dim of ``(B, T, C)``)."""
+        src = self.signal(node, value)
+        if tuple(shape) != (src.width,) or self.source_channel_dim(node) != 2:
+            raise _unsupported(node, f"a layer norm over {tuple(shape)} that is not the channels "
+                                     f"({src.width}) as the last dim")
+        scale = torch.ones(src.width) if scale is None else scale.detach().float()
+        shift = torch.zeros(src.width) if shift is None else shift.detach().float()
+        weight = self.program.weight(torch.cat([scale, shift, torch.tensor([float(eps)])]))
+        return self.emit(OpCode.LAYER_NORM, src, src.width, weight=weight)
 
     def split(self, node: Node, value: Any, args: tuple, kwargs: dict, *, chunk: bool) -> tuple:
         src = self.signal(node, value)

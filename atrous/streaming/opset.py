@@ -35,6 +35,9 @@ class OpCode(IntEnum):
     GATE = 3
     ADD = 4
     EMBED = 5
+    PRELU = 6
+    GLU = 7
+    LAYER_NORM = 8
 
 
 class ActKind(IntEnum):
@@ -46,6 +49,7 @@ class ActKind(IntEnum):
     SIGMOID = 3
     GELU = 4
     SILU = 5
+    ELU = 6  # alpha = 1; other slopes are refused by the lowering
 
 
 class IdSource(IntEnum):
@@ -156,6 +160,7 @@ ACTIVATIONS: dict[ActKind, Activation] = {a.kind: a for a in (
     Activation(ActKind.SIGMOID, nn.Sigmoid, torch.sigmoid, lambda src, out: torch.sigmoid(src, out=out)),
     Activation(ActKind.GELU, nn.GELU, F.gelu),  # exact (erf) GELU only: the lowering checks approximate
     Activation(ActKind.SILU, nn.SiLU, F.silu),
+    Activation(ActKind.ELU, nn.ELU, F.elu),
 )}
 
 
@@ -262,6 +267,35 @@ def _gate_into(x: Operands, out: torch.Tensor) -> None:
     out.mul_(torch.sigmoid(gate))
 
 
+def _prelu(x: Operands) -> torch.Tensor:
+    return torch.where(x.src > 0, x.src, x.src * x.weight)
+
+
+def _prelu_into(x: Operands, out: torch.Tensor) -> None:
+    torch.mul(x.src, x.weight, out=out)
+    torch.where(x.src > 0, x.src, out, out=out)
+
+
+def _glu(x: Operands) -> torch.Tensor:
+    value, gate = x.src.chunk(2, dim=1)
+    return value * torch.sigmoid(gate)
+
+
+def _glu_into(x: Operands, out: torch.Tensor) -> None:
+    value, gate = x.src.chunk(2, dim=1)
+    torch.sigmoid(gate, out=out)
+    out.mul_(value)
+
+
+def _layer_norm(x: Operands) -> torch.Tensor:
+    # weight = [scale (C), shift (C), eps]: written out, so that eps stays a tensor when traced
+    channels = x.src.shape[1]
+    scale, shift, eps = x.weight[:channels], x.weight[channels : 2 * channels], x.weight[2 * channels]
+    centred = x.src - x.src.mean(dim=1, keepdim=True)
+    variance = (centred * centred).mean(dim=1, keepdim=True)  # biased, as nn.LayerNorm
+    return centred * torch.rsqrt(variance + eps) * scale + shift
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """One op of the set.
@@ -325,6 +359,15 @@ OPS: dict[OpCode, OpSpec] = {spec.code: spec for spec in (
     # dst = weight[ids], the ids chosen by arg
     OpSpec(OpCode.EMBED, required=("weight",), optional=(), evaluate=lambda x: F.embedding(x.ids[x.arg], x.weight),
            arg=IdSource),
+    # dst = max(src, 0) + weight * min(src, 0), a slope per channel (nn.PReLU, nn.LeakyReLU)
+    OpSpec(OpCode.PRELU, required=("src", "weight"), optional=(), evaluate=_prelu, into=_prelu_into,
+           dst_width=lambda width: width),
+    # dst = src[:w] * sigmoid(src[w:]), w = dst.width (nn.GLU over channels)
+    OpSpec(OpCode.GLU, required=("src",), optional=(), evaluate=_glu, into=_glu_into,
+           dst_width=lambda width: width / 2),
+    # dst = (src - mean) / sqrt(var + eps) * scale + shift over the src columns, weight = [scale, shift, eps]
+    OpSpec(OpCode.LAYER_NORM, required=("src", "weight"), optional=(), evaluate=_layer_norm,
+           dst_width=lambda width: width),
 )}
 
 

@@ -14,7 +14,7 @@ from atrous.ops.layers import CausalConv1d
 from atrous.streaming.functional import StreamingStep
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "streaming"))  # the shared model builders
-from fused_models import gated_concat, locuslab_tcn  # noqa: E402
+from fused_models import gated_concat, locuslab_tcn, norm_glu  # noqa: E402
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -66,10 +66,11 @@ def test_tcn_streams_500_steps_through_onnxruntime(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
-@pytest.mark.parametrize("build, channels", [(locuslab_tcn, 3), (gated_concat, 4)])
+@pytest.mark.parametrize("build, channels", [(locuslab_tcn, 3), (gated_concat, 4), (norm_glu, 4)])
 def test_any_fusable_graph_streams_through_onnxruntime(tmp_path, build, channels):
-    """A locuslab-style TCN (padding + chomp, old weight_norm) and a gated block with concatenation,
-    batch norm, a Linear over channels and slicing, all from plain nn modules."""
+    """A locuslab-style TCN (padding + chomp, old weight_norm), a gated block with concatenation,
+    batch norm, a Linear over channels and slicing, and a block with PReLU, channel LayerNorm, GLU,
+    ELU and LeakyReLU, all from plain nn modules."""
     model = build()
     result = export_streaming_onnx(model, tmp_path / "step.onnx", optimize=False)
     assert result.input_names[0] == "x" and len(result.state_shapes) == len(result.input_names) - 1

@@ -26,6 +26,39 @@ class GatedConcat(nn.Module):
         return torch.relu(y[:, 2:] + x)
 
 
+class NormGLU(nn.Module):
+    """A Conv-TasNet-style block from plain modules: a causal conv, a per-channel ``PReLU``, a
+    channel-wise ``LayerNorm`` through transposes, ``nn.GLU`` over channels, ``F.elu``, a 1x1
+    conv, ``F.layer_norm`` without affine, ``F.glu``, a single-slope ``PReLU``, ``F.leaky_relu``
+    and a residual sum."""
+
+    def __init__(self, channels: int = 4) -> None:
+        super().__init__()
+        self.channels = channels
+        self.conv = nn.Conv1d(channels, 2 * channels, 3, dilation=2)
+        self.prelu = nn.PReLU(2 * channels)
+        self.norm = nn.LayerNorm(2 * channels)
+        self.glu = nn.GLU(dim=1)
+        self.mix = nn.Conv1d(channels, 2 * channels, 1)
+        self.slope = nn.PReLU(init=0.1)
+
+    def forward(self, x):
+        y = self.prelu(self.conv(F.pad(x, (4, 0))))
+        y = F.elu(self.glu(self.norm(y.transpose(1, 2)).transpose(1, 2)))
+        y = F.layer_norm(self.mix(y).transpose(1, 2), (2 * self.channels,), eps=1e-3).transpose(1, 2)
+        return F.leaky_relu(self.slope(F.glu(y, dim=1)), 0.2) + x
+
+
+def norm_glu() -> nn.Module:
+    torch.manual_seed(0)
+    model = NormGLU()
+    with torch.no_grad():
+        model.prelu.weight.uniform_(-0.5, 0.5)
+        model.norm.weight.uniform_(0.5, 1.5)
+        model.norm.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
 def gated_concat() -> nn.Module:
     torch.manual_seed(0)
     model = GatedConcat()

@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from fused_models import norm_glu
+
 from atrous.models import create
 from atrous.streaming import opset
 from atrous.streaming.opset import (
@@ -86,6 +88,7 @@ NUMPY_ACTIVATIONS = {
     ActKind.SIGMOID: sigmoid,
     ActKind.GELU: lambda x: 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0))),
     ActKind.SILU: lambda x: x * sigmoid(x),
+    ActKind.ELU: lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
 }
 
 
@@ -115,6 +118,17 @@ def random_case(code: OpCode, arg: int, generator: torch.Generator):
         table = rand(7, out_width)
         ids = [torch.randint(0, 7, (batch,), generator=generator) for _ in IdSource]
         return Operands(weight=table, ids=ids, arg=arg), table.double().numpy()[ids[arg].numpy()]
+    if code == OpCode.PRELU:
+        slope = rand(width)
+        return Operands(src=src, weight=slope), np.where(n["src"] > 0, n["src"], n["src"] * slope.double().numpy())
+    if code == OpCode.GLU:
+        return Operands(src=src), n["src"][:, :2] * sigmoid(n["src"][:, 2:])
+    if code == OpCode.LAYER_NORM:
+        scale, shift, eps = rand(width).double().numpy(), rand(width).double().numpy(), 1e-3
+        weight = torch.tensor(np.concatenate([scale, shift, [eps]]), dtype=torch.float32)
+        centred = n["src"] - n["src"].mean(axis=1, keepdims=True)
+        deviation = np.sqrt((centred**2).mean(axis=1, keepdims=True) + eps)
+        return Operands(src=src, weight=weight), centred / deviation * scale + shift
     raise AssertionError(f"no NumPy reference for {code!r}: add one with the op")
 
 
@@ -154,6 +168,8 @@ def test_every_op_and_activation_has_an_entry():
     (lambda: Op(OpCode.ACT, Span(0, 2), Span(2, 2), weight=0), "ACT op takes no weight"),
     (lambda: Op(OpCode.LINEAR, Span(0, 2), Span(2, 3), weight=0, arg=1), "LINEAR op takes no arg"),
     (lambda: Op(OpCode.GATE, Span(0, 5), Span(5, 2)), "GATE op from 5 columns writes 2.5"),
+    (lambda: Op(OpCode.GLU, Span(0, 4), Span(4, 3)), "GLU op from 4 columns writes 2"),
+    (lambda: Op(OpCode.PRELU, Span(0, 2), Span(2, 2)), "PRELU op needs weight"),
     (lambda: Op(OpCode.ADD, Span(0, 2), Span(2, 3), init=Span(0, 2)), "ADD op from 2 columns writes 2"),
     (lambda: Op(OpCode.LINEAR, Span(0, 2), Span(2, 3), weight=0, init=Span(0, 2)), "init must be as wide as its dst"),
     (lambda: Op(OpCode.ACT, Span(0, 2), Span(2, 2), arg=9), "9 is not a valid ActKind"),
@@ -171,7 +187,7 @@ def test_the_table_holds_each_op_field_in_its_column():
     model = create("wavenet", classes=8, blocks=1, layers=2, residual_channels=3, gate_channels=4, skip_channels=2,
                    global_classes=2, local_channels=2).eval()
     tcn = create("tcn", in_channels=2, out_channels=2, hidden=3, levels=2, kernel_size=2).eval()  # an ADD
-    programs = [lower(model), lower(tcn)]
+    programs = [lower(model), lower(tcn), lower(norm_glu())]  # PRELU, GLU, LAYER_NORM
     assert {op.code for program in programs for op in program.ops} == set(OpCode)
     ops = [op for program in programs for op in program.ops]
     table = op_table(ops)
@@ -197,5 +213,5 @@ def test_op_table_of_no_ops_has_the_row_width():
 
 
 def test_an_activation_module_not_in_the_set_is_not_lowered():
-    with pytest.raises(ValueError, match=r"cannot fuse layer '1' \(ELU\)"):
-        lower(nn.Sequential(nn.Conv1d(2, 2, 1), nn.ELU()))
+    with pytest.raises(ValueError, match=r"cannot fuse layer '1' \(Softplus\)"):
+        lower(nn.Sequential(nn.Conv1d(2, 2, 1), nn.Softplus()))

@@ -58,6 +58,17 @@ def interpret(program: Program, x: torch.Tensor, *, global_ids: torch.Tensor | N
             out = np.tanh(pre[:, : op.dst.width]) * sigmoid(pre[:, op.dst.width :])
         elif op.code == OpCode.ADD:
             out = read(op.src) + read(op.init)
+        elif op.code == OpCode.PRELU:
+            pre = read(op.src)
+            out = np.where(pre > 0, pre, pre * weights[op.weight][None, :, None])
+        elif op.code == OpCode.GLU:
+            pre = read(op.src)
+            out = pre[:, : op.dst.width] * sigmoid(pre[:, op.dst.width :])
+        elif op.code == OpCode.LAYER_NORM:  # over channels, axis 1 of (B, C, T)
+            pre, channels = read(op.src), op.src.width
+            scale, shift, eps = np.split(weights[op.weight], [channels, 2 * channels])
+            centred = pre - pre.mean(axis=1, keepdims=True)
+            out = centred / np.sqrt((centred**2).mean(axis=1, keepdims=True) + eps) * scale[:, None] + shift[:, None]
         elif op.code == OpCode.EMBED:
             table = weights[op.weight]
             if op.arg == IdSource.INPUT:
@@ -100,7 +111,8 @@ def causal_stacks(draw):
             norm.running_var.uniform_(0.5, 2.0)
             layers.append(draw(st.sampled_from([norm, nn.Dropout(0.5)])))
         else:
-            layers.append(draw(st.sampled_from([nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.Identity]))())
+            layers.append(draw(st.sampled_from([nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.PReLU,
+                                                 nn.LeakyReLU, nn.Identity]))())
     layers.append(CausalConv1d(channels, 3, 2, dilation=draw(st.integers(1, 6))))
     return nn.Sequential(*layers).eval()
 
@@ -189,7 +201,7 @@ def test_the_program_holds_copies_of_the_resolved_weights():
     (nn.Sequential(CausalConv1d(2, 3, 2), nn.Conv1d(2, 2, 1)), r"'1' \(Conv1d\).*expected input.*to have 2 channels"),
     (nn.Sequential(CausalConv1d(2, 2, 2, stride=2)), r"'0' \(CausalConv1d\).*changes the sample rate.*Streamer"),
     (nn.Sequential(nn.ReLU()), r"cannot fuse Sequential: the fused step takes one \(B, C, T\) input"),
-    (nn.Sequential(CausalConv1d(2, 4, 2), nn.GLU(dim=1)), r"layer '1' \(GLU\): no fused op for GLU.*Streamer"),
+    (nn.Sequential(CausalConv1d(2, 4, 2), nn.Softplus()), r"layer '1' \(Softplus\): no fused op for Softplus"),
     (nn.Sequential(nn.Conv1d(2, 2, 3, padding=1)), r"'0' \(Conv1d\) needs 1 later sample"),
     (nn.Sequential(CausalConv1d(2, 2, 2)).double(), r"float32 model on the CPU"),
 ])
