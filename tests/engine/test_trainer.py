@@ -34,25 +34,12 @@ def _weights(path):
     return model.state_dict()
 
 
-def test_resume_continues_exactly(tmp_path, monkeypatch):
+def test_resume_continues_exactly(tmp_path, crash_after_save):
     from atrous.engine.loop import CheckpointEvery
-    from atrous.engine.run_dir import RunDir
 
     train(tiny_config(), tmp_path / "straight", progress=False)
-    # Kill the second run right after its second save (mid-epoch 1), as a crash would.
-    real_save, saves = RunDir.save, []
-
-    def save_then_die(self, *args, **kwargs):
-        path = real_save(self, *args, **kwargs)
-        saves.append(path)
-        if len(saves) == 2:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(RunDir, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_after_save(2):  # the second run dies right after its second save (mid-epoch 1)
         train(tiny_config(), tmp_path / "split", progress=False, every=CheckpointEvery(steps=1))
-    monkeypatch.setattr(RunDir, "save", real_save)
     torch.manual_seed(999)  # a fresh process would start from some other RNG state
     result = train(tiny_config(), tmp_path / "split", resume=True, progress=False)
     assert [row["epoch"] for row in result["history"]] == [1, 2]

@@ -3,8 +3,11 @@ fused-streaming tests and the ONNX export tests of the streaming step."""
 
 import torch
 import torch.nn.functional as F
+from hypothesis import strategies as st
 from test_families import LocuslabBlock
 from torch import nn
+
+from atrous.ops.layers import CausalConv1d
 
 
 class GatedConcat(nn.Module):
@@ -71,3 +74,28 @@ def gated_concat() -> nn.Module:
 def locuslab_tcn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(*[LocuslabBlock(3 if i == 0 else 4, 4 if i < 2 else 5, 3, 2**i) for i in range(3)]).eval()
+
+
+@st.composite
+def causal_stacks(draw):
+    """A random eval-mode nn.Sequential of the layers the fused step supports."""
+    channels = draw(st.sampled_from([2, 4, 5]))
+    layers = []
+    for _ in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["causal", "causal", "pointwise", "act", "norm"]))
+        if kind == "causal":
+            groups = draw(st.sampled_from([1, 2])) if channels % 2 == 0 else 1
+            kernel, dilation = draw(st.integers(1, 4)), draw(st.integers(1, 6))
+            layers.append(CausalConv1d(channels, channels, kernel, dilation=dilation, groups=groups))
+        elif kind == "pointwise":
+            layers.append(nn.Conv1d(channels, channels, 1, bias=draw(st.booleans())))
+        elif kind == "norm":
+            norm = nn.BatchNorm1d(channels, affine=draw(st.booleans()))
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+            layers.append(draw(st.sampled_from([norm, nn.Dropout(0.3)])))
+        else:
+            layers.append(draw(st.sampled_from([nn.Tanh, nn.ReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.ELU, nn.PReLU,
+                                                 nn.LeakyReLU, nn.Identity]))())
+    layers.append(CausalConv1d(channels, 3, 2, dilation=draw(st.integers(1, 8))))
+    return nn.Sequential(*layers).eval()

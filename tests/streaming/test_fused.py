@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from fused_models import causal_stacks
 from torch import nn
 
 from atrous.models import create
@@ -31,31 +32,6 @@ def chunks(total: int, seed: int, longest: int = 9) -> list[int]:
     while sum(lengths) < total:
         lengths.append(min(int(torch.randint(1, longest + 1, (1,), generator=generator)), total - sum(lengths)))
     return lengths
-
-
-@st.composite
-def causal_stacks(draw):
-    """A random eval-mode nn.Sequential of the layers the fused step supports."""
-    channels = draw(st.sampled_from([2, 4, 5]))
-    layers = []
-    for _ in range(draw(st.integers(1, 5))):
-        kind = draw(st.sampled_from(["causal", "causal", "pointwise", "act", "norm"]))
-        if kind == "causal":
-            groups = draw(st.sampled_from([1, 2])) if channels % 2 == 0 else 1
-            kernel, dilation = draw(st.integers(1, 4)), draw(st.integers(1, 6))
-            layers.append(CausalConv1d(channels, channels, kernel, dilation=dilation, groups=groups))
-        elif kind == "pointwise":
-            layers.append(nn.Conv1d(channels, channels, 1, bias=draw(st.booleans())))
-        elif kind == "norm":
-            norm = nn.BatchNorm1d(channels)
-            norm.running_mean.normal_()
-            norm.running_var.uniform_(0.5, 2.0)
-            layers.append(draw(st.sampled_from([norm, nn.Dropout(0.3)])))
-        else:
-            layers.append(draw(st.sampled_from([nn.Tanh, nn.ReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.ELU, nn.PReLU,
-                                                 nn.LeakyReLU, nn.Identity]))())
-    layers.append(CausalConv1d(channels, 3, 2, dilation=draw(st.integers(1, 8))))
-    return nn.Sequential(*layers).eval()
 
 
 @settings(max_examples=20, deadline=None)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from fused_models import causal_stacks
 from test_opset import NUMPY_ACTIVATIONS as ACTIVATIONS  # one NumPy reference per activation
 from test_opset import sigmoid
 from torch import nn
@@ -91,30 +92,6 @@ def assert_lowered_like_offline(model: nn.Module, x: torch.Tensor, *, global_con
     got = interpret(program, x, global_ids=global_condition, local=local_condition)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     return program
-
-
-@st.composite
-def causal_stacks(draw):
-    channels = draw(st.sampled_from([2, 4]))
-    layers = []
-    for _ in range(draw(st.integers(1, 5))):
-        kind = draw(st.sampled_from(["causal", "pointwise", "act", "norm"]))
-        if kind == "causal":
-            groups = draw(st.sampled_from([1, 2]))
-            layers.append(CausalConv1d(channels, channels, draw(st.integers(1, 4)),
-                                       dilation=draw(st.integers(1, 5)), groups=groups))
-        elif kind == "pointwise":
-            layers.append(nn.Conv1d(channels, channels, 1, bias=draw(st.booleans())))
-        elif kind == "norm":
-            norm = nn.BatchNorm1d(channels, affine=draw(st.booleans()))
-            norm.running_mean.normal_()
-            norm.running_var.uniform_(0.5, 2.0)
-            layers.append(draw(st.sampled_from([norm, nn.Dropout(0.5)])))
-        else:
-            layers.append(draw(st.sampled_from([nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.PReLU,
-                                                 nn.LeakyReLU, nn.Identity]))())
-    layers.append(CausalConv1d(channels, 3, 2, dilation=draw(st.integers(1, 6))))
-    return nn.Sequential(*layers).eval()
 
 
 @settings(max_examples=25, deadline=None)

@@ -2,18 +2,10 @@
 Yu & Koltun's arithmetic, and the narrower decoder of version-1 runs."""
 
 import torch
+from probes import support_width
 
 import atrous
 from atrous.models import create, narrow_decoder_widths
-
-
-def _support_width(model, x):
-    """Columns of ``x`` whose gradient reaches the centre output (a gradient probe of the field)."""
-    x = x.clone().requires_grad_(True)
-    out = model(x)
-    out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
-    columns = (x.grad.abs().sum(dim=(0, 1, 2)) > 0).nonzero().flatten()
-    return int(columns.max() - columns.min() + 1)
 
 
 def test_context_networks_share_parameter_count_and_differ_in_field():
@@ -36,7 +28,7 @@ def test_context_net_feature_field_by_gradient_probe():
         for name, p in model.named_parameters():
             p.zero_() if name.endswith("bias") else p.uniform_(0.01, 1.0)
     features = torch.nn.Sequential(model.stem, model.down, model.context)
-    assert _support_width(features, torch.rand(1, 3, 640, 640)) == 23 + 16 * 33
+    assert support_width(features, torch.rand(1, 3, 640, 640)) == 23 + 16 * 33
 
 
 def test_narrow_decoder_widths_rebuild_version_1_models():

@@ -2,18 +2,10 @@
 
 import pytest
 import torch
+from probes import support_width
 
 import atrous
 from atrous.models.segmentation import ContextModule
-
-
-def _support_width(model, x):
-    """Columns of ``x`` whose gradient reaches the centre output (a gradient probe of the field)."""
-    x = x.clone().requires_grad_(True)
-    out = model(x)
-    out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
-    columns = (x.grad.abs().sum(dim=(0, 1, 2)) > 0).nonzero().flatten()
-    return int(columns.max() - columns.min() + 1)
 
 
 def test_basic_module_is_the_identity_at_init():
@@ -49,7 +41,7 @@ def test_context_module_field_is_67():
     with torch.no_grad():
         for p in module.parameters():
             p.uniform_(0.01, 1.0) if p.ndim > 1 else p.zero_()
-    assert _support_width(module, torch.rand(1, 2, 81, 81)) == 67
+    assert support_width(module, torch.rand(1, 2, 81, 81)) == 67
 
 
 def test_gridding_net_reads_a_sublattice():
