@@ -23,15 +23,19 @@ from __future__ import annotations
 
 import ctypes
 import warnings
+from fractions import Fraction
 
 import torch
 from torch import nn
 
+from atrous._checks import check_bool
 from atrous.streaming.base import StreamerBase
+from atrous.streaming.clocked import emitted
 from atrous.streaming.executor import TorchExecutor
 from atrous.streaming.kernel_cache import load_kernel
 from atrous.streaming.opset import CallSlot, ConfigSlot, Status, op_table
 from atrous.streaming.program import lower
+from atrous.streaming.timing import counts
 
 BACKENDS = ("auto", "cpp", "torch")
 
@@ -101,15 +105,23 @@ class FusedStreamer(StreamerBase):
         >>> logits = streamer.step(torch.tensor([[128]]))  # (1, 256, 1)
     """
 
-    def __init__(self, model: nn.Module, batch_size: int, *, backend: str = "auto") -> None:
+    def __init__(self, model: nn.Module, batch_size: int, *, backend: str = "auto",
+                 allow_lookahead: bool = False) -> None:
         super().__init__(model, batch_size)
-        self.program = program = lower(model)
+        check_bool(allow_lookahead, "allow_lookahead")
+        self.program = program = lower(model, allow_lookahead=allow_lookahead)
         self.backend = _resolve_backend(backend)
-        # (context, B, C) per causal conv: one time slot of every stream is contiguous
-        self._rings = [torch.zeros(context, batch_size, channels) for context, channels in program.rings]
+        timing = program.graph.timing if program.graph is not None else None
+        self.rate: Fraction = Fraction(1) if timing is None else timing.rate
+        self.period = 1 if timing is None else timing.period
+        self.delay = fused_delay(program)
+        # (samples, B, C) per ring: one time slot of every stream is contiguous
+        self._rings = [torch.zeros(length, batch_size, channels) for length, channels in program.rings]
         self._work = torch.zeros(batch_size, program.width)
+        self._pending: list[tuple[int, int, torch.Tensor]] = []  # (tick, ring, rows): resets still to come
+        self._starts = torch.zeros(batch_size, dtype=torch.long)  # input sample each stream's sequence began at
+        self._executor = TorchExecutor(program, self._rings, self._work)  # runs flush, and every step for "torch"
         if self.backend == "torch":
-            self._executor = TorchExecutor(program, self._rings, self._work)
             return
         self._table = op_table(program.ops)
         weights = program.weights
@@ -117,24 +129,27 @@ class FusedStreamer(StreamerBase):
             (ctypes.c_void_p * max(len(weights), 1))(*(w.data_ptr() for w in weights)),
             (ctypes.c_int64 * max(len(weights), 1))(*(w.shape[0] for w in weights)),
             (ctypes.c_void_p * max(len(self._rings), 1))(*(ring.data_ptr() for ring in self._rings)),
+            (ctypes.c_int64 * max(3 * len(self._rings), 1))(*(
+                value for clock, (length, _) in zip(program.ring_clocks, program.rings) for value in (*clock, length))),
         ]  # the tensors behind these raw pointers live as long as the streamer
         spans = {"x": program.input, "local": program.local, "out": program.output}
         self._config = _filled(
             _Config, ops=self._table.data_ptr(), n_ops=len(self._table), weights=ctypes.addressof(self._pointers[0]),
             weight_rows=ctypes.addressof(self._pointers[1]), rings=ctypes.addressof(self._pointers[2]),
-            work=self._work.data_ptr(), batch=batch_size, width=program.width,
+            ring_layout=ctypes.addressof(self._pointers[3]), ticks=program.ticks, out_start=program.out_clock[0],
+            out_period=program.out_clock[1], work=self._work.data_ptr(), batch=batch_size, width=program.width,
             **{f"{name}_channels": span.width if span else 0 for name, span in spans.items()},
             **{f"{name}_offset": span.offset if span else -1 for name, span in spans.items()},
         )
         self._call = _Call()  # filled per step
         # the library reads both as int64 vectors; they live as long as the streamer
         self._vectors = tuple(ctypes.cast(ctypes.pointer(v), _INT64S) for v in (self._config, self._call))
-        self._run = load_kernel()
+        self._run_kernel = load_kernel()
 
     @property
     def context(self) -> int:
-        """Total past samples held across layers (the sum of ``(k - 1) * d``)."""
-        return sum(context for context, _ in self.program.rings)
+        """Total past samples held across layers (the sum of ``(k - 1) * d`` for causal stacks)."""
+        return sum(length for length, _ in self.program.rings)
 
     def _check(self, chunk, global_condition, local_condition) -> tuple[torch.Tensor, ...]:
         program, batch = self.program, self.batch_size
@@ -179,7 +194,7 @@ class FusedStreamer(StreamerBase):
         global_condition: torch.Tensor | None = None,
         local_condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Feed the next ``L`` samples of every stream; return the model's next ``L`` outputs.
+        """Feed the next ``L`` samples of every stream; return the outputs now complete.
 
         Args:
             chunk: ``(B, C_in, L)`` float, or ``(B, L)`` int64 class ids for a WaveNet.
@@ -188,31 +203,133 @@ class FusedStreamer(StreamerBase):
                 ``local_channels``.
 
         Returns:
-            ``(B, C_out, L)``.
+            ``(B, C_out, L)`` for a causal model at one rate; with strided or upsampling layers
+            or lookahead, the outputs whose ticks have come (:attr:`delay` fewer in all).
         """
         program = self.program
         chunk, global_condition, local_condition = self._check(chunk, global_condition, local_condition)
-        out = torch.empty(self.batch_size, program.output.width, chunk.shape[-1])
-        if self.backend == "cpp":
-            call, floats = self._call, program.input is not None
-            call.x, call.ids = (chunk.data_ptr(), 0) if floats else (0, chunk.data_ptr())
-            call.local = 0 if local_condition is None else local_condition.data_ptr()
-            call.global_ids = 0 if global_condition is None else global_condition.data_ptr()
-            call.out, call.steps, call.start = out.data_ptr(), chunk.shape[-1], self.samples_seen
-            call.threads = torch.get_num_threads()
-            status = self._run(*self._vectors)
-            if status != Status.OK:
-                name, bound = ("class ids", program.classes) if status == Status.BAD_INPUT_ID else (
-                    "global_condition ids", program.global_classes)
-                raise ValueError(f"{name} must lie in [0, {bound}), got {call.bad_id}")
-        else:
-            self._executor.run(chunk, local_condition, global_condition, out, self.samples_seen)
-        self.samples_seen += chunk.shape[-1]
+        length, ticks = chunk.shape[-1], program.ticks
+        first, last = self.samples_seen * ticks, (self.samples_seen + length) * ticks
+        out_first = emitted(program.out_clock, first)
+        out = torch.empty(self.batch_size, program.output.width, emitted(program.out_clock, last) - out_first)
+        inputs = (chunk, local_condition, global_condition, out, out_first)
+        tick = first
+        while self._pending and self._pending[0][0] < last:
+            at, ring, rows = self._pending.pop(0)
+            self._run(inputs, tick, at)
+            self._rings[ring][:, rows] = 0
+            tick = max(tick, at)
+        self._run(inputs, tick, last)
+        self.samples_seen += length
+        return out
+
+    def _run(self, inputs: tuple, start: int, stop: int) -> None:
+        """Ticks ``[start, stop)`` of the current chunk."""
+        if stop <= start:
+            return
+        chunk, local_condition, global_condition, out, out_first = inputs
+        program = self.program
+        if self.backend == "torch":
+            self._executor.run(chunk, local_condition, global_condition, out, start, ticks=stop - start,
+                               x_first=self.samples_seen, out_first=out_first)
+            return
+        call, floats = self._call, program.input is not None
+        call.x, call.ids = (chunk.data_ptr(), 0) if floats else (0, chunk.data_ptr())
+        call.local = 0 if local_condition is None else local_condition.data_ptr()
+        call.global_ids = 0 if global_condition is None else global_condition.data_ptr()
+        call.out, call.steps, call.start = out.data_ptr(), stop - start, start
+        call.x_length, call.x_first = chunk.shape[-1], self.samples_seen
+        call.out_length, call.out_first = out.shape[2], out_first
+        call.threads = torch.get_num_threads()
+        status = self._run_kernel(*self._vectors)
+        if status != Status.OK:
+            name, bound = ("class ids", program.classes) if status == Status.BAD_INPUT_ID else (
+                "global_condition ids", program.global_classes)
+            raise ValueError(f"{name} must lie in [0, {bound}), got {call.bad_id}")
+
+    @torch.no_grad()
+    def flush(self) -> torch.Tensor:
+        """End every stream: return the outputs still held back, then start all streams afresh.
+
+        The held-back outputs (:attr:`delay` of them) are computed as the offline forward
+        computes them, with the right padding (zeros) in place of the input to come.
+
+        Returns:
+            The last outputs, ``(B, C_out, n)``.
+
+        Raises:
+            ValueError: nothing was fed since the last reset.
+        """
+        if not self.samples_seen:
+            raise ValueError("nothing to flush: no chunk was fed since the last reset")
+        program, graph = self.program, self.program.graph
+        have = emitted(program.out_clock, self.samples_seen * program.ticks)
+        out = torch.empty(self.batch_size, program.output.width, 0)
+        if graph is not None and self.delay:
+            self._executor.ends = ends = stream_ends(graph, self.samples_seen, self._starts)
+            need = int(ends[graph.output].max())
+            if need > have:
+                out_start, out_period = program.out_clock
+                out = torch.empty(self.batch_size, program.output.width, need - have)
+                inputs = (None, None, None, out, have)
+                backend, self.backend = self.backend, "torch"  # zeroing past the ends: the PyTorch executor only
+                try:
+                    tick, last = self.samples_seen * program.ticks, out_start + (need - 1) * out_period + 1
+                    for at, ring, rows in self._pending:
+                        if at < last:
+                            self._run(inputs, tick, at)
+                            self._rings[ring][:, rows] = 0
+                            tick = max(tick, at)
+                    self._run(inputs, tick, last)
+                finally:
+                    self.backend, self._executor.ends = backend, None
+        self.reset()
         return out
 
     def _zero_streams(self, rows: torch.Tensor | None) -> None:
-        for ring in self._rings:
-            if rows is None:
+        if rows is None:
+            for ring in self._rings:
                 ring.zero_()
-            else:
-                ring[:, rows] = 0
+            self._work.zero_()
+            self._pending.clear()
+            self._starts.zero_()
+            return
+        if self.samples_seen % self.period:
+            raise ValueError(f"cannot reset single streams after {self.samples_seen} input samples: this model "
+                             f"changes the sample rate, so a stream can restart only at a multiple of {self.period} "
+                             "samples (a whole frame); feed up to one, or reset all streams with reset()")
+        now = self.samples_seen * self.program.ticks
+        for ring, (start, _) in enumerate(self.program.ring_clocks):
+            if start == 0:
+                self._rings[ring][:, rows] = 0
+            else:  # when the new sequence's first sample of the ring's signal comes
+                self._pending.append((now + start, ring, rows))
+        self._pending.sort(key=lambda item: item[0])
+        self._starts[rows] = self.samples_seen
+
+
+def fused_delay(program) -> int:
+    """Outputs a fused step holds back at most: those the offline forward has after ``A`` input
+    samples but whose ticks come later (lookahead, frames and upsampled samples spread out)."""
+    graph = program.graph
+    if graph is None:
+        return 0
+    period, far = graph.timing.period, 1 << 40
+    delay = 0
+    for samples in range(far * period, far * period + period):
+        end = counts(graph, samples)[graph.output][1]
+        delay = max(delay, end - emitted(program.out_clock, samples * program.ticks))
+    return delay
+
+
+def stream_ends(graph, samples: int, starts: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Per timed node, ``(B,)``: the index of each stream's first sample past its end after
+    ``samples`` inputs, its sequence having begun at input ``starts[b]`` (a multiple of the period)."""
+    lengths = (samples - starts).tolist()
+    table = {length: counts(graph, length) for length in set(lengths)}
+    ends = {}
+    for index, node in enumerate(graph.nodes):
+        if node.timed:
+            ends[index] = torch.tensor([int(begin * node.rate) + table[length][index][1]
+                                        for begin, length in zip(starts.tolist(), lengths)])
+    return ends

@@ -1,9 +1,10 @@
-// One streaming step of a lowered causal dilated model, fused into a single C++ call.
+// Streaming steps of a lowered dilated model, fused into a single C++ call.
 //
-// The Python side (atrous/streaming/program.py) lowers a WaveNet, TCN or causal nn.Sequential
-// into a flat list of ops over one float workspace row per stream; this file runs that list for
-// a batch of streams and any number of time steps. Each causal convolution keeps its last
-// (k - 1) * d inputs in a ring buffer (the queues of Paine et al. 2016, "Fast WaveNet generation
+// The Python side (atrous/streaming/program.py) lowers a model into a flat list of ops over one
+// float workspace row per stream; this file runs that list for a batch of streams and any number
+// of ticks, each op at the ticks of its clock (strided layers once per frame, the phases of an
+// upsampling layer each at its own tick). Each causal convolution keeps its last (k - 1) * d
+// inputs in a ring buffer (the queues of Paine et al. 2016, "Fast WaveNet generation
 // algorithm"), so a step costs one sample's work per layer. Streams are independent, so the
 // batch is split across threads once per call and no thread waits for another inside a step.
 //
@@ -26,18 +27,22 @@ typedef int32_t i16 __attribute__((vector_size(64)));
 // Codes and layouts defined in atrous/streaming/opset.py (what each means is documented there);
 // tests/streaming/test_opset.py fails when a name or value here differs from it.
 enum OpCode : int64_t {
-  LINEAR = 0, CONV = 1, ACT = 2, GATE = 3, ADD = 4, EMBED = 5, PRELU = 6, GLU = 7, LAYER_NORM = 8
+  LINEAR = 0, CONV = 1, ACT = 2, GATE = 3, ADD = 4, EMBED = 5, PRELU = 6, GLU = 7, LAYER_NORM = 8, PUSH = 9, TAPS = 10,
+  READ = 11, MUL = 12
 };
 enum ActKind : int64_t { IDENTITY = 0, RELU = 1, TANH = 2, SIGMOID = 3, GELU = 4, SILU = 5, ELU = 6 };
 enum IdSource : int64_t { IDS_INPUT = 0, IDS_GLOBAL = 1 };
-enum Field { CODE, SRC, SRC_WIDTH, DST, DST_WIDTH, INIT, WEIGHT, BIAS, RING, KERNEL_SIZE, DILATION, ARG, NFIELDS };
+enum Field {
+  CODE, SRC, SRC_WIDTH, DST, DST_WIDTH, INIT, WEIGHT, BIAS, RING, KERNEL_SIZE, DILATION, ARG, START, PERIOD, LAG, NFIELDS
+};
 enum ConfigSlot {
   CONFIG_OPS, CONFIG_N_OPS, CONFIG_WEIGHTS, CONFIG_WEIGHT_ROWS, CONFIG_RINGS, CONFIG_WORK, CONFIG_BATCH,
   CONFIG_WIDTH, CONFIG_X_CHANNELS, CONFIG_X_OFFSET, CONFIG_LOCAL_CHANNELS, CONFIG_LOCAL_OFFSET,
-  CONFIG_OUT_CHANNELS, CONFIG_OUT_OFFSET
+  CONFIG_OUT_CHANNELS, CONFIG_OUT_OFFSET, CONFIG_RING_LAYOUT, CONFIG_TICKS, CONFIG_OUT_START, CONFIG_OUT_PERIOD
 };
 enum CallSlot {
-  CALL_X, CALL_IDS, CALL_LOCAL, CALL_GLOBAL_IDS, CALL_OUT, CALL_STEPS, CALL_START, CALL_THREADS, CALL_BAD_ID
+  CALL_X, CALL_IDS, CALL_LOCAL, CALL_GLOBAL_IDS, CALL_OUT, CALL_STEPS, CALL_START, CALL_THREADS, CALL_BAD_ID,
+  CALL_X_LENGTH, CALL_X_FIRST, CALL_OUT_LENGTH, CALL_OUT_FIRST
 };
 enum Status : int { STATUS_OK = 0, STATUS_BAD_INPUT_ID = 1, STATUS_BAD_GLOBAL_ID = 2 };
 
@@ -171,41 +176,70 @@ void gemm_acc(const float* x, int64_t ldx, const float* w, int64_t K, int64_t N,
 }
 
 struct Inputs {
-  const float* x;          // (B, x_channels, T) float input, or null
+  const float* x;          // (B, x_channels, x_length) float input, or null
   int64_t x_channels, x_off;
-  const int64_t* ids;      // (B, T) class ids, or null
-  const float* local;      // (B, local_channels, T), or null
+  const int64_t* ids;      // (B, x_length) class ids, or null
+  const float* local;      // (B, local_channels, x_length), or null
   int64_t local_channels, local_off;
   const int64_t* gids;     // (B,) global condition ids, or null
-  float* out;              // (B, out_channels, T)
-  int64_t out_channels, out_off, steps;
+  float* out;              // (B, out_channels, out_length)
+  int64_t out_channels, out_off;
+  int64_t x_length, x_first;      // column 0 of x is input sample x_first
+  int64_t out_length, out_first;  // column 0 of out is output sample out_first
+  int64_t ticks, out_start, out_period;  // ticks per input sample; the output's clock
 };
 
-// One time step `time` (column t of the inputs) for stream rows [r0, r1).
-void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, float* const* rings, float* work_all,
-               int64_t batch, int64_t width, const Inputs& in, int64_t r0, int64_t r1, int64_t time, int64_t t) {
-  const int64_t W = width, rows = r1 - r0, T = in.steps;
+struct Rings {
+  float* const* data;     // (samples, B, C) each
+  const int64_t* layout;  // (start, period, samples) each
+  int64_t batch;
+  // the slot of sample `index` of ring r (indices before 0 hold zeros: the left padding)
+  float* slot(int64_t r, int64_t index, int64_t channels) const {
+    const int64_t samples = layout[3 * r + 2];
+    return data[r] + ((index % samples + samples) % samples) * batch * channels;
+  }
+  // the newest sample of ring r written by tick `tick`
+  int64_t newest(int64_t r, int64_t tick) const { return (tick - layout[3 * r]) / layout[3 * r + 1]; }
+};
+
+// One tick for stream rows [r0, r1).
+void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, const int64_t* weight_rows,
+               const Rings rings, float* work_all, int64_t width, const Inputs& in, int64_t r0, int64_t r1,
+               int64_t tick) {
+  const int64_t W = width, rows = r1 - r0, T = in.x_length;
   float* work = work_all + r0 * W;
-  auto copy_in = [&](const float* seq, int64_t C, int64_t off) {
-    for (int64_t b = r0; b < r1; ++b)
-      for (int64_t c = 0; c < C; ++c) work[(b - r0) * W + off + c] = seq[(b * C + c) * T + t];
-  };
-  if (in.x) copy_in(in.x, in.x_channels, in.x_off);
-  if (in.local) copy_in(in.local, in.local_channels, in.local_off);
+  int64_t t = -1;  // the input column of this tick, if an input sample comes in at it
+  if (tick % in.ticks == 0) {
+    t = tick / in.ticks - in.x_first;
+    auto copy_in = [&](const float* seq, int64_t C, int64_t off) {
+      const bool inside = t >= 0 && t < T;
+      for (int64_t b = r0; b < r1; ++b)
+        for (int64_t c = 0; c < C; ++c) work[(b - r0) * W + off + c] = inside ? seq[(b * C + c) * T + t] : 0.0f;
+    };
+    if (in.x) copy_in(in.x, in.x_channels, in.x_off);
+    if (in.local) copy_in(in.local, in.local_channels, in.local_off);
+  }
   const int64_t* op = ops;
   for (int64_t i = 0; i < n_ops; ++i, op += NFIELDS) {
+    if (tick < op[START]) continue;
+    int64_t n = tick - op[START];  // the op's run index
+    if (op[PERIOD] != 1) {
+      if (n % op[PERIOD]) continue;
+      n /= op[PERIOD];
+    }
     float* dst = work + op[DST];
     const float* src = work + op[SRC];
     const int64_t K = op[SRC_WIDTH], N = op[DST_WIDTH];
     switch (op[CODE]) {
       case LINEAR:
-      case CONV: {
+      case CONV:
+      case TAPS: {
         const float* bias = op[BIAS] >= 0 ? weights[op[BIAS]] : nullptr;
         const float* init = op[INIT] >= 0 ? work + op[INIT] : nullptr;
         for (int64_t r = 0; r < rows; ++r) {  // dst = init + bias, then the products accumulate
           float* d = dst + r * W;
           if (init && bias) {
-            for (int64_t n = 0; n < N; ++n) d[n] = init[r * W + n] + bias[n];
+            for (int64_t c = 0; c < N; ++c) d[c] = init[r * W + c] + bias[c];
           } else if (init || bias) {
             std::memcpy(d, init ? init + r * W : bias, N * sizeof(float));
           } else {
@@ -214,19 +248,34 @@ void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, f
         }
         const float* w = weights[op[WEIGHT]];
         if (op[CODE] == CONV) {
-          const int64_t k = op[KERNEL_SIZE], d = op[DILATION], L = (k - 1) * d;
-          float* ring = rings[op[RING]] + r0 * K;  // (L, B, K): x[time] of every stream in slot time % L
-          const int64_t slot_size = batch * K;
-          for (int64_t m = k - 1; m >= 1; --m) {     // tap k - 1 - m holds x[time - m d]
-            const int64_t slot = ((time - m * d) % L + L) % L;
+          const int64_t k = op[KERNEL_SIZE], d = op[DILATION], L = (k - 1) * d;  // the ring holds the past only
+          float* ring = rings.data[op[RING]] + r0 * K;  // (L, B, K): x[n] of every stream in slot n % L
+          const int64_t slot_size = rings.batch * K;
+          for (int64_t m = k - 1; m >= 1; --m) {  // tap k - 1 - m holds x[n - m d]
+            const int64_t slot = ((n - m * d) % L + L) % L;
             gemm_acc(ring + slot * slot_size, K, w + (k - 1 - m) * K * N, K, N, dst, W, rows);
           }
           gemm_acc(src, W, w + (k - 1) * K * N, K, N, dst, W, rows);
-          float* slot = ring + (time % L) * slot_size;  // written after the reads: for k = 2 it was just read
+          float* slot = ring + (n % L) * slot_size;  // written after the reads: for k = 2 it was just read
           for (int64_t r = 0; r < rows; ++r) std::memcpy(slot + r * K, src + r * W, K * sizeof(float));
+        } else if (op[CODE] == TAPS) {  // all k taps from the ring, the newest `lag` samples back
+          const int64_t k = op[KERNEL_SIZE], d = op[DILATION], C = weight_rows[op[WEIGHT]] / k;
+          const int64_t newest = rings.newest(op[RING], tick) - op[LAG];
+          for (int64_t m = 0; m < k; ++m)
+            gemm_acc(rings.slot(op[RING], newest - (k - 1 - m) * d, C) + r0 * C, C, w + m * C * N, C, N, dst, W, rows);
         } else {
           gemm_acc(src, W, w, K, N, dst, W, rows);
         }
+        break;
+      }
+      case PUSH: {  // ring[n] = src; the ring's clock is this op's
+        float* slot = rings.slot(op[RING], n, K) + r0 * K;
+        for (int64_t r = 0; r < rows; ++r) std::memcpy(slot + r * K, src + r * W, K * sizeof(float));
+        break;
+      }
+      case READ: {  // dst = ring[newest - lag]
+        const float* slot = rings.slot(op[RING], rings.newest(op[RING], tick) - op[LAG], N) + r0 * N;
+        for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * W, slot + r * N, N * sizeof(float));
         break;
       }
       case ACT: {
@@ -239,22 +288,26 @@ void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, f
         for (int64_t r = 0; r < rows; ++r) {
           float* z = dst + r * W;
           const float *a = src + r * W, *g = a + N;
-          int64_t n = 0;
-          for (; n + 16 <= N; n += 16) store(z + n, vgate(load(a + n), load(g + n)));
-          for (; n < N; ++n) z[n] = std::tanh(a[n]) / (1.0f + std::exp(-g[n]));
+          int64_t c = 0;
+          for (; c + 16 <= N; c += 16) store(z + c, vgate(load(a + c), load(g + c)));
+          for (; c < N; ++c) z[c] = std::tanh(a[c]) / (1.0f + std::exp(-g[c]));
         }
         break;
       }
       case ADD:
         for (int64_t r = 0; r < rows; ++r)
-          for (int64_t n = 0; n < N; ++n) dst[r * W + n] = src[r * W + n] + work[r * W + op[INIT] + n];
+          for (int64_t c = 0; c < N; ++c) dst[r * W + c] = src[r * W + c] + work[r * W + op[INIT] + c];
+        break;
+      case MUL:
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < N; ++c) dst[r * W + c] = src[r * W + c] * work[r * W + op[INIT] + c];
         break;
       case PRELU: {  // dst = src > 0 ? src : weight * src, a slope per column
         const float* slope = weights[op[WEIGHT]];
         for (int64_t r = 0; r < rows; ++r)
-          for (int64_t n = 0; n < N; ++n) {
-            const float v = src[r * W + n];
-            dst[r * W + n] = v > 0.0f ? v : slope[n] * v;
+          for (int64_t c = 0; c < N; ++c) {
+            const float v = src[r * W + c];
+            dst[r * W + c] = v > 0.0f ? v : slope[c] * v;
           }
         break;
       }
@@ -262,9 +315,9 @@ void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, f
         for (int64_t r = 0; r < rows; ++r) {
           float* z = dst + r * W;
           const float *a = src + r * W, *g = a + N;
-          int64_t n = 0;
-          for (; n + 16 <= N; n += 16) store(z + n, load(a + n) * vsigmoid(load(g + n)));
-          for (; n < N; ++n) z[n] = a[n] / (1.0f + std::exp(-g[n]));
+          int64_t c = 0;
+          for (; c + 16 <= N; c += 16) store(z + c, load(a + c) * vsigmoid(load(g + c)));
+          for (; c < N; ++c) z[c] = a[c] / (1.0f + std::exp(-g[c]));
         }
         break;
       }
@@ -274,15 +327,15 @@ void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, f
           const float* a = src + r * W;
           float* z = dst + r * W;
           float mean = 0.0f, variance = 0.0f;
-          for (int64_t n = 0; n < N; ++n) mean += a[n];
+          for (int64_t c = 0; c < N; ++c) mean += a[c];
           mean /= static_cast<float>(N);
-          for (int64_t n = 0; n < N; ++n) variance += (a[n] - mean) * (a[n] - mean);
+          for (int64_t c = 0; c < N; ++c) variance += (a[c] - mean) * (a[c] - mean);
           const float inverse = 1.0f / std::sqrt(variance / static_cast<float>(N) + eps);
-          for (int64_t n = 0; n < N; ++n) z[n] = (a[n] - mean) * inverse * scale[n] + shift[n];  // after the reads
+          for (int64_t c = 0; c < N; ++c) z[c] = (a[c] - mean) * inverse * scale[c] + shift[c];  // after the reads
         }
         break;
       }
-      case EMBED: {
+      case EMBED: {  // a WaveNet's ids: one input sample per tick
         const float* table = weights[op[WEIGHT]];
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t b = r0 + r, row = op[ARG] == IDS_INPUT ? in.ids[b * T + t] : in.gids[b];
@@ -292,9 +345,13 @@ void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, f
       }
     }
   }
-  for (int64_t b = r0; b < r1; ++b)
-    for (int64_t c = 0; c < in.out_channels; ++c)
-      in.out[(b * in.out_channels + c) * T + t] = work[(b - r0) * W + in.out_off + c];
+  if (tick >= in.out_start && (tick - in.out_start) % in.out_period == 0) {
+    const int64_t j = (tick - in.out_start) / in.out_period - in.out_first, L = in.out_length;
+    if (j >= 0 && j < L)
+      for (int64_t b = r0; b < r1; ++b)
+        for (int64_t c = 0; c < in.out_channels; ++c)
+          in.out[(b * in.out_channels + c) * L + j] = work[(b - r0) * W + in.out_off + c];
+  }
 }
 
 }  // namespace
@@ -302,7 +359,7 @@ void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, f
 extern "C" {
 
 // config (fixed per streamer) and call (per call) are laid out as ConfigSlot and CallSlot say,
-// pointers as int64 (0 when absent). Runs call[CALL_STEPS] steps from time call[CALL_START] for
+// pointers as int64 (0 when absent). Runs call[CALL_STEPS] ticks from tick call[CALL_START] for
 // all streams, split over call[CALL_THREADS] OpenMP threads by stream. Returns STATUS_OK, or the
 // status of an id outside its embedding table (written to call[CALL_BAD_ID]); nothing runs then.
 int atrous_fused_run(const int64_t* config, int64_t* call) {
@@ -311,7 +368,8 @@ int atrous_fused_run(const int64_t* config, int64_t* call) {
   const int64_t n_ops = config[CONFIG_N_OPS], batch = config[CONFIG_BATCH], width = config[CONFIG_WIDTH];
   const float* const* weights = static_cast<const float* const*>(ptr(config[CONFIG_WEIGHTS]));
   const int64_t* weight_rows = static_cast<const int64_t*>(ptr(config[CONFIG_WEIGHT_ROWS]));
-  float* const* rings = static_cast<float* const*>(ptr(config[CONFIG_RINGS]));
+  const Rings rings{static_cast<float* const*>(ptr(config[CONFIG_RINGS])),
+                    static_cast<const int64_t*>(ptr(config[CONFIG_RING_LAYOUT])), batch};
   float* work = static_cast<float*>(ptr(config[CONFIG_WORK]));
   const int64_t* ids = static_cast<const int64_t*>(ptr(call[CALL_IDS]));
   const int64_t* gids = static_cast<const int64_t*>(ptr(call[CALL_GLOBAL_IDS]));
@@ -321,7 +379,7 @@ int atrous_fused_run(const int64_t* config, int64_t* call) {
     if (op[CODE] != EMBED) continue;
     const bool input = op[ARG] == IDS_INPUT;
     const int64_t* check = input ? ids : gids;
-    const int64_t count = input ? batch * steps : batch, rows = weight_rows[op[WEIGHT]];
+    const int64_t count = input ? batch * call[CALL_X_LENGTH] : batch, rows = weight_rows[op[WEIGHT]];
     for (int64_t j = 0; j < count; ++j)
       if (check[j] < 0 || check[j] >= rows) {
         call[CALL_BAD_ID] = check[j];
@@ -331,10 +389,12 @@ int atrous_fused_run(const int64_t* config, int64_t* call) {
   const Inputs in{static_cast<const float*>(ptr(call[CALL_X])), config[CONFIG_X_CHANNELS], config[CONFIG_X_OFFSET],
                   ids, static_cast<const float*>(ptr(call[CALL_LOCAL])), config[CONFIG_LOCAL_CHANNELS],
                   config[CONFIG_LOCAL_OFFSET], gids, static_cast<float*>(ptr(call[CALL_OUT])),
-                  config[CONFIG_OUT_CHANNELS], config[CONFIG_OUT_OFFSET], steps};
+                  config[CONFIG_OUT_CHANNELS], config[CONFIG_OUT_OFFSET], call[CALL_X_LENGTH], call[CALL_X_FIRST],
+                  call[CALL_OUT_LENGTH], call[CALL_OUT_FIRST], config[CONFIG_TICKS], config[CONFIG_OUT_START],
+                  config[CONFIG_OUT_PERIOD]};
   auto run_rows = [&](int64_t r0, int64_t r1) {
     for (int64_t t = 0; t < steps; ++t)
-      step_rows(ops, n_ops, weights, rings, work, batch, width, in, r0, r1, t0 + t, t);
+      step_rows(ops, n_ops, weights, weight_rows, rings, work, width, in, r0, r1, t0 + t);
   };
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, batch / 4));  // >= 4 streams a thread
   if (parts == 1) {

@@ -7,10 +7,11 @@ value with a time axis is a vector per stream, so it lives in a column range
 (:class:`~atrous.streaming.opset.Span`) of the workspace, and each node becomes at most one op of
 :mod:`atrous.streaming.opset`:
 
-* a causal window (``pad_left = (k - 1) d``, stride 1) or a 1x1 convolution: ``CONV`` with a
-  ring of ``(k - 1) d`` past inputs, or ``LINEAR`` (grouped weights made dense, weight norm
+* a window at stride 1 or a 1x1 convolution: ``CONV`` with a ring of ``(k - 1) d`` past
+  inputs, or ``LINEAR`` (grouped weights made dense, weight norm
   evaluated, ``nn.Linear`` over channels);
 * activations: ``ACT``; ``tanh(a) * sigmoid(b)`` of the two halves of one value: ``GATE``;
+  any other product of two signals: ``MUL``;
   ``PReLU`` and ``LeakyReLU``: ``PRELU`` (a slope per channel); ``GLU`` over channels: ``GLU``;
 * ``LayerNorm`` over channels (after a transpose to ``(B, T, C)``): ``LAYER_NORM``;
 * a sum: folded into the ``init`` of the product that computes one of its terms when the other
@@ -20,10 +21,11 @@ value with a time axis is a vector per stream, so it lives in a column range
   side, else copies (``ACT`` identity) into one span;
 * eval-mode ``BatchNorm1d``: folded into the product before it, else a diagonal ``LINEAR``.
 
-Anything else (strided or non-causal windows, transposed convolutions, pooling, opaque modules,
-norms over time, products of two signals) raises ``ValueError`` naming the node; the
-PyTorch :class:`~atrous.streaming.Streamer` streams those. Weights are evaluated once here: a
-program (and a :class:`~atrous.streaming.FusedStreamer`) holds a snapshot of them.
+Windows along time at any stride, with lookahead, transposed convolutions and the alignment of
+paths on different clocks are lowered by :mod:`atrous.streaming.clocked`. Anything else
+(pooling, opaque modules, norms over time, broadcasting products) raises ``ValueError`` naming
+the node; the PyTorch :class:`~atrous.streaming.Streamer` streams those. Weights are evaluated
+once here: a program (and a :class:`~atrous.streaming.FusedStreamer`) holds a snapshot of them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atrous.streaming.clocked import ClockedLowering, ticks_per_input
 from atrous.streaming.graph import Geometry, Kind, Node, Ref, StreamGraph
 from atrous.streaming.opset import ACTIVATIONS, ActKind, Op, OpCode, Span
 
@@ -75,24 +78,22 @@ def _dense_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return dense
 
 
-def _is_causal(g: Geometry) -> bool:
-    return (g.stride == 1 and g.pad_left == g.extent - 1 and g.pad_right == 0 and g.crop_left == 0
-            and g.crop_right == 0 and g.pad_value == 0)
-
-
-class _Lowering:
+class _Lowering(ClockedLowering):
     """The state of one lowering: the program written so far and the value of every node."""
 
     def __init__(self, program, graph: StreamGraph) -> None:
         self.program, self.graph = program, graph
         self.users = graph.users()
         self.values: list[Any] = [None] * len(graph.nodes)
-        self.written: dict[Span, int] = {}  # span -> index of the op that writes it (-1: an input)
+        # span -> index of the op that writes it (-1: an input, -2: several ops, as the phases of
+        # a transposed convolution)
+        self.written: dict[Span, int] = {}
+        self.init_clocks()
 
     # values ---------------------------------------------------------------------------------
     def resolve(self, value: Any) -> Any:
         if isinstance(value, Ref):
-            return self.values[value.index]
+            return self.overrides.get(value.index, self.values[value.index])
         if isinstance(value, (tuple, list)):
             return type(value)(self.resolve(item) for item in value)
         if isinstance(value, dict):
@@ -102,9 +103,22 @@ class _Lowering:
         return value
 
     def emit(self, code: OpCode, src: Span | None, width: int, **fields) -> Span:
+        """Append an op on the node's clock (unless ``fields`` set it); return its ``dst``."""
+        if "start" not in fields:
+            fields.update(self.clock_fields())
         dst = self.program.emit(code, src, width, **fields)
-        self.written[dst] = len(self.program.ops) - 1
+        if code != OpCode.PUSH:  # a PUSH writes a ring, not its dst
+            self.written[dst] = len(self.program.ops) - 1
         return dst
+
+    def clock_of(self, span: Span) -> tuple[int, int] | None:
+        """The value clock of the op that writes ``span`` (an input's for an input; None if unknown)."""
+        at = self.producer(span)
+        if at == -1:
+            return (0, self.program.ticks)
+        if at is None or at < 0 or self.program.ops[at].value is None:
+            return None
+        return self.program.ops[at].value[:2]
 
     def input(self, width: int) -> Span:
         span = self.program.alloc(width)
@@ -141,18 +155,19 @@ class _Lowering:
         if k == 1:
             return self.emit(OpCode.LINEAR, src, matrix.shape[1], weight=weight_index, bias=bias_index)
         program.rings.append(((k - 1) * dilation, src.width))
+        program.ring_clocks.append(self.clock)
         return self.emit(OpCode.CONV, src, matrix.shape[1], weight=weight_index, bias=bias_index,
                          ring=len(program.rings) - 1, kernel_size=k, dilation=dilation)
 
     def window(self, node: Node) -> Span:
         g = node.geometry
-        if node.op == "identity" and g.extent == 1 and g == Geometry(kernel_size=g.kernel_size, dilation=g.dilation):
-            return self.values[node.inputs[0]]
-        if node.op != "conv":
-            raise _unsupported(node, f"a {node.op.replace('_', ' ')} window is not a causal convolution")
-        if not _is_causal(g):
-            raise _unsupported(node, f"only causal convolutions at stride 1 fuse, got {g}")
+        source_clock, out_clock, _ = self.window_clocks(node)
         src = self.resolve(node.args[0])
+        if node.op == "identity" and g.extent == 1:  # cropping or decimation: the same span on another clock
+            self.begin(self.node_index, out_clock)
+            return src
+        if node.op != "conv":
+            raise _unsupported(node, f"a {node.op.replace('_', ' ')} window has no fused op")
         if isinstance(node.target, nn.Module):
             conv = node.target
             weight, bias, groups = conv.weight, conv.bias, conv.groups  # evaluates a weight-norm parametrisation
@@ -166,8 +181,13 @@ class _Lowering:
         if not isinstance(src, Span) or not isinstance(weight, torch.Tensor):
             raise _unsupported(node, "its input or weight is not a signal and a parameter")
         groups = self.resolve(groups) if not isinstance(groups, int) else groups
-        return self.product(node, src, _dense_weight(weight.detach(), groups), None if bias is None else bias.detach(),
-                            g.kernel_size, g.dilation)
+        weight, bias = _dense_weight(weight.detach(), groups), None if bias is None else bias.detach()
+        if weight.shape[1] != src.width:
+            raise _unsupported(node, f"it takes {weight.shape[1]} channels but receives {src.width}")
+        if g.stride == 1:  # runs with its input; with lookahead its outputs lag it
+            self.begin(self.node_index, source_clock, out_clock)
+            return self.product(node, src, weight, bias, g.kernel_size, g.dilation)
+        return self.taps_window(node, src, weight, bias)
 
     # pointwise ------------------------------------------------------------------------------
     def add(self, node: Node, index: int, a: Any, b: Any) -> Any:
@@ -183,10 +203,19 @@ class _Lowering:
         for term, other in ((b, a), (a, b)):  # fold into the product that writes `term`, if `other` is ready then
             at = self.producer(term)
             if (at is not None and at >= 0 and ops[at].code in (OpCode.LINEAR, OpCode.CONV) and ops[at].init is None
-                    and ops[at].dst == term and self.exclusive(term, index) and self.ready_before(other, at)):
+                    and ops[at].dst == term and self.exclusive(term, index) and self.ready_before(other, at)
+                    and self.in_step(other, ops[at])):
                 ops[at].init = other
                 return term
         return self.emit(OpCode.ADD, a, a.width, init=b)
+
+    def in_step(self, span: Span, op) -> bool:
+        """Whether ``span`` holds the sample ``op`` computes whenever ``op`` writes it: the same
+        period, and a clock that starts no later, less than a period earlier."""
+        clock, value = self.clock_of(span), op.value
+        if clock is None or value is None:
+            return False
+        return clock[1] == value[1] and 0 <= value[0] - clock[0] < value[1]
 
     def ready_before(self, span: Span, at: int) -> bool:
         """Whether every column of ``span`` is written before op ``at`` runs (and not after)."""
@@ -214,7 +243,9 @@ class _Lowering:
                         for at in sorted((at_a, at_b), reverse=True):
                             self.drop(at)
                         return self.emit(OpCode.GATE, Span(filt.offset, 2 * filt.width), filt.width)
-        raise _unsupported(node, "a product of two signals other than tanh(a) * sigmoid(b) of two halves")
+        if isinstance(a, Span) and isinstance(b, Span) and a.width == b.width:
+            return self.emit(OpCode.MUL, a, a.width, init=b)
+        raise _unsupported(node, "a product that is not of two signals of as many channels")
 
     def drop(self, at: int) -> None:
         """Remove op ``at`` (its output has no other reader)."""
@@ -430,7 +461,7 @@ def lower_graph(program, graph: StreamGraph, *, inputs: dict[str, Span] | None =
 
     Args:
         program: a :class:`~atrous.streaming.program.Program` (its inputs may be allocated).
-        graph: the traced model (causal, rate 1).
+        graph: the traced model.
         inputs: spans already holding some ``INPUT`` nodes, by argument name; the others are
             allocated as float time inputs (``program.input``, one at most).
 
@@ -438,7 +469,9 @@ def lower_graph(program, graph: StreamGraph, *, inputs: dict[str, Span] | None =
         ValueError: a node that cannot be fused, named.
     """
     lowering, inputs = _Lowering(program, graph), dict(inputs or {})
+    program.ticks = ticks = ticks_per_input(graph)
     for index, node in enumerate(graph.nodes):
+        clock = None
         if node.kind is Kind.INPUT:
             name = node.target
             if name in inputs:
@@ -449,25 +482,36 @@ def lower_graph(program, graph: StreamGraph, *, inputs: dict[str, Span] | None =
                 value = program.input = lowering.input(channels)
             else:
                 raise _unsupported(node, "the fused step takes one signal input (the chunk)")
+            clock = (0, ticks) if node.timed else None
         elif node.kind is Kind.STATIC and any(isinstance(lowering.values[i], Span) for i in node.inputs):
+            lowering.begin(index, (0, 1))
             value = lowering.pointwise(index, node)  # computed from a per-stream constant input
         elif node.kind is Kind.STATIC:
             value = node.examples[0]
             value = value.detach() if isinstance(value, torch.Tensor) else value
         elif node.kind is Kind.WINDOW:
+            lowering.begin(index, None)
             value = lowering.window(node)
+            clock = lowering.value_clock
         elif node.kind is Kind.POINTWISE:
+            clock = lowering.align(index, node)
             value = lowering.pointwise(index, node)
         elif node.kind is Kind.SIZE:
             value = None  # read by nothing the fused step runs
         elif node.kind is Kind.TRANSPOSED:
-            raise _unsupported(node, "a transposed convolution (upsampling)")
+            lowering.begin(index, None)
+            src = lowering.resolve(node.args[0])
+            if not isinstance(src, Span):
+                raise _unsupported(node, "its input is not a signal")
+            value, clock = lowering.transposed(node, src)
         else:
             raise _unsupported(node, "a module run whole (its forward cannot be traced)")
         lowering.values[index] = value
+        lowering.clocks[index] = clock if node.timed else None
     output = lowering.values[graph.output]
     if not isinstance(output, Span):
         raise _unsupported(graph.nodes[graph.output], "the output is not a signal")
+    program.out_clock = lowering.output_clock(graph.output)
     _stack_sums(program, output)
     return _compact(program, output)
 
@@ -532,6 +576,7 @@ def _stack_sums(program, output: Span) -> None:
             chain.append(readers[0][0])
         chain_ops = [ops[i] for i in chain]
         if (len(chain) < 2 or chain_ops[0].code != OpCode.LINEAR
+                or len({(op.start, op.period) for op in chain_ops}) != 1
                 or not all(movable(op.src) for op in chain_ops) or len({op.src for op in chain_ops}) != len(chain)):
             index += 1
             continue
@@ -550,7 +595,8 @@ def _stack_sums(program, output: Span) -> None:
         matrix = torch.cat([weights[op.weight] for op in chain_ops], dim=0)
         biases = [weights[op.bias] for op in chain_ops if op.bias is not None]
         stacked = Op(OpCode.LINEAR, block, last.dst, init=first.init, weight=program.weight(matrix),
-                     bias=program.weight(torch.stack(biases).sum(0)) if biases else None)
+                     bias=program.weight(torch.stack(biases).sum(0)) if biases else None, start=last.start,
+                     period=last.period, value=last.value)
         ops[chain[-1]] = stacked
         for i in sorted(chain[:-1], reverse=True):
             del ops[i]

@@ -11,6 +11,14 @@ Both PyTorch executors take each op's meaning from :data:`OPS`. The C++ file mir
 of :data:`KERNEL_ENUMS` by name and value, with a ``case`` per op and activation;
 ``tests/streaming/test_opset.py`` reads the file and fails when the two disagree.
 
+Time runs in *ticks*: ``Program.ticks`` per input sample (more than one when a layer upsamples
+past the input rate). Every op has a clock: it runs at ticks ``start + n * period`` (``n`` its
+run index), so a strided convolution runs once per frame, and each phase of a transposed
+convolution once per input sample at its own tick. A ``CONV`` keeps its own past in its ring; a
+ring shared by readers at other clocks is filled by a ``PUSH`` at the rate of its signal and
+read by ``TAPS`` (a window of taps ending ``lag`` samples before the newest) and ``READ`` (one
+sample, ``lag`` back: a delay line aligning two paths).
+
 Adding an op: a member of :class:`OpCode`, its :class:`OpSpec` in :data:`OPS` (operands and
 meaning), and its ``case`` in ``fused_step.cpp``.
 """
@@ -18,7 +26,7 @@ meaning), and its ``case`` in ``fused_step.cpp``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from enum import IntEnum
 
 import torch
@@ -38,6 +46,10 @@ class OpCode(IntEnum):
     PRELU = 6
     GLU = 7
     LAYER_NORM = 8
+    PUSH = 9
+    TAPS = 10
+    READ = 11
+    MUL = 12
 
 
 class ActKind(IntEnum):
@@ -74,6 +86,9 @@ class Field(IntEnum):
     KERNEL_SIZE = 9
     DILATION = 10
     ARG = 11  # ActKind (ACT) or IdSource (EMBED)
+    START = 12  # the op runs at ticks START, START + PERIOD, ... (its run index n counts them)
+    PERIOD = 13
+    LAG = 14  # TAPS, READ: the newest tap is this many ring samples before the newest pushed
 
 
 class ConfigSlot(IntEnum):
@@ -93,6 +108,10 @@ class ConfigSlot(IntEnum):
     LOCAL_OFFSET = 11
     OUT_CHANNELS = 12
     OUT_OFFSET = 13
+    RING_LAYOUT = 14  # int64 (n_rings, 3): (start, period, samples) of each ring: its clock and length
+    TICKS = 15  # ticks per input sample: the input is copied in at ticks 0, TICKS, 2 TICKS, ...
+    OUT_START = 16  # the output is copied out at ticks OUT_START + j OUT_PERIOD (output sample j)
+    OUT_PERIOD = 17
 
 
 class CallSlot(IntEnum):
@@ -102,11 +121,15 @@ class CallSlot(IntEnum):
     IDS = 1  # (B, L) int64 class ids
     LOCAL = 2  # (B, C_local, L)
     GLOBAL_IDS = 3  # (B,) int64
-    OUT = 4  # (B, C_out, L)
-    STEPS = 5  # L
-    START = 6  # the time of the first of the L steps
+    OUT = 4  # (B, C_out, OUT_LENGTH)
+    STEPS = 5  # ticks to run
+    START = 6  # the tick of the first of them
     THREADS = 7
     BAD_ID = 8  # written by the kernel: the id it refused
+    X_LENGTH = 9  # columns of X, IDS and LOCAL (their row stride)
+    X_FIRST = 10  # input sample index of column 0 of X
+    OUT_LENGTH = 11  # columns of OUT
+    OUT_FIRST = 12  # output sample index of column 0 of OUT
 
 
 class Status(IntEnum):
@@ -187,15 +210,23 @@ class Op:
     kernel_size: int = 1
     dilation: int = 1
     arg: int = 0  # ActKind (ACT) or IdSource (EMBED)
+    lag: int = 0  # TAPS, READ
+    start: int = 0  # the clock: the op runs at ticks start + n * period
+    period: int = 1
+    # (start, period, node) of the values written to dst: dst holds sample (tick - start) // period
+    # of graph node `node` (None: not a value of the graph); the executors zero samples past a
+    # stream's end when it is flushed. Not part of the table.
+    value: tuple[int, int, int] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         self.code = OpCode(self.code)
         OPS[self.code].check(self)
 
 
-# the value of each operand an op does not use (src, a positional field, is then None)
+# the value of each operand an op does not use (src, a positional field, is then None); every op
+# has a clock and may carry its value's clock
 _OPERAND_DEFAULTS = {f.name: None if f.default is MISSING else f.default for f in fields(Op)
-                     if f.name not in ("code", "dst")}
+                     if f.name not in ("code", "dst", "start", "period", "value")}
 
 
 class Operands:
@@ -339,6 +370,8 @@ class OpSpec:
                              f"{self.dst_width(op.src.width)}, got {op}")
         if op.init is not None and op.init.width != op.dst.width:  # the table keeps one width for both
             raise ValueError(f"a {self.code.name} op's init must be as wide as its dst, got {op}")
+        if op.start < 0 or op.period < 1 or op.lag < 0:
+            raise ValueError(f"a {self.code.name} op needs start >= 0, period >= 1 and lag >= 0, got {op}")
 
 
 OPS: dict[OpCode, OpSpec] = {spec.code: spec for spec in (
@@ -368,6 +401,18 @@ OPS: dict[OpCode, OpSpec] = {spec.code: spec for spec in (
     # dst = (src - mean) / sqrt(var + eps) * scale + shift over the src columns, weight = [scale, shift, eps]
     OpSpec(OpCode.LAYER_NORM, required=("src", "weight"), optional=(), evaluate=_layer_norm,
            dst_width=lambda width: width),
+    OpSpec(OpCode.MUL, required=("src", "init"), optional=(), evaluate=lambda x: x.src * x.init,
+           into=lambda x, out: torch.mul(x.src, x.init, out=out), dst_width=lambda width: width),
+    # ring[n mod len] = src (dst: the same span; nothing else is written)
+    OpSpec(OpCode.PUSH, required=("src", "ring"), optional=(), evaluate=lambda x: x.src,
+           dst_width=lambda width: width),
+    # dst = init + bias + [r[m - lag - (k-1) d], ..., r[m - lag]] @ weight, r the ring, m its newest
+    # sample; the taps come in as past (all but the newest) and src (the newest)
+    OpSpec(OpCode.TAPS, required=("weight", "ring", "kernel_size", "dilation"), optional=("init", "bias", "lag"),
+           evaluate=_affine, into=_affine_into),
+    # dst = r[m - lag], one sample of the ring (in as src)
+    OpSpec(OpCode.READ, required=("ring",), optional=("lag",), evaluate=lambda x: x.src,
+           into=lambda x, out: out.copy_(x.src)),
 )}
 
 
@@ -378,6 +423,7 @@ def op_row(op: Op) -> list[int]:
         Field.CODE: op.code, Field.SRC: src.offset, Field.SRC_WIDTH: src.width, Field.DST: op.dst.offset,
         Field.DST_WIDTH: op.dst.width, Field.INIT: init.offset, Field.WEIGHT: op.weight, Field.BIAS: op.bias,
         Field.RING: op.ring, Field.KERNEL_SIZE: op.kernel_size, Field.DILATION: op.dilation, Field.ARG: op.arg,
+        Field.START: op.start, Field.PERIOD: op.period, Field.LAG: op.lag,
     }
     return [-1 if values[field] is None else int(values[field]) for field in Field]
 

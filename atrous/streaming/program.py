@@ -40,8 +40,12 @@ class Program:
 
     ops: list[Op] = field(default_factory=list)
     weights: list[torch.Tensor] = field(default_factory=list)
-    rings: list[tuple[int, int]] = field(default_factory=list)  # (context (k - 1) * d, channels) per CONV
+    rings: list[tuple[int, int]] = field(default_factory=list)  # (samples, channels) per ring
+    ring_clocks: list[tuple[int, int]] = field(default_factory=list)  # (start, period) of each ring's writes
     width: int = 0
+    ticks: int = 1  # ticks per input sample (see atrous.streaming.clocked)
+    out_clock: tuple[int, int] = (0, 1)  # output sample j is ready at tick start + j * period
+    graph: StreamGraph | None = None  # what the program was lowered from (its counts give the ends)
     input: Span | None = None  # float input channels; None when the input is class ids
     classes: int = 0  # number of input class ids (WaveNet), else 0
     local: Span | None = None  # local conditioning channels
@@ -86,15 +90,16 @@ class _WaveNetCore(nn.Module):
         return self.wavenet.head(skips)
 
 
-def trace_graph(model: nn.Module, chunk: torch.Tensor | None = None, args: tuple = ()) -> StreamGraph:
+def trace_graph(model: nn.Module, chunk: torch.Tensor | None = None, args: tuple = (), *,
+                allow_lookahead: bool = False) -> StreamGraph:
     """The :class:`~atrous.streaming.graph.StreamGraph` of ``model`` on example inputs (batch 1).
 
     Raises:
-        ValueError: a node that cannot be streamed or looks ahead (named), or a model whose
-            input channels are unknown.
+        ValueError: a node that cannot be streamed or looks ahead without ``allow_lookahead``
+            (named), or a model whose input channels are unknown.
     """
     try:
-        streamer = Streamer(model, 1)
+        streamer = Streamer(model, 1, allow_lookahead=allow_lookahead)
         if chunk is not None and (streamer.graph is None or args):
             streamer._build(chunk, args, {})
         elif streamer.graph is None and streamer._takes_one_input():
@@ -119,10 +124,10 @@ def trace_graph(model: nn.Module, chunk: torch.Tensor | None = None, args: tuple
                          "channels it reads from in_channels or the first Conv1d; atrous.streaming.Streamer "
                          "streams models with several inputs")
     graph = streamer.graph
-    if graph.timing.rate != 1 or graph.timing.period != 1:
-        node = next((n for n in graph.nodes if n.rate != 1 or (n.geometry is not None and n.geometry.stride != 1)),
-                    graph.nodes[graph.output])
-        raise ValueError(f"cannot fuse {node.label}: it changes the sample rate; atrous.streaming.Streamer streams it")
+    if graph.timing.lead is not None:
+        node = graph.nodes[graph.timing.lead]
+        raise ValueError(f"cannot fuse {node.label}: it computes samples ahead of its input (a left pad not folded "
+                         "into a window); atrous.streaming.Streamer streams it")
     for label, module in graph.eval_only:
         if module.training:
             raise ValueError(f"cannot fuse {label} in training mode: call model.eval() first")
@@ -149,12 +154,14 @@ def _lower_wavenet(model: WaveNet) -> Program:
 
 
 @torch.no_grad()
-def lower(model: nn.Module) -> Program:
+def lower(model: nn.Module, *, allow_lookahead: bool = False) -> Program:
     """Lower a causal model to a :class:`Program` (weights are copied: rebuild after training).
 
     Args:
         model: a causal model whose forward ``torch.fx`` traces (see
             :mod:`atrous.streaming.lowering` for what fuses), or a WaveNet, float32 on the CPU.
+        allow_lookahead: lower a model that looks a bounded number of samples ahead (its
+            outputs then lag its inputs).
 
     Raises:
         ValueError: a node that cannot be fused (named), or a model not on the CPU in float32.
@@ -164,7 +171,7 @@ def lower(model: nn.Module) -> Program:
         raise ValueError("fused streaming needs a float32 model on the CPU; use Streamer for other dtypes and devices")
     if isinstance(model, WaveNet):
         return _lower_wavenet(model)
-    graph = trace_graph(model)
-    program = Program()
+    graph = trace_graph(model, allow_lookahead=allow_lookahead)
+    program = Program(graph=graph)
     program.output = lower_graph(program, graph)
     return program

@@ -144,6 +144,12 @@ class Streamer(StreamerBase):
         return None if self._plan is None else self._plan.graph.timing.rate
 
     @property
+    def period(self) -> int | None:
+        """Input samples after which every layer's frames line up again (1 without strides);
+        single streams restart only at multiples of it."""
+        return None if self._plan is None else self._plan.graph.timing.period
+
+    @property
     def context(self) -> int:
         """Past samples held across layers (for causal convolutions, the sum of ``(k - 1) * d``)."""
         return 0 if self._plan is None else self._plan.context

@@ -99,3 +99,19 @@ def causal_stacks(draw):
                                                  nn.LeakyReLU, nn.Identity]))())
     layers.append(CausalConv1d(channels, 3, 2, dilation=draw(st.integers(1, 8))))
     return nn.Sequential(*layers).eval()
+
+
+class StridedLookahead(nn.Module):
+    """A strided conv that looks ahead, a residual path around another to align (a delay line),
+    a cropping transposed conv and a product of two signals."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv1d(2, 4, 5, stride=2, padding=2)
+        self.mid = nn.Conv1d(4, 4, 3, dilation=2, padding=2)
+        self.up = nn.ConvTranspose1d(4, 2, 4, stride=2, padding=1)
+
+    def forward(self, x):
+        h = self.down(x)
+        y = self.up(torch.tanh(self.mid(h) + h))
+        return y * torch.sigmoid(y)

@@ -4,6 +4,8 @@ with the offline forward of what it was fed since its last reset (the independen
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -30,10 +32,12 @@ def random_lengths(total: int, generator: torch.Generator, longest: int = 9) -> 
 
 
 def check_streaming(model: torch.nn.Module, x: torch.Tensor, *, seed: int = 0, allow_lookahead: bool = False,
-                    resets: bool = True, atol: float = 1e-5, longest: int = 9, shortest: int = 12) -> Streamer:
+                    resets: bool = True, atol: float = 1e-5, longest: int = 9, shortest: int = 12,
+                    make: Callable[..., Any] = Streamer) -> Any:
     """Stream ``x`` (``(B, ..., T)``) through ``model`` in random chunks, resetting random streams
     now and then (every sequence at least ``shortest`` samples long), and check each stream
-    against the offline forward of its sequences.
+    against the offline forward of its sequences. ``make(model, batch, allow_lookahead=...)``
+    builds the streamer (a :class:`Streamer` or a :class:`~atrous.streaming.FusedStreamer`).
 
     A stream reset after ``p`` input samples starts a new sequence whose outputs begin at output
     position ``p * rate``. Each finished sequence must match the offline forward on all outputs
@@ -45,16 +49,16 @@ def check_streaming(model: torch.nn.Module, x: torch.Tensor, *, seed: int = 0, a
     """
     generator = torch.Generator().manual_seed(seed)
     batch, total = x.shape[0], x.shape[-1]
-    streamer = Streamer(model, batch, allow_lookahead=allow_lookahead)
+    streamer = make(model, batch, allow_lookahead=allow_lookahead)
     starts = [[0] for _ in range(batch)]
     outs, t = [], 0
     for length in random_lengths(total, generator, longest):
         outs.append(streamer.step(x[..., t : t + length]))
         t += length
-        period = streamer.graph.timing.period
+        graph = getattr(streamer, "graph", None)
         last = max(begins[-1] for begins in starts)
-        if (resets and streamer.graph.timing.lead is None and t - last >= shortest and total - t >= shortest
-                and t % period == 0
+        if (resets and (graph is None or graph.timing.lead is None) and t - last >= shortest and total - t >= shortest
+                and t % streamer.period == 0
                 and torch.rand(1, generator=generator) < 0.2):
             rows = [i for i in range(batch) if torch.rand(1, generator=generator) < 0.5] or [0]
             streamer.reset(rows)

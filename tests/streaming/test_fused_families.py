@@ -3,43 +3,31 @@ lowering of the traced graph (atrous/streaming/lowering.py): those it expresses 
 FusedStreamer (both backends) like their offline forward with random chunking and resets of
 single streams; the others are refused naming the node, and sampling falls back to Streamer."""
 
+from fractions import Fraction
+
 import pytest
 import torch
 import torch.nn.functional as F
-from stream_checks import random_lengths
-from fused_models import gated_concat, locuslab_tcn, norm_glu
-from test_families import SkipTCN, TasNet, codec
+from stream_checks import check_streaming
+from fused_models import StridedLookahead, gated_concat, locuslab_tcn, norm_glu
+from test_families import SameTCN, SkipTCN, TasNet, codec
 from torch import nn
 
 from atrous.ops.layers import CausalConv1d
-from atrous.streaming import FusedStreamer, sample_autoregressive
+from atrous.streaming import FusedStreamer, Streamer, sample_autoregressive
 from atrous.streaming.program import lower
 
 
-def check_fused(model: nn.Module, x: torch.Tensor, backend: str, *, seed: int = 0) -> FusedStreamer:
+def check_fused(model: nn.Module, x: torch.Tensor, backend: str, *, seed: int = 0, allow_lookahead: bool = False,
+                longest: int = 9) -> FusedStreamer:
     """Stream ``x`` in random chunks, resetting random streams now and then; compare every sequence
-    of every stream with the offline forward of what it was fed since its last reset."""
-    generator = torch.Generator().manual_seed(seed)
-    batch, total = x.shape[0], x.shape[-1]
-    streamer = FusedStreamer(model, batch, backend=backend)
-    starts = [[0] for _ in range(batch)]
-    outs, t = [], 0
-    for length in random_lengths(total, generator):
-        outs.append(streamer.step(x[..., t : t + length]))
-        t += length
-        if 8 <= t - max(s[-1] for s in starts) and total - t >= 8 and torch.rand(1, generator=generator) < 0.3:
-            rows = [i for i in range(batch) if torch.rand(1, generator=generator) < 0.5] or [0]
-            streamer.reset(rows)
-            for i in rows:
-                starts[i].append(t)
-    got = torch.cat(outs, dim=-1)
-    with torch.no_grad():
-        for i in range(batch):
-            bounds = starts[i] + [total]
-            for begin, end in zip(bounds, bounds[1:]):
-                torch.testing.assert_close(got[i : i + 1, :, begin:end], model(x[i : i + 1, :, begin:end]),
-                                           atol=1e-5, rtol=0, msg=lambda m, i=i, b=begin: f"stream {i} from {b}: {m}")
-    return streamer
+    of every stream with the offline forward of what it was fed since its last reset (the last one
+    completed by ``flush``)."""
+    def make(model, batch, allow_lookahead):
+        return FusedStreamer(model, batch, backend=backend, allow_lookahead=allow_lookahead)
+
+    return check_streaming(model, x, seed=seed, allow_lookahead=allow_lookahead, longest=longest, shortest=8,
+                           make=make)
 
 
 def pytorch_tcn(**options) -> nn.Module:
@@ -77,13 +65,65 @@ def test_the_locuslab_program_folds_chomps_and_weight_norm():
     assert [context for context, _ in program.rings] == [2, 2, 4, 4, 8, 8]  # padded and chomped: causal rings
 
 
+# strided, transposed and lookahead windows: the ops run on clocks of their own ---------------------
+MULTIRATE = {  # name: (build, input channels, length, lookahead, (rate, fused delay))
+    "codec-encoder": (lambda: codec()[0], 1, 96, False, (Fraction(1, 6), 0)),
+    "codec-decoder": (lambda: codec()[1], 3, 16, False, (6, 0)),
+    "codec": (codec, 1, 96, False, (1, 5)),  # the decoder's frames come out one sample per tick
+    "conv-tasnet": (lambda: TasNet().eval(), 1, 60, True, (1, 3)),
+    "same-padded-tcn": (lambda: SameTCN().eval(), 3, 50, True, (1, 9)),
+    "strided-lookahead": (lambda: StridedLookahead().eval(), 2, 48, True, (1, None)),
+}
+
+
+@pytest.mark.parametrize("name", list(MULTIRATE))
+def test_strided_upsampling_and_lookahead_models_stream_fused_like_offline(backend, name):
+    build, channels, length, lookahead, (rate, delay) = MULTIRATE[name]
+    model = build()
+    x = torch.randn(3, channels, length, generator=torch.Generator().manual_seed(2))
+    streamer = check_fused(model, x, backend, allow_lookahead=lookahead, longest=13)
+    reference = Streamer(model, 1, allow_lookahead=lookahead)
+    assert streamer.rate == reference.rate == rate and streamer.period == reference.period
+    assert streamer.delay >= reference.delay  # the fused step never emits an output earlier
+    if delay is not None:
+        assert streamer.delay == delay
+
+
+def test_fused_outputs_come_delay_late_and_flush_gives_the_rest(backend):
+    torch.manual_seed(0)
+    model, x = SameTCN().eval(), torch.randn(2, 3, 40)
+    with pytest.raises(ValueError, match=r"layer 'convs\.0' \(Conv1d\) needs 1 later sample.*allow_lookahead=True"):
+        FusedStreamer(model, 2, backend=backend)
+    streamer = FusedStreamer(model, 2, backend=backend, allow_lookahead=True)
+    expected = model(x).detach()
+    for t in range(40):  # one sample a step: the output of step t is the offline output at t - delay
+        out = streamer.step(x[:, :, t : t + 1])
+        assert out.shape[2] == (t >= streamer.delay)
+        if out.shape[2]:
+            torch.testing.assert_close(out[:, :, 0], expected[:, :, t - streamer.delay], atol=1e-5, rtol=0)
+    torch.testing.assert_close(streamer.flush(), expected[:, :, 40 - streamer.delay :], atol=1e-5, rtol=0)
+    assert streamer.samples_seen == 0
+    with pytest.raises(ValueError, match="nothing to flush"):
+        streamer.flush()
+
+
+def test_single_streams_of_a_strided_model_restart_only_on_a_frame(backend):
+    streamer = FusedStreamer(codec()[0], 2, backend=backend)
+    streamer.step(torch.randn(2, 1, 4))
+    with pytest.raises(ValueError, match=r"multiple of 6 samples"):
+        streamer.reset([1])
+    streamer.reset()  # all streams: always possible
+    assert streamer.samples_seen == 0
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda: nn.Sequential(CausalConv1d(2, 2, 2), nn.ELU(alpha=0.5)), r"layer '1' \(ELU\): only alpha=1"),
-    (codec, r"layer '0\.5\.conv' \(ParametrizedConv1d\): it changes the sample rate"),
+    (lambda: nn.Sequential(nn.Conv1d(2, 2, 1), nn.AvgPool1d(2)), r"layer '1' \(AvgPool1d\): a avg pool window"),
     (lambda: TasNet().eval(), r"layer 'decoder' \(ConvTranspose1d\) needs 1 later sample"),
     (lambda: SkipTCN().eval(), r"takes one \(B, C, T\) input"),
 ])
 def test_what_the_fused_step_cannot_express_is_refused_by_node(build, message):
+    """Pooling has no fused op; lookahead needs allow_lookahead; several inputs need Streamer."""
     with pytest.raises(ValueError, match=rf"cannot fuse.*{message}.*"):
         lower(build())
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from fused_models import norm_glu
+from fused_models import StridedLookahead, norm_glu
 
 from atrous.models import create
 from atrous.streaming import opset
@@ -101,8 +101,8 @@ def random_case(code: OpCode, arg: int, generator: torch.Generator):
 
     src, init, bias = rand(batch, width), rand(batch, out_width), rand(out_width)
     n = {name: tensor.double().numpy() for name, tensor in (("src", src), ("init", init), ("bias", bias))}
-    if code in (OpCode.LINEAR, OpCode.CONV):
-        past = [rand(batch, width) for _ in range(k - 1)] if code == OpCode.CONV else []
+    if code in (OpCode.LINEAR, OpCode.CONV, OpCode.TAPS):  # TAPS: its newest tap comes in as src
+        past = [rand(batch, width) for _ in range(k - 1)] if code != OpCode.LINEAR else []
         weight = rand((len(past) + 1) * width, out_width)
         lhs = np.concatenate([t.double().numpy() for t in (*past, src)], axis=1)
         expected = lhs @ weight.double().numpy() + n["bias"] + n["init"]
@@ -114,6 +114,11 @@ def random_case(code: OpCode, arg: int, generator: torch.Generator):
     if code == OpCode.ADD:
         src = rand(batch, out_width)
         return Operands(src=src, init=init), src.double().numpy() + n["init"]
+    if code == OpCode.MUL:
+        src = rand(batch, out_width)
+        return Operands(src=src, init=init), src.double().numpy() * n["init"]
+    if code in (OpCode.PUSH, OpCode.READ):  # the sample written to (read from) a ring, as it is
+        return Operands(src=src), n["src"]
     if code == OpCode.EMBED:
         table = rand(7, out_width)
         ids = [torch.randint(0, 7, (batch,), generator=generator) for _ in IdSource]
@@ -145,7 +150,8 @@ def test_each_op_computes_its_numpy_reference_in_both_forms(code, arg):
     out = torch.full_like(got, math.nan)  # the in-place form must write every element
     spec.writer()(operands, out)
     torch.testing.assert_close(out, got, atol=1e-6, rtol=1e-6)
-    operands.blocks = operands.weight.split(operands.src.shape[1]) if code in (OpCode.LINEAR, OpCode.CONV) else ()
+    operands.blocks = operands.weight.split(operands.src.shape[1]) if code in (
+        OpCode.LINEAR, OpCode.CONV, OpCode.TAPS) else ()
     spec.writer()(operands, out.fill_(math.nan))  # blocks given by the executor, as it does
     torch.testing.assert_close(out, got, atol=1e-6, rtol=1e-6)
 
@@ -187,7 +193,8 @@ def test_the_table_holds_each_op_field_in_its_column():
     model = create("wavenet", classes=8, blocks=1, layers=2, residual_channels=3, gate_channels=4, skip_channels=2,
                    global_classes=2, local_channels=2).eval()
     tcn = create("tcn", in_channels=2, out_channels=2, hidden=3, levels=2, kernel_size=2).eval()  # an ADD
-    programs = [lower(model), lower(tcn), lower(norm_glu())]  # PRELU, GLU, LAYER_NORM
+    # PRELU, GLU, LAYER_NORM; PUSH, TAPS, READ and MUL with clocks and lags
+    programs = [lower(model), lower(tcn), lower(norm_glu()), lower(StridedLookahead().eval(), allow_lookahead=True)]
     assert {op.code for program in programs for op in program.ops} == set(OpCode)
     ops = [op for program in programs for op in program.ops]
     table = op_table(ops)
@@ -204,8 +211,10 @@ def test_the_table_holds_each_op_field_in_its_column():
         decoded = Op(row[Field.CODE], span(row[Field.SRC], row[Field.SRC_WIDTH]),
                      span(row[Field.DST], row[Field.DST_WIDTH]), init=init, weight=index(row[Field.WEIGHT]),
                      bias=index(row[Field.BIAS]), ring=index(row[Field.RING]), kernel_size=row[Field.KERNEL_SIZE],
-                     dilation=row[Field.DILATION], arg=row[Field.ARG])
+                     dilation=row[Field.DILATION], arg=row[Field.ARG], start=row[Field.START],
+                     period=row[Field.PERIOD], lag=row[Field.LAG])
         assert decoded == op
+    assert {(op.period, op.lag > 0) for op in ops} >= {(1, False), (2, False), (2, True)}
 
 
 def test_op_table_of_no_ops_has_the_row_width():

@@ -176,7 +176,7 @@ def test_the_program_holds_copies_of_the_resolved_weights():
     (nn.Sequential(CausalConv1d(2, 2, 2), nn.BatchNorm1d(2, track_running_stats=False)),
      r"'1' \(BatchNorm1d\).*running statistics"),
     (nn.Sequential(CausalConv1d(2, 3, 2), nn.Conv1d(2, 2, 1)), r"'1' \(Conv1d\).*expected input.*to have 2 channels"),
-    (nn.Sequential(CausalConv1d(2, 2, 2, stride=2)), r"'0' \(CausalConv1d\).*changes the sample rate.*Streamer"),
+    (nn.Sequential(CausalConv1d(2, 2, 2), nn.MaxPool1d(2)), r"'1' \(MaxPool1d\).*max pool window has no fused op.*Streamer"),
     (nn.Sequential(nn.ReLU()), r"cannot fuse Sequential: the fused step takes one \(B, C, T\) input"),
     (nn.Sequential(CausalConv1d(2, 4, 2), nn.Softplus()), r"layer '1' \(Softplus\): no fused op for Softplus"),
     (nn.Sequential(nn.Conv1d(2, 2, 3, padding=1)), r"'0' \(Conv1d\) needs 1 later sample"),
