@@ -37,6 +37,7 @@ from torch import nn
 
 from atrous.streaming.graph import Node, StreamGraph
 from atrous.streaming.opset import OpCode, Span
+from atrous.streaming.timing import counts
 
 Clock = tuple[int, int]  # (start, period) in ticks
 
@@ -220,3 +221,30 @@ class ClockedLowering:
     def output_clock(self, index: int) -> Clock:
         clock = self.clocks[index]
         return clock if clock is not None else (0, 1)
+
+
+def fused_delay(program) -> int:
+    """Outputs a fused step holds back at most: those the offline forward has after ``A`` input
+    samples but whose ticks come later (lookahead, frames and upsampled samples spread out)."""
+    graph = program.graph
+    if graph is None:
+        return 0
+    period, far = graph.timing.period, 1 << 40
+    delay = 0
+    for samples in range(far * period, far * period + period):
+        end = counts(graph, samples)[graph.output][1]
+        delay = max(delay, end - emitted(program.out_clock, samples * program.ticks))
+    return delay
+
+
+def stream_ends(graph, samples: int, starts: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Per timed node, ``(B,)``: the index of each stream's first sample past its end after
+    ``samples`` inputs, its sequence having begun at input ``starts[b]`` (a multiple of the period)."""
+    lengths = (samples - starts).tolist()
+    table = {length: counts(graph, length) for length in set(lengths)}
+    ends = {}
+    for index, node in enumerate(graph.nodes):
+        if node.timed:
+            ends[index] = torch.tensor([int(begin * node.rate) + table[length][index][1]
+                                        for begin, length in zip(starts.tolist(), lengths)])
+    return ends

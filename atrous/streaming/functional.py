@@ -1,5 +1,15 @@
 """The streaming step as a pure function of explicit state: ``(x_t, *states) -> (y_t, *new_states)``.
 
+A model at one sample rate without lookahead (every op on every tick) steps one input sample
+per call. Any other program (strided or upsampling layers, lookahead: ops on clocks of their
+own, :mod:`atrous.streaming.clocked`) steps one *block* per call, the input samples after which
+every clock's pattern repeats (:attr:`StreamingStep.block`): ``x`` ``(B, C_in, block)`` ->
+``y`` ``(B, C_out, outputs_per_block)``, with two more states: ``work`` (the values kept from
+one tick to the next, ``(B, width)``) and ``time`` (``(B,)`` int64, blocks since the stream
+began, which switches each op on when its clock starts). The first :attr:`StreamingStep.leading`
+outputs of a stream come before its first output sample and are dropped; the last
+:attr:`StreamingStep.delay` outputs wait for input that comes after the end.
+
 :class:`StreamingStep` runs one time step of a lowered model
 (:func:`~atrous.streaming.program.lower`) with every causal convolution's past passed in and
 returned as a tensor, so the step can be traced, exported to ONNX
@@ -16,7 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from atrous.streaming.opset import OPS, IdSource, Operands, Span
+from atrous.streaming.clocked import fused_delay
+from atrous.streaming.opset import OPS, IdSource, OpCode, Operands, Span
 from atrous.streaming.program import Program, lower
 
 
@@ -37,24 +48,44 @@ class StreamingStep(nn.Module):
         ``states[i]``: ``(B, C_i, (k_i - 1) d_i)`` -> ``y``: ``(B, C_out)``, new states alike.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, allow_lookahead: bool = False) -> None:
         super().__init__()
-        self.program: Program = lower(model)
-        for i, weight in enumerate(self.program.weights):
+        program = lower(model, allow_lookahead=allow_lookahead)
+        self.program: Program = program
+        for i, weight in enumerate(program.weights):
             self.register_buffer(f"weight_{i}", weight, persistent=False)
+        self.clocked = program.ticks != 1 or program.out_clock != (0, 1) or any(
+            (op.start, op.period) != (0, 1) for op in program.ops)
+        timing = None if program.graph is None else program.graph.timing
+        self.block = 1 if timing is None or not self.clocked else timing.period
+        out_start, out_period = program.out_clock
+        self.outputs_per_block = self.block * program.ticks // out_period
+        self.leading = out_start // out_period if self.clocked else 0
+        self.delay = fused_delay(program)
+
+    @property
+    def state_names(self) -> list[str]:
+        """Names of the state inputs: ``state_0``, ... (and ``work``, ``time`` for a clocked program)."""
+        names = [f"state_{i}" for i in range(len(self.program.rings))]
+        return names + ["work", "time"] * self.clocked
 
     @property
     def input_names(self) -> list[str]:
-        """Names of the forward's inputs: ``x``, the conditioning present, ``state_0``, ..."""
+        """Names of the forward's inputs: ``x``, the conditioning present, then :attr:`state_names`."""
         program = self.program
         names = ["x"] + ["global_condition"] * bool(program.global_classes) + ["local_condition"] * bool(program.local)
-        return names + [f"state_{i}" for i in range(len(program.rings))]
+        return names + self.state_names
 
     def initial_states(self, batch_size: int) -> list[torch.Tensor]:
         """Zero states for ``batch_size`` new streams."""
-        return [torch.zeros(batch_size, channels, context) for context, channels in self.program.rings]
+        states = [torch.zeros(batch_size, channels, length) for length, channels in self.program.rings]
+        if self.clocked:
+            states += [torch.zeros(batch_size, self.program.width), torch.zeros(batch_size, dtype=torch.long)]
+        return states
 
     def forward(self, x: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.clocked:
+            return self._block(x, *inputs)
         program = self.program
         expected = len(self.input_names) - 1
         if len(inputs) != expected:
@@ -65,15 +96,7 @@ class StreamingStep(nn.Module):
         local = inputs.pop(0) if program.local is not None else None
         states, weights = inputs, [getattr(self, f"weight_{i}") for i in range(len(program.weights))]
         values: list[tuple[Span, torch.Tensor]] = []  # (span, tensor (B, span.width)) written so far
-
-        def read(span: Span) -> torch.Tensor:
-            pieces, position, end = [], span.offset, span.offset + span.width
-            while position < end:  # newest value covering `position` (the workspace is written in order)
-                owner, tensor = next((s, t) for s, t in reversed(values) if s.offset <= position < s.offset + s.width)
-                stop = min(end, owner.offset + owner.width)
-                pieces.append(tensor[:, position - owner.offset : stop - owner.offset])
-                position = stop
-            return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        read = _reader(values)
 
         if program.input is not None:
             values.append((program.input, x))
@@ -96,3 +119,71 @@ class StreamingStep(nn.Module):
             ))
             values.append((op.dst, out))
         return (read(program.output), *new_states)
+
+    def _block(self, x: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One block of a clocked program: every tick unrolled, each op gated by its clock."""
+        program = self.program
+        if len(states) != len(self.state_names):
+            raise ValueError(f"expected {len(self.state_names)} tensors after x ({', '.join(self.state_names)}), "
+                             f"got {len(states)}")
+        *rings, work, time = states
+        rings = list(rings)
+        weights = [getattr(self, f"weight_{i}") for i in range(len(program.weights))]
+        values: list[tuple[Span, torch.Tensor]] = [(Span(0, program.width), work)]
+        read = _reader(values)
+        per_block = self.block * program.ticks
+        out_start, out_period = program.out_clock
+        outs = []
+        for tick in range(per_block):
+            if tick % program.ticks == 0:
+                values.append((program.input, x[:, :, tick // program.ticks]))
+            for op in program.ops:
+                if (tick - op.start) % op.period:
+                    continue
+                first_block = -(-(op.start - tick) // per_block) if op.start > tick else 0  # its clock starts then
+                on = None if first_block == 0 else (time >= first_block)
+                self._run_op(op, read, values, rings, weights, on)
+            if (tick - out_start) % out_period == 0:
+                outs.append(read(program.output))
+        return (torch.stack(outs, dim=2), *rings, read(Span(0, program.width)), time + 1)
+
+    def _run_op(self, op, read, values, rings, weights, on: torch.Tensor | None) -> None:
+        """Op ``op`` at one tick on the explicit rings (oldest sample first); only where ``on``."""
+        def gated(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+            return new if on is None else torch.where(on.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+        src = None if op.src is None else read(op.src)
+        past = ()
+        if op.code in (OpCode.CONV, OpCode.PUSH):  # a shift register: the new sample goes in last
+            ring = rings[op.ring]
+            if op.code == OpCode.CONV:
+                length = ring.shape[2]
+                past = [ring[:, :, length - m * op.dilation] for m in range(op.kernel_size - 1, 0, -1)]
+            rings[op.ring] = gated(torch.cat([ring[:, :, 1:], src.unsqueeze(2)], dim=2), ring)
+            if op.code == OpCode.PUSH:
+                return
+        elif op.code in (OpCode.TAPS, OpCode.READ):
+            ring = rings[op.ring]
+            newest = ring.shape[2] - 1 - op.lag
+            taps = [ring[:, :, newest - m * op.dilation] for m in range(op.kernel_size - 1, -1, -1)]
+            past, src = taps[:-1], taps[-1]
+        out = OPS[op.code].evaluate(Operands(
+            src=src, past=past, init=None if op.init is None else read(op.init),
+            weight=None if op.weight is None else weights[op.weight],
+            bias=None if op.bias is None else weights[op.bias], arg=op.arg,
+        ))
+        values.append((op.dst, gated(out, read(op.dst))))
+
+
+def _reader(values: list[tuple[Span, torch.Tensor]]):
+    """``read(span)``: the newest values written to the columns of ``span``, ``(B, span.width)``."""
+    def read(span: Span) -> torch.Tensor:
+        pieces, position, end = [], span.offset, span.offset + span.width
+        while position < end:  # newest value covering `position` (the workspace is written in order)
+            owner, tensor = next((s, t) for s, t in reversed(values) if s.offset <= position < s.offset + s.width)
+            stop = min(end, owner.offset + owner.width)
+            pieces.append(tensor[:, position - owner.offset : stop - owner.offset])
+            position = stop
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+    return read

@@ -1,19 +1,26 @@
-"""Fused streaming: one call per step for any causal model whose graph lowers to the fused ops.
+"""Fused streaming: one call per step for any model whose graph lowers to the fused ops.
 
 :class:`~atrous.streaming.Streamer` runs the model's own forward on one sample, which costs a
 few microseconds of PyTorch dispatch per operator: about 300 operators per WaveNet sample, so
 the default WaveNet streams a few hundred samples per second although a sample needs only
 1.5 MFLOP. :class:`FusedStreamer` lowers the model's traced graph once
-(:func:`~atrous.streaming.program.lower`: causal convolutions at stride 1, 1x1 convolutions and
-``Linear`` over channels, activations, gates, sums, concatenation and slicing along channels,
-eval-mode batch norm; WaveNet with class ids and conditioning)
-and runs each step as a single C++ call (``fused_step.cpp``, compiled on first use with the
+(:func:`~atrous.streaming.program.lower`: convolutions at any stride and dilation, transposed
+convolutions, bounded lookahead, 1x1 convolutions and ``Linear`` over channels, activations,
+gates and products, sums, concatenation and slicing along channels, norms over channels,
+eval-mode batch norm; WaveNet with class ids and conditioning) and runs each step as a single
+C++ call (``fused_step.cpp``, compiled on first use with the
 system compiler in about a second and cached): per layer a matrix-vector
 product over the stacked taps, the gate and the 1x1 convolutions, reading each causal
 convolution's past from a preallocated ring buffer, the queues of Paine et al. (2016), "Fast
 WaveNet generation algorithm". The batch is split across ``torch.get_num_threads()`` threads.
 Without a compiler the same program runs as PyTorch ops on preallocated buffers
 (``backend="torch"``). Building and caching the library: :mod:`atrous.streaming.kernel_cache`.
+
+Every op runs on a clock of its own (:mod:`atrous.streaming.clocked`): a strided layer once per
+frame, each phase of an upsampling layer at its own tick. Outputs come out as their ticks come,
+which after upsampling can be later than :class:`~atrous.streaming.Streamer` emits a frame's
+samples at once; :attr:`FusedStreamer.delay` counts the outputs held back, :meth:`flush` gives
+them at the end of the streams.
 
 The state (ring buffers) lives in the streamer, not in the model's ``state_dict``; weights are
 copied when the streamer is built, so rebuild it after changing the model.
@@ -30,12 +37,11 @@ from torch import nn
 
 from atrous._checks import check_bool
 from atrous.streaming.base import StreamerBase
-from atrous.streaming.clocked import emitted
+from atrous.streaming.clocked import emitted, fused_delay, stream_ends
 from atrous.streaming.executor import TorchExecutor
 from atrous.streaming.kernel_cache import load_kernel
 from atrous.streaming.opset import CallSlot, ConfigSlot, Status, op_table
 from atrous.streaming.program import lower
-from atrous.streaming.timing import counts
 
 BACKENDS = ("auto", "cpp", "torch")
 
@@ -80,24 +86,34 @@ def _resolve_backend(backend: str) -> str:
 
 
 class FusedStreamer(StreamerBase):
-    """Stream a causal model with one fused call per step.
+    """Stream a model with one fused call per step.
 
     Same use as :class:`~atrous.streaming.Streamer`: the outputs of :meth:`step` concatenated
-    over any chunking equal the offline forward (within float rounding, ~1e-6).
+    over any chunking, then those of :meth:`flush`, equal the offline forward (within float
+    rounding, ~1e-6).
 
     Args:
         model: a WaveNet (class-id input), or a model with one ``(B, C, T)`` input whose traced
-            graph lowers to the fused ops (see :mod:`atrous.streaming.lowering`: WaveNet, TCN,
-            locuslab- and pytorch-tcn-style TCNs, gated stacks), float32 on the CPU, in eval
-            mode. Its weights are copied when the streamer is built.
+            graph lowers to the fused ops (see :mod:`atrous.streaming.lowering`: WaveNet, TCNs,
+            gated stacks, Conv-TasNet-style separators, codec encoders and decoders), float32 on
+            the CPU, in eval mode. Its weights are copied when the streamer is built.
         batch_size: number of independent streams.
         backend: ``"cpp"`` (the compiled step), ``"torch"`` (PyTorch ops) or ``"auto"`` (C++
             when it can be built, else PyTorch ops with a warning).
+        allow_lookahead: stream a model that looks ahead (a "same"-padded or non-causal
+            convolution) with its outputs :attr:`delay` samples late, instead of refusing it.
+
+    Attributes:
+        delay: outputs held back at most (0 for a causal model at one rate); :meth:`flush`
+            returns them.
+        rate: output samples per input sample.
+        period: input samples after which every layer's frames line up again; single streams
+            restart only at multiples of it.
 
     Raises:
-        ValueError: a node that cannot be fused (named; strided, transposed or non-causal
-            windows, pooling, norms over time...: use :class:`~atrous.streaming.Streamer`),
-            or a bad ``batch_size``/``backend``.
+        ValueError: a node that cannot be fused (named; pooling, norms over time, modules that
+            cannot be traced...: use :class:`~atrous.streaming.Streamer`), a model that looks
+            ahead without ``allow_lookahead``, or a bad ``batch_size``/``backend``.
         RuntimeError: ``backend="cpp"`` and the C++ step cannot be built (the message says why).
 
     Example:
@@ -307,29 +323,3 @@ class FusedStreamer(StreamerBase):
         self._pending.sort(key=lambda item: item[0])
         self._starts[rows] = self.samples_seen
 
-
-def fused_delay(program) -> int:
-    """Outputs a fused step holds back at most: those the offline forward has after ``A`` input
-    samples but whose ticks come later (lookahead, frames and upsampled samples spread out)."""
-    graph = program.graph
-    if graph is None:
-        return 0
-    period, far = graph.timing.period, 1 << 40
-    delay = 0
-    for samples in range(far * period, far * period + period):
-        end = counts(graph, samples)[graph.output][1]
-        delay = max(delay, end - emitted(program.out_clock, samples * program.ticks))
-    return delay
-
-
-def stream_ends(graph, samples: int, starts: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Per timed node, ``(B,)``: the index of each stream's first sample past its end after
-    ``samples`` inputs, its sequence having begun at input ``starts[b]`` (a multiple of the period)."""
-    lengths = (samples - starts).tolist()
-    table = {length: counts(graph, length) for length in set(lengths)}
-    ends = {}
-    for index, node in enumerate(graph.nodes):
-        if node.timed:
-            ends[index] = torch.tensor([int(begin * node.rate) + table[length][index][1]
-                                        for begin, length in zip(starts.tolist(), lengths)])
-    return ends

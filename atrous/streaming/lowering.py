@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atrous.streaming.clocked import ClockedLowering, ticks_per_input
-from atrous.streaming.graph import Geometry, Kind, Node, Ref, StreamGraph
+from atrous.streaming.graph import Kind, Node, Ref, StreamGraph
 from atrous.streaming.opset import ACTIVATIONS, ActKind, Op, OpCode, Span
 
 _ACTIVATION_OF_MODULE = {activation.module: kind for kind, activation in ACTIVATIONS.items()}

@@ -11,10 +11,12 @@ from torch import nn
 
 from atrous.models import create
 from atrous.ops.layers import CausalConv1d
+from atrous.streaming import FusedStreamer
 from atrous.streaming.functional import StreamingStep
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "streaming"))  # the shared model builders
 from fused_models import gated_concat, locuslab_tcn, norm_glu  # noqa: E402
+from test_fused_families import MULTIRATE  # noqa: E402
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -29,9 +31,9 @@ def stream_onnx(path, feeds_per_step: list[dict], states: dict) -> np.ndarray:
     outs = []
     for feeds in feeds_per_step:
         y, *new_states = session.run(None, {**feeds, **states})
-        states = {f"state_{i}": state for i, state in enumerate(new_states)}
+        states = dict(zip(states, new_states))  # the outputs follow the state inputs' order
         outs.append(y)
-    return np.stack(outs, axis=2)  # (B, C_out, T)
+    return np.stack(outs, axis=2) if outs[0].ndim == 2 else np.concatenate(outs, axis=2)  # (B, C_out, T)
 
 
 def test_wavenet_with_conditioning_streams_500_steps_through_onnxruntime(tmp_path):
@@ -79,6 +81,26 @@ def test_any_fusable_graph_streams_through_onnxruntime(tmp_path, build, channels
         expected = model(x).numpy()
     got = stream_onnx(result.path, [{"x": x[:, :, t].numpy()} for t in range(200)], result.initial_states(3))
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+@pytest.mark.parametrize("name", ["codec", "conv-tasnet", "strided-lookahead"])
+def test_strided_upsampling_and_lookahead_graphs_stream_through_onnxruntime(tmp_path, name):
+    """A codec (strided convs down, transposed convs up), a Conv-TasNet-style separator and a
+    strided model with lookahead, a delay line and a product: one block of input a call."""
+    build, channels, length, lookahead, _ = MULTIRATE[name]
+    model = build()
+    result = export_streaming_onnx(model, tmp_path / "step.onnx", optimize=False, allow_lookahead=lookahead)
+    assert result.input_names[-2:] == ("work", "time") and result.output_names[-2:] == ("new_work", "new_time")
+    x = torch.randn(2, channels, length, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    block = result.block
+    feeds = [{"x": x[:, :, t : t + block].numpy()} for t in range(0, length, block)]
+    got = stream_onnx(result.path, feeds, result.initial_states(2))[:, :, result.leading :]
+    assert expected.shape[2] - result.delay <= got.shape[2] <= expected.shape[2]  # all but the held-back ones
+    assert result.delay == FusedStreamer(model, 1, allow_lookahead=lookahead).delay
+    np.testing.assert_allclose(got, expected[:, :, : got.shape[2]], atol=1e-4, rtol=0)
 
 
 def test_functional_step_matches_offline_and_rejects_bad_arguments(tmp_path):

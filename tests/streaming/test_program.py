@@ -59,6 +59,8 @@ def interpret(program: Program, x: torch.Tensor, *, global_ids: torch.Tensor | N
             out = np.tanh(pre[:, : op.dst.width]) * sigmoid(pre[:, op.dst.width :])
         elif op.code == OpCode.ADD:
             out = read(op.src) + read(op.init)
+        elif op.code == OpCode.MUL:
+            out = read(op.src) * read(op.init)
         elif op.code == OpCode.PRELU:
             pre = read(op.src)
             out = np.where(pre > 0, pre, pre * weights[op.weight][None, :, None])
@@ -76,7 +78,7 @@ def interpret(program: Program, x: torch.Tensor, *, global_ids: torch.Tensor | N
                 out = table[x.numpy()].transpose(0, 2, 1)  # (B, T) ids -> (B, N, T)
             else:
                 out = np.repeat(table[global_ids.numpy()][:, :, None], length, axis=2)
-        else:
+        else:  # PUSH, TAPS, READ run on clocks: test_fused_families checks them against the offline forward
             raise AssertionError(f"the interpreter does not know {op.code!r}: add it with the op")
         work[:, op.dst.offset : op.dst.offset + op.dst.width] = out
     return read(program.output)
@@ -185,3 +187,20 @@ def test_the_program_holds_copies_of_the_resolved_weights():
 def test_what_cannot_be_lowered_is_named(model, message):
     with pytest.raises(ValueError, match=message):
         lower(model.eval())
+
+
+def test_a_product_of_two_signals_is_one_mul():
+    class Masked(nn.Module):  # a mask times a signal, as a separator applies it
+        def __init__(self):
+            super().__init__()
+            self.signal, self.mask = CausalConv1d(2, 3, 2, dilation=2), nn.Conv1d(2, 3, 1)
+
+        def forward(self, x):
+            return self.signal(x) * torch.sigmoid(self.mask(x))
+
+    torch.manual_seed(0)
+    model, x = Masked().eval(), torch.randn(2, 2, 20)
+    program = lower(model)
+    assert [op.code for op in program.ops].count(OpCode.MUL) == 1
+    with torch.no_grad():
+        np.testing.assert_allclose(interpret(program, x), model(x).double().numpy(), atol=1e-5)
