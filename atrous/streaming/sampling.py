@@ -114,6 +114,10 @@ def _sample(model: nn.Module, steps: int, *, classes: int, batch_size: int, temp
             if fused:
                 raise
     streamer = streamer or Streamer(model, batch_size)
+    if (streamer.rate is not None and streamer.rate != 1) or streamer.delay:
+        raise ValueError(f"sampling feeds each output back in as the next input, so the model must give one output "
+                         f"per input sample at once; this one gives {streamer.rate} per input sample with a delay of "
+                         f"{streamer.delay}")
     current = torch.full((batch_size, 1), first, dtype=torch.long, device=device)
     out = torch.empty(batch_size, steps, dtype=torch.long, device=device)
     kwargs = {}

@@ -86,3 +86,9 @@ def test_the_number_of_classes_comes_from_the_model_or_the_argument():
     stack = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 1))
     with pytest.raises(ValueError, match=r"classes must be given for a Sequential.*in_channels"):
         sample_autoregressive(stack, 5)
+
+
+def test_a_model_that_changes_the_rate_cannot_be_sampled():
+    model = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 2, stride=2)).eval()  # one output per two inputs
+    with pytest.raises(ValueError, match=r"one output per input sample at once; this one gives 1/2"):
+        sample_autoregressive(model, 3, classes=4)
