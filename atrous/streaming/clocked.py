@@ -13,7 +13,7 @@ window's geometry (:class:`~atrous.streaming.graph.Geometry`: output ``m`` reads
   ``r = K - 1 - pad_left`` samples of lookahead its output lags its input by ``r`` samples
   (the values it computes before then are the left padding's, read by nothing);
 * stride ``s > 1``: a ``PUSH`` of every input sample into a ring, and ``TAPS`` at the output's
-  clock, one frame per ``s`` input samples;
+  clock, one frame per ``s`` input samples (``MAX`` for max pooling, at any stride);
 * a transposed convolution (stride ``s``): raw output ``o = n s + phase`` of input ``n`` is
   computed at tick ``start_in + o * period_out``, one ``TAPS`` per phase over the input's ring
   with the kernel taps ``j`` where ``j d = phase (mod s)``, so outputs come out one per output
@@ -35,11 +35,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from atrous.streaming.graph import Node, StreamGraph
+from atrous.streaming.graph import Kind, Node, StreamGraph
 from atrous.streaming.opset import OpCode, Span
 from atrous.streaming.timing import counts
 
 Clock = tuple[int, int]  # (start, period) in ticks
+
+
+def _excess(node: Node) -> int:
+    """Raw outputs of a window or transposed convolution that its input gives before the offline
+    forward would have them: the ones a crop at the end removes (beyond what the right padding
+    adds), and those a transposed kernel shorter than its stride leaves out after the last input."""
+    g, far = node.geometry, 1 << 40
+    raw = g.transposed_raw if node.kind is Kind.TRANSPOSED else g.window_raw
+    return max(0, *(raw(a, final=False) - (raw(a, final=True) - g.crop_right) for a in range(far, far + g.stride)))
 
 
 def ticks_per_input(graph: StreamGraph) -> int:
@@ -141,7 +150,10 @@ class ClockedLowering:
 
     # windows along time ------------------------------------------------------------------------
     def window_clocks(self, node: Node) -> tuple[Clock, Clock, int]:
-        """(input clock, output clock, lookahead r) of a window; refuses what cannot be clocked."""
+        """(input clock, output clock, hold) of a window: output ``m`` comes when its last input
+        sample does, ``hold`` frames later when the window crops that many outputs at the end that
+        its right padding does not make up for (they must not come out before the end is known);
+        refuses what cannot be clocked."""
         g, source = node.geometry, node.args[0].index
         clock = self.clocks[source]
         if clock is None:
@@ -152,22 +164,44 @@ class ClockedLowering:
             raise ValueError(f"cannot fuse {node.label}: it pads {g.pad_left} samples on the left, more than its "
                              f"extent {g.extent} needs")
         if g.pad_value != 0 and (g.pad_left > 0 or g.pad_right > 0):
-            raise ValueError(f"cannot fuse {node.label}: it pads with {g.pad_value}, not zeros")
-        out = (start + (lookahead + g.crop_left * g.stride) * period, g.stride * period)
-        return clock, out, lookahead
+            raise ValueError(f"cannot fuse {node.label}: it pads with {g.pad_value}, not zeros; "
+                             "atrous.streaming.Streamer streams it")
+        hold = _excess(node)
+        out = (start + (lookahead + (g.crop_left + hold) * g.stride) * period, g.stride * period)
+        return clock, out, hold
 
     def taps_window(self, node: Node, src: Span, weight: torch.Tensor, bias: torch.Tensor | None) -> Span:
-        """A strided window: its input pushed into a ring, a ``TAPS`` per frame. ``weight``: ``(out, in, k)``."""
+        """A window as ``TAPS`` over a ring of its input, once per frame. ``weight``: ``(out, in, k)``."""
         g = node.geometry
-        source_clock, out_clock, _ = self.window_clocks(node)
-        ring = self.ring_of(src, source_clock, g.extent)
+        source_clock, out_clock, hold = self.window_clocks(node)
+        ring = self.ring_of(src, source_clock, g.extent + hold * g.stride)
         program = self.program
         k = g.kernel_size
         matrix = weight.permute(2, 1, 0).reshape(k * src.width, -1)  # tap j (oldest first) in rows j*in..
         self.begin(self.node_index, out_clock)
         return self.emit(OpCode.TAPS, None, matrix.shape[1], weight=program.weight(matrix),
                          bias=None if bias is None else program.weight(bias), ring=ring, kernel_size=k,
-                         dilation=g.dilation, **self.clock_fields())
+                         dilation=g.dilation, lag=hold * g.stride, **self.clock_fields())
+
+    def max_window(self, node: Node, src: Span) -> Span:
+        """Max pooling: its input pushed into a ring, a ``MAX`` over the taps per output."""
+        g = node.geometry
+        source_clock, out_clock, hold = self.window_clocks(node)
+        ring = self.ring_of(src, source_clock, g.extent + hold * g.stride)
+        self.begin(self.node_index, out_clock)
+        return self.emit(OpCode.MAX, None, src.width, ring=ring, kernel_size=g.kernel_size, dilation=g.dilation,
+                         lag=hold * g.stride, **self.clock_fields())
+
+    def held_span(self, node: Node, src: Span) -> Span:
+        """A crop or decimation: the same span on the output's clock, read from a delay line when
+        it holds outputs back."""
+        source_clock, out_clock, hold = self.window_clocks(node)
+        self.begin(self.node_index, out_clock)
+        if not hold:
+            return src
+        lag = hold * node.geometry.stride
+        ring = self.ring_of(src, source_clock, lag + 1)
+        return self.emit(OpCode.READ, None, src.width, ring=ring, lag=lag, **self.clock_fields())
 
     def transposed(self, node: Node, src: Span) -> tuple[Span, Clock]:
         """A transposed convolution as ``stride`` phases over its input's ring; its span and clock."""
@@ -196,12 +230,15 @@ class ClockedLowering:
             rows = slice(group * in_per, (group + 1) * in_per)
             dense[rows, group * out_per : (group + 1) * out_per] = weight[rows]
         step, d = period // s, g.dilation
-        out_clock = (start + g.crop_left * step, step)
-        phases = []
+        hold = _excess(node)  # raw outputs past the end a shorter kernel or a crop leaves: held back
+        out_clock = (start + (g.crop_left + hold) * step, step)
+        phases = []  # raw output n s + phase comes at tick start + (n s + phase + hold) step
         for phase in range(s):
-            taps = sorted((((j * d - phase) // s), j) for j in range(k) if (j * d - phase) % s == 0)[::-1]
+            later = (phase + hold) // s  # inputs that have come since input n by then
+            taps = sorted((((j * d - phase) // s + later), j) for j in range(k) if (j * d - phase) % s == 0)[::-1]
             phases.append(taps)  # (lag, tap), oldest (largest lag) first
-        ring = self.ring_of(src, (start, period), 1 + max((taps[0][0] for taps in phases if taps), default=0))
+        ring = self.ring_of(src, (start, period), 1 + max((taps[0][0] for taps in phases if taps),
+                                                          default=(s - 1 + hold) // s))
         bias_index = None if bias is None else program.weight(bias.detach())
         dst = program.alloc(out_per * groups)
         self.begin(self.node_index, (start, period), out_clock)
@@ -214,7 +251,7 @@ class ClockedLowering:
                 matrix, lag, dilation = dense.new_zeros(in_channels, dense.shape[1]), 0, 1
             self.emit(OpCode.TAPS, None, dense.shape[1], dst=dst, weight=program.weight(matrix), bias=bias_index,
                       ring=ring, kernel_size=max(1, len(taps)), dilation=dilation, lag=lag,
-                      **self.clock_fields(start=start + phase * step, period=period))
+                      **self.clock_fields(start=start + (phase + hold) * step, period=period))
         self.written[dst] = -2  # several writers: nothing folds into it
         return dst, out_clock
 

@@ -74,7 +74,7 @@ class TorchExecutor:
         if weight is not None:
             x.blocks = weight.split(weight.shape[0] // k)
 
-        def from_ring(tick: int, n: int) -> None:  # TAPS and READ
+        def from_ring(tick: int, n: int) -> None:  # TAPS, MAX and READ
             newest = (tick - ring_start) // ring_period - op.lag
             taps = [slots[(newest - m * d) % size] for m in range(k - 1, -1, -1)]
             x.past, x.src = taps[:-1], taps[-1]

@@ -32,20 +32,30 @@ from atrous.streaming.program import Program, lower
 
 
 class StreamingStep(nn.Module):
-    """One step with explicit state, built from a causal model.
+    """One step (or block) with explicit state, built from a model the fused lowering takes.
 
     ``forward(x, [global_condition], [local_condition], *states) -> (y, *new_states)``: the
     conditioning inputs are present only when the model has them (a WaveNet with
-    ``global_classes`` / ``local_channels``).
+    ``global_classes`` / ``local_channels``); ``states`` are :attr:`state_names`.
 
     Args:
         model: a model that :func:`~atrous.streaming.program.lower` accepts (weights are
             copied).
+        allow_lookahead: take a model that looks ahead; its outputs come :attr:`leading` late.
+
+    Attributes:
+        block: input samples per call (1 for a program at one rate without lookahead).
+        outputs_per_block: output samples per call.
+        leading: outputs at a stream's start that precede its first output sample.
+        delay: outputs still held back after the last input (they need the right padding).
 
     Shape:
-        ``x``: ``(B, C_in)`` float, or ``(B,)`` int64 class ids for a WaveNet;
-        ``global_condition``: ``(B,)`` int64; ``local_condition``: ``(B, C_cond)``;
+        One sample a call: ``x``: ``(B, C_in)`` float, or ``(B,)`` int64 class ids for a
+        WaveNet; ``global_condition``: ``(B,)`` int64; ``local_condition``: ``(B, C_cond)``;
         ``states[i]``: ``(B, C_i, (k_i - 1) d_i)`` -> ``y``: ``(B, C_out)``, new states alike.
+        A block a call: ``x``: ``(B, C_in, block)``; ``states[i]``: ``(B, C_i, samples_i)`` (the
+        program's rings), ``work``: ``(B, width)``, ``time``: ``(B,)`` int64 -> ``y``:
+        ``(B, C_out, outputs_per_block)``, new states alike.
     """
 
     def __init__(self, model: nn.Module, *, allow_lookahead: bool = False) -> None:
@@ -56,6 +66,8 @@ class StreamingStep(nn.Module):
             self.register_buffer(f"weight_{i}", weight, persistent=False)
         self.clocked = program.ticks != 1 or program.out_clock != (0, 1) or any(
             (op.start, op.period) != (0, 1) for op in program.ops)
+        if self.clocked and (program.input is None or program.local is not None or program.global_classes):
+            raise ValueError("a block step takes one float input; class ids and conditioning step one sample a call")
         timing = None if program.graph is None else program.graph.timing
         self.block = 1 if timing is None or not self.clocked else timing.period
         out_start, out_period = program.out_clock
@@ -162,7 +174,7 @@ class StreamingStep(nn.Module):
             rings[op.ring] = gated(torch.cat([ring[:, :, 1:], src.unsqueeze(2)], dim=2), ring)
             if op.code == OpCode.PUSH:
                 return
-        elif op.code in (OpCode.TAPS, OpCode.READ):
+        elif op.code in (OpCode.TAPS, OpCode.MAX, OpCode.READ):
             ring = rings[op.ring]
             newest = ring.shape[2] - 1 - op.lag
             taps = [ring[:, :, newest - m * op.dilation] for m in range(op.kernel_size - 1, -1, -1)]

@@ -271,7 +271,8 @@ class FusedStreamer(StreamerBase):
         computes them, with the right padding (zeros) in place of the input to come.
 
         Returns:
-            The last outputs, ``(B, C_out, n)``.
+            The last outputs, ``(B, C_out, n)``; a stream whose sequence ends earlier (one reset
+            after the others began) gets zeros past its end.
 
         Raises:
             ValueError: nothing was fed since the last reset.
@@ -286,7 +287,7 @@ class FusedStreamer(StreamerBase):
             need = int(ends[graph.output].max())
             if need > have:
                 out_start, out_period = program.out_clock
-                out = torch.empty(self.batch_size, program.output.width, need - have)
+                out = torch.zeros(self.batch_size, program.output.width, need - have)
                 inputs = (None, None, None, out, have)
                 backend, self.backend = self.backend, "torch"  # zeroing past the ends: the PyTorch executor only
                 try:
@@ -299,6 +300,8 @@ class FusedStreamer(StreamerBase):
                     self._run(inputs, tick, last)
                 finally:
                     self.backend, self._executor.ends = backend, None
+                past = torch.arange(have, need) >= ends[graph.output][:, None]  # (B, n): past a stream's end
+                out.masked_fill_(past[:, None, :], 0.0)
         self.reset()
         return out
 

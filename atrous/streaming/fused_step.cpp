@@ -28,7 +28,7 @@ typedef int32_t i16 __attribute__((vector_size(64)));
 // tests/streaming/test_opset.py fails when a name or value here differs from it.
 enum OpCode : int64_t {
   LINEAR = 0, CONV = 1, ACT = 2, GATE = 3, ADD = 4, EMBED = 5, PRELU = 6, GLU = 7, LAYER_NORM = 8, PUSH = 9, TAPS = 10,
-  READ = 11, MUL = 12
+  READ = 11, MUL = 12, MAX = 13
 };
 enum ActKind : int64_t { IDENTITY = 0, RELU = 1, TANH = 2, SIGMOID = 3, GELU = 4, SILU = 5, ELU = 6 };
 enum IdSource : int64_t { IDS_INPUT = 0, IDS_GLOBAL = 1 };
@@ -271,6 +271,16 @@ void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, c
       case PUSH: {  // ring[n] = src; the ring's clock is this op's
         float* slot = rings.slot(op[RING], n, K) + r0 * K;
         for (int64_t r = 0; r < rows; ++r) std::memcpy(slot + r * K, src + r * W, K * sizeof(float));
+        break;
+      }
+      case MAX: {  // dst = the maximum of the k taps, as TAPS reads them
+        const int64_t k = op[KERNEL_SIZE], d = op[DILATION], newest = rings.newest(op[RING], tick) - op[LAG];
+        for (int64_t m = 0; m < k; ++m) {
+          const float* slot = rings.slot(op[RING], newest - (k - 1 - m) * d, N) + r0 * N;
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t c = 0; c < N; ++c)
+              dst[r * W + c] = m == 0 ? slot[r * N + c] : std::max(dst[r * W + c], slot[r * N + c]);
+        }
         break;
       }
       case READ: {  // dst = ring[newest - lag]

@@ -25,9 +25,10 @@ and the ops on each time step alone (:mod:`atrous.streaming.pointwise`):
 * eval-mode ``BatchNorm1d``: folded into the product before it, else a diagonal ``LINEAR``.
 
 After the last node, :mod:`atrous.streaming.rewrites` stacks summed products into one and
-narrows the workspace. Windows along time at any stride, with lookahead, transposed convolutions and the alignment of
-paths on different clocks are lowered by :mod:`atrous.streaming.clocked`. Anything else
-(pooling, opaque modules, norms over time, broadcasting products) raises ``ValueError`` naming
+narrows the workspace. Windows along time at any stride (convolutions, average pooling as a depthwise one, max pooling:
+``MAX``), with lookahead, transposed convolutions and the alignment of paths on different clocks
+are lowered by :mod:`atrous.streaming.clocked`. Anything else (opaque modules, norms over time,
+broadcasting products, padding with another value than zero) raises ``ValueError`` naming
 the node; the PyTorch :class:`~atrous.streaming.Streamer` streams those. Weights are evaluated
 once here: a program (and a :class:`~atrous.streaming.FusedStreamer`) holds a snapshot of them.
 """
@@ -131,11 +132,17 @@ class _Lowering(PointwiseLowering, ClockedLowering):
 
     def window(self, node: Node) -> Span:
         g = node.geometry
-        source_clock, out_clock, _ = self.window_clocks(node)
         src = self.resolve(node.args[0])
+        if not isinstance(src, Span):
+            raise unsupported(node, "its input is not a signal")
         if node.op == "identity" and g.extent == 1:  # cropping or decimation: the same span on another clock
-            self.begin(self.node_index, out_clock)
-            return src
+            return self.held_span(node, src)
+        if node.op == "max_pool":
+            return self.max_window(node, src)
+        if node.op == "avg_pool":  # a depthwise convolution with weights 1 / k (the pad counted, as PyTorch does)
+            k = g.kernel_size
+            weight = torch.eye(src.width)[:, :, None].expand(-1, -1, k) / k
+            return self.strided_product(node, src, weight, None)
         if node.op != "conv":
             raise unsupported(node, f"a {node.op.replace('_', ' ')} window has no fused op")
         if isinstance(node.target, nn.Module):
@@ -148,13 +155,19 @@ class _Lowering(PointwiseLowering, ClockedLowering):
             bias = node.kwargs.get("bias", bias) if "bias" in node.kwargs else bias
             bias = self.resolve(bias)
             groups = node.kwargs.get("groups", 1)
-        if not isinstance(src, Span) or not isinstance(weight, torch.Tensor):
-            raise unsupported(node, "its input or weight is not a signal and a parameter")
+        if not isinstance(weight, torch.Tensor):
+            raise unsupported(node, "its weight is not a parameter")
         groups = self.resolve(groups) if not isinstance(groups, int) else groups
         weight, bias = dense_weight(weight.detach(), groups), None if bias is None else bias.detach()
         if weight.shape[1] != src.width:
             raise unsupported(node, f"it takes {weight.shape[1]} channels but receives {src.width}")
-        if g.stride == 1:  # runs with its input; with lookahead its outputs lag it
+        return self.strided_product(node, src, weight, bias)
+
+    def strided_product(self, node: Node, src: Span, weight: torch.Tensor, bias: torch.Tensor | None) -> Span:
+        """A window's product, ``weight`` ``(out, in, k)``: a ``CONV`` at stride 1, else ``TAPS``."""
+        g = node.geometry
+        source_clock, out_clock, hold = self.window_clocks(node)
+        if g.stride == 1 and not hold:  # runs with its input; with lookahead its outputs lag it
             self.begin(self.node_index, source_clock, out_clock)
             return self.product(node, src, weight, bias, g.kernel_size, g.dilation)
         return self.taps_window(node, src, weight, bias)

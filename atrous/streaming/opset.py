@@ -17,7 +17,8 @@ run index), so a strided convolution runs once per frame, and each phase of a tr
 convolution once per input sample at its own tick. A ``CONV`` keeps its own past in its ring; a
 ring shared by readers at other clocks is filled by a ``PUSH`` at the rate of its signal and
 read by ``TAPS`` (a window of taps ending ``lag`` samples before the newest) and ``READ`` (one
-sample, ``lag`` back: a delay line aligning two paths).
+sample, ``lag`` back: a delay line aligning two paths; ``MAX``, the maximum over a window of
+taps: max pooling).
 
 Adding an op: a member of :class:`OpCode`, its :class:`OpSpec` in :data:`OPS` (operands and
 meaning), and its ``case`` in ``fused_step.cpp``.
@@ -50,6 +51,7 @@ class OpCode(IntEnum):
     TAPS = 10
     READ = 11
     MUL = 12
+    MAX = 13
 
 
 class ActKind(IntEnum):
@@ -410,6 +412,9 @@ OPS: dict[OpCode, OpSpec] = {spec.code: spec for spec in (
     # sample; the taps come in as past (all but the newest) and src (the newest)
     OpSpec(OpCode.TAPS, required=("weight", "ring", "kernel_size", "dilation"), optional=("init", "bias", "lag"),
            evaluate=_affine, into=_affine_into),
+    # dst = max(r[m - lag - (k-1) d], ..., r[m - lag]) per column (max pooling), taps as for TAPS
+    OpSpec(OpCode.MAX, required=("ring", "kernel_size", "dilation"), optional=("lag",),
+           evaluate=lambda x: torch.stack([*x.past, x.src]).amax(dim=0)),
     # dst = r[m - lag], one sample of the ring (in as src)
     OpSpec(OpCode.READ, required=("ring",), optional=("lag",), evaluate=lambda x: x.src,
            into=lambda x, out: out.copy_(x.src)),

@@ -106,7 +106,7 @@ def trace_graph(model: nn.Module, chunk: torch.Tensor | None = None, args: tuple
             # the input channels were guessed wrong, or a node fails: try the channels of every
             # convolution in turn, then report the first guess's error
             guesses = [streamer.in_channels] if streamer.in_channels else []
-            guesses += [m.in_channels for m in model.modules() if isinstance(m, nn.Conv1d)]
+            guesses += [m.in_channels for m in model.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
             failure = None
             for channels in dict.fromkeys(guesses):
                 try:
@@ -121,7 +121,7 @@ def trace_graph(model: nn.Module, chunk: torch.Tensor | None = None, args: tuple
                          "atrous.streaming.Streamer streams the rest)") from None
     if streamer.graph is None:
         raise ValueError(f"cannot fuse {type(model).__name__}: the fused step takes one (B, C, T) input whose "
-                         "channels it reads from in_channels or the first Conv1d; atrous.streaming.Streamer "
+                         "channels it reads from in_channels or the first Conv1d or ConvTranspose1d; atrous.streaming.Streamer "
                          "streams models with several inputs")
     graph = streamer.graph
     if graph.timing.lead is not None:

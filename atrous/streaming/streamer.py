@@ -40,7 +40,10 @@ from atrous.streaming.graph import StreamGraph, build_graph
 from atrous.streaming.plan import Plan
 from atrous.streaming.tracing import ExampleFailed
 
-_LENGTHS = (16, 64, 256, 1024, 4096)  # example lengths tried in turn: long enough for every window
+# example lengths tried in turn: pairs of unrelated lengths, long enough for every window; then
+# pairs of multiples of many strides, for a model that only takes lengths its strides divide (a
+# skip connection around a downsampling and an upsampling layer)
+_LENGTHS = tuple((n, 2 * n + 3) for n in (16, 64, 256, 1024, 4096)) + ((720, 1440), (2520, 5040), (40320, 80640))
 
 
 def _expected_in_channels(model: nn.Module) -> int | None:
@@ -183,9 +186,8 @@ class Streamer(StreamerBase):
                     and p.default is not inspect.Parameter.empty}
         timed = {name for name, kind, *_ in signature if kind == "time"}
         error: ExampleFailed | None = None
-        for length in _LENGTHS:
-            generator = torch.Generator().manual_seed(length)
-            lengths = (length, 2 * length + 3)
+        for lengths in _LENGTHS:
+            generator = torch.Generator().manual_seed(lengths[0])
             examples, fixed = {}, dict(concrete)
             for name, value in arguments.items():
                 if name in timed:

@@ -115,3 +115,18 @@ class StridedLookahead(nn.Module):
         h = self.down(x)
         y = self.up(torch.tanh(self.mid(h) + h))
         return y * torch.sigmoid(y)
+
+
+class Pooled(nn.Module):
+    """Average and max pooling along time: strided, at stride 1 with padding, after a chomped conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 3, 3, padding=2)
+        self.average = nn.AvgPool1d(2)
+        self.max = nn.MaxPool1d(3, stride=2)
+        self.smooth = nn.AvgPool1d(3, stride=1, padding=1)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)[..., :-2])
+        return self.smooth(self.max(self.average(h)))

@@ -280,6 +280,25 @@ def test_codec_round_trip_streams_at_the_sample_rate():
     streamer.reset()  # all streams: always possible
 
 
+class UNetSkip(nn.Module):
+    """A skip connection around a strided conv and a transposed conv: defined for even lengths only."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv1d(2, 3, 2, stride=2)
+        self.up = nn.ConvTranspose1d(3, 2, 2, stride=2)
+
+    def forward(self, x):
+        return x + self.up(torch.relu(self.down(x)))
+
+
+def test_a_skip_around_down_and_upsampling_streams_with_the_skip_waiting():
+    """Output 0 needs input 1 (its frame): the skip path waits for the frame."""
+    torch.manual_seed(0)
+    streamer = check_streaming(UNetSkip().eval(), torch.randn(3, 2, 48), seed=4, allow_lookahead=True)
+    assert (streamer.rate, streamer.period, streamer.delay) == (1, 2, 1)  # traced on even lengths
+
+
 # gates, concatenation and slicing along channels, Linear over channels, conditioning -------------
 class GatedResidual(nn.Module):
     def __init__(self, channels=4, speakers=3, local=2):

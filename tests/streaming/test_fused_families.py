@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from stream_checks import check_streaming
-from fused_models import StridedLookahead, gated_concat, locuslab_tcn, norm_glu
-from test_families import SameTCN, SkipTCN, TasNet, codec
+from fused_models import Pooled, StridedLookahead, gated_concat, locuslab_tcn, norm_glu
+from test_families import SameTCN, SkipTCN, TasNet, UNetSkip, codec
 from torch import nn
 
 from atrous.ops.layers import CausalConv1d
@@ -73,6 +73,11 @@ MULTIRATE = {  # name: (build, input channels, length, lookahead, (rate, fused d
     "conv-tasnet": (lambda: TasNet().eval(), 1, 60, True, (1, 3)),
     "same-padded-tcn": (lambda: SameTCN().eval(), 3, 50, True, (1, 9)),
     "strided-lookahead": (lambda: StridedLookahead().eval(), 2, 48, True, (1, None)),
+    "pooling": (lambda: Pooled().eval(), 2, 96, True, (Fraction(1, 4), 1)),
+    "u-net-skip": (lambda: UNetSkip().eval(), 2, 48, True, (1, 1)),
+    "transposed-shorter-than-stride": (lambda: nn.Sequential(nn.ConvTranspose1d(2, 2, 3, stride=3, padding=1),
+                                                             nn.Conv1d(2, 3, 2, stride=3), nn.ConstantPad1d((0, 3), 0.0),
+                                                             nn.Conv1d(3, 3, 4)).eval(), 2, 40, True, (1, 3)),
 }
 
 
@@ -118,14 +123,15 @@ def test_single_streams_of_a_strided_model_restart_only_on_a_frame(backend):
 
 @pytest.mark.parametrize("build, message", [
     (lambda: nn.Sequential(CausalConv1d(2, 2, 2), nn.ELU(alpha=0.5)), r"layer '1' \(ELU\): only alpha=1"),
-    (lambda: nn.Sequential(nn.Conv1d(2, 2, 1), nn.AvgPool1d(2)), r"layer '1' \(AvgPool1d\): a avg pool window"),
-    (lambda: TasNet().eval(), r"layer 'decoder' \(ConvTranspose1d\) needs 1 later sample"),
+    (lambda: nn.Sequential(nn.Conv1d(2, 2, 1), nn.MaxPool1d(3, 1, padding=1)),
+     r"layer '1' \(MaxPool1d\): it pads with -inf, not zeros"),
+    (lambda: TasNet().eval(), r"layer 'decoder' \(ConvTranspose1d\) needs 1 later sample.*allow_lookahead"),
     (lambda: SkipTCN().eval(), r"takes one \(B, C, T\) input"),
 ])
 def test_what_the_fused_step_cannot_express_is_refused_by_node(build, message):
-    """Pooling has no fused op; lookahead needs allow_lookahead; several inputs need Streamer."""
+    """Padding with -inf; lookahead without allow_lookahead; several inputs: Streamer streams them."""
     with pytest.raises(ValueError, match=rf"cannot fuse.*{message}.*"):
-        lower(build())
+        lower(build(), allow_lookahead="lookahead" not in message)
 
 
 def test_sampling_falls_back_to_the_streamer_when_the_model_does_not_fuse():

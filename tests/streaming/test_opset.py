@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from fused_models import StridedLookahead, norm_glu
+from fused_models import Pooled, StridedLookahead, norm_glu
 
 from atrous.models import create
 from atrous.streaming import opset
@@ -119,6 +119,9 @@ def random_case(code: OpCode, arg: int, generator: torch.Generator):
         return Operands(src=src, init=init), src.double().numpy() * n["init"]
     if code in (OpCode.PUSH, OpCode.READ):  # the sample written to (read from) a ring, as it is
         return Operands(src=src), n["src"]
+    if code == OpCode.MAX:  # the newest tap comes in as src
+        past = [rand(batch, width) for _ in range(k - 1)]
+        return Operands(src=src, past=past), np.max([t.double().numpy() for t in (*past, src)], axis=0)
     if code == OpCode.EMBED:
         table = rand(7, out_width)
         ids = [torch.randint(0, 7, (batch,), generator=generator) for _ in IdSource]
@@ -193,8 +196,9 @@ def test_the_table_holds_each_op_field_in_its_column():
     model = create("wavenet", classes=8, blocks=1, layers=2, residual_channels=3, gate_channels=4, skip_channels=2,
                    global_classes=2, local_channels=2).eval()
     tcn = create("tcn", in_channels=2, out_channels=2, hidden=3, levels=2, kernel_size=2).eval()  # an ADD
-    # PRELU, GLU, LAYER_NORM; PUSH, TAPS, READ and MUL with clocks and lags
-    programs = [lower(model), lower(tcn), lower(norm_glu()), lower(StridedLookahead().eval(), allow_lookahead=True)]
+    # PRELU, GLU, LAYER_NORM; PUSH, TAPS, READ, MUL and MAX with clocks and lags
+    programs = [lower(model), lower(tcn), lower(norm_glu()), lower(StridedLookahead().eval(), allow_lookahead=True),
+                lower(Pooled().eval(), allow_lookahead=True)]
     assert {op.code for program in programs for op in program.ops} == set(OpCode)
     ops = [op for program in programs for op in program.ops]
     table = op_table(ops)
