@@ -20,6 +20,10 @@ window's geometry (:class:`~atrous.streaming.graph.Geometry`: output ``m`` reads
   period as they complete (later than a streamer that emits a frame's samples at once);
 * an op combining values whose clocks start at different ticks reads the earlier ones through
   a delay line (``PUSH`` and ``READ``) when they are a whole period or more ahead.
+* a window that crops more outputs at its end than its right padding adds, and a transposed
+  convolution whose kernel is shorter than its stride, hold that many outputs back (their ops
+  read ``lag`` samples back): no output comes out that the offline forward of the samples so
+  far might not have.
 
 Before a value's clock starts, nothing reads it, and a ring holds zeros for the samples before
 a stream's first: the left padding. Padding on the right (lookahead) is applied when a stream
