@@ -28,9 +28,11 @@ typedef int32_t i16 __attribute__((vector_size(64)));
 // tests/streaming/test_opset.py fails when a name or value here differs from it.
 enum OpCode : int64_t {
   LINEAR = 0, CONV = 1, ACT = 2, GATE = 3, ADD = 4, EMBED = 5, PRELU = 6, GLU = 7, LAYER_NORM = 8, PUSH = 9, TAPS = 10,
-  READ = 11, MUL = 12, MAX = 13
+  READ = 11, MUL = 12, MAX = 13, SOFTMAX = 14, LOG_SOFTMAX = 15
 };
-enum ActKind : int64_t { IDENTITY = 0, RELU = 1, TANH = 2, SIGMOID = 3, GELU = 4, SILU = 5, ELU = 6 };
+enum ActKind : int64_t {
+  IDENTITY = 0, RELU = 1, TANH = 2, SIGMOID = 3, GELU = 4, SILU = 5, ELU = 6, GELU_TANH = 7, SOFTPLUS = 8
+};
 enum IdSource : int64_t { IDS_INPUT = 0, IDS_GLOBAL = 1 };
 enum Field {
   CODE, SRC, SRC_WIDTH, DST, DST_WIDTH, INIT, WEIGHT, BIAS, RING, KERNEL_SIZE, DILATION, ARG, START, PERIOD, LAG, NFIELDS
@@ -107,6 +109,14 @@ inline v16 activate(v16 x, int64_t kind) {
       float tmp[16];
       store(tmp, x);
       for (float& v : tmp) v = 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
+      return load(tmp);
+    }
+    case GELU_TANH: return splat(0.5f) * x * (splat(1.0f) + vtanh(splat(0.79788456080286536f) *
+                                                                   (x + splat(0.044715f) * x * x * x)));
+    case SOFTPLUS: {  // log(1 + exp(x)), x itself above 20 (PyTorch's threshold)
+      float tmp[16];
+      store(tmp, x);
+      for (float& v : tmp) v = v > 20.0f ? v : std::log1p(std::exp(v));
       return load(tmp);
     }
     case IDENTITY:
@@ -342,6 +352,23 @@ void step_rows(const int64_t* ops, int64_t n_ops, const float* const* weights, c
           for (int64_t c = 0; c < N; ++c) variance += (a[c] - mean) * (a[c] - mean);
           const float inverse = 1.0f / std::sqrt(variance / static_cast<float>(N) + eps);
           for (int64_t c = 0; c < N; ++c) z[c] = (a[c] - mean) * inverse * scale[c] + shift[c];  // after the reads
+        }
+        break;
+      }
+      case SOFTMAX:
+      case LOG_SOFTMAX: {  // over the N columns of each row
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* a = src + r * W;
+          float* z = dst + r * W;
+          float top = a[0], sum = 0.0f;
+          for (int64_t c = 1; c < N; ++c) top = std::max(top, a[c]);
+          for (int64_t c = 0; c < N; ++c) sum += std::exp(a[c] - top);
+          if (op[CODE] == SOFTMAX) {
+            for (int64_t c = 0; c < N; ++c) z[c] = std::exp(a[c] - top) / sum;
+          } else {
+            const float log_sum = std::log(sum);
+            for (int64_t c = 0; c < N; ++c) z[c] = a[c] - top - log_sum;
+          }
         }
         break;
       }

@@ -52,6 +52,8 @@ class OpCode(IntEnum):
     READ = 11
     MUL = 12
     MAX = 13
+    SOFTMAX = 14
+    LOG_SOFTMAX = 15
 
 
 class ActKind(IntEnum):
@@ -63,7 +65,9 @@ class ActKind(IntEnum):
     SIGMOID = 3
     GELU = 4
     SILU = 5
-    ELU = 6  # alpha = 1; other slopes are refused by the lowering
+    ELU = 6  # alpha = 1; the lowering gives another alpha (and SELU) a PRELU after it
+    GELU_TANH = 7  # GELU(approximate="tanh")
+    SOFTPLUS = 8  # beta = 1, threshold = 20
 
 
 class IdSource(IntEnum):
@@ -169,13 +173,15 @@ KERNEL_ENUMS = (
 
 @dataclass(frozen=True)
 class Activation:
-    """A pointwise function: the module it lowers, its PyTorch form, and ``into(src, out)``, the
-    same without a temporary where PyTorch has one (else ``out.copy_(function(src))``)."""
+    """A pointwise function: the module it lowers (built with ``options``), its PyTorch form, and
+    ``into(src, out)``, the same without a temporary where PyTorch has one (else
+    ``out.copy_(function(src))``)."""
 
     kind: ActKind
     module: type[nn.Module]
     function: Callable[[torch.Tensor], torch.Tensor]
     into: Callable[[torch.Tensor, torch.Tensor], object] | None = None
+    options: tuple[tuple[str, object], ...] = ()  # the module's arguments that make it this function
 
 
 ACTIVATIONS: dict[ActKind, Activation] = {a.kind: a for a in (
@@ -186,6 +192,8 @@ ACTIVATIONS: dict[ActKind, Activation] = {a.kind: a for a in (
     Activation(ActKind.GELU, nn.GELU, F.gelu),  # exact (erf) GELU only: the lowering checks approximate
     Activation(ActKind.SILU, nn.SiLU, F.silu),
     Activation(ActKind.ELU, nn.ELU, F.elu),
+    Activation(ActKind.GELU_TANH, nn.GELU, lambda x: F.gelu(x, approximate="tanh"), options=(("approximate", "tanh"),)),
+    Activation(ActKind.SOFTPLUS, nn.Softplus, F.softplus),
 )}
 
 
@@ -415,6 +423,11 @@ OPS: dict[OpCode, OpSpec] = {spec.code: spec for spec in (
     # dst = max(r[m - lag - (k-1) d], ..., r[m - lag]) per column (max pooling), taps as for TAPS
     OpSpec(OpCode.MAX, required=("ring", "kernel_size", "dilation"), optional=("lag",),
            evaluate=lambda x: torch.stack([*x.past, x.src]).amax(dim=0)),
+    # dst = softmax (log-softmax) of the src columns of each row: a softmax over channels
+    OpSpec(OpCode.SOFTMAX, required=("src",), optional=(), evaluate=lambda x: torch.softmax(x.src, dim=1),
+           dst_width=lambda width: width),
+    OpSpec(OpCode.LOG_SOFTMAX, required=("src",), optional=(), evaluate=lambda x: torch.log_softmax(x.src, dim=1),
+           dst_width=lambda width: width),
     # dst = r[m - lag], one sample of the ring (in as src)
     OpSpec(OpCode.READ, required=("ring",), optional=("lag",), evaluate=lambda x: x.src,
            into=lambda x, out: out.copy_(x.src)),

@@ -20,11 +20,14 @@ from torch import nn
 from atrous.streaming.graph import Node, StreamGraph
 from atrous.streaming.opset import ACTIVATIONS, ActKind, OpCode, Span
 
-_ACTIVATION_OF_MODULE = {activation.module: kind for kind, activation in ACTIVATIONS.items()}
+_ACTIVATION_OF_MODULE = {activation.module: kind for kind, activation in ACTIVATIONS.items() if not activation.options}
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805  # torch.nn.SELU's constants
+_SOFTMAXES = {torch.softmax: OpCode.SOFTMAX, F.softmax: OpCode.SOFTMAX, "softmax": OpCode.SOFTMAX,
+              torch.log_softmax: OpCode.LOG_SOFTMAX, F.log_softmax: OpCode.LOG_SOFTMAX,
+              "log_softmax": OpCode.LOG_SOFTMAX}
 _ACTIVATION_OF_FUNCTION = {
     torch.relu: ActKind.RELU, F.relu: ActKind.RELU, torch.tanh: ActKind.TANH, F.tanh: ActKind.TANH,
-    torch.sigmoid: ActKind.SIGMOID, F.sigmoid: ActKind.SIGMOID, F.silu: ActKind.SILU, F.gelu: ActKind.GELU,
-    F.elu: ActKind.ELU,
+    torch.sigmoid: ActKind.SIGMOID, F.sigmoid: ActKind.SIGMOID, F.silu: ActKind.SILU,
 }
 _ACTIVATION_OF_METHOD = {"relu": ActKind.RELU, "tanh": ActKind.TANH, "sigmoid": ActKind.SIGMOID}
 _SAME = {"contiguous", "float", "clone", "detach"}  # methods that change nothing of a value at one step
@@ -197,11 +200,19 @@ class PointwiseLowering:
             module = target
             if isinstance(module, (nn.Dropout, nn.Identity)):
                 return first
+            if isinstance(module, nn.GELU):
+                kind = {"none": ActKind.GELU, "tanh": ActKind.GELU_TANH}[module.approximate]
+                return self.activation(node, first, kind)
+            if isinstance(module, nn.ELU):
+                return self.elu(node, index, first, module.alpha)
+            if isinstance(module, nn.SELU):
+                return self.elu(node, index, first, _SELU_ALPHA, _SELU_SCALE)
+            if isinstance(module, nn.Softplus) and (module.beta != 1 or module.threshold != 20):
+                raise unsupported(node, f"only beta=1, threshold=20 are supported, got {module.beta}, {module.threshold}")
+            if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
+                code = OpCode.SOFTMAX if isinstance(module, nn.Softmax) else OpCode.LOG_SOFTMAX
+                return self.softmax(node, first, module.dim, code)
             if type(module) in _ACTIVATION_OF_MODULE:
-                if isinstance(module, nn.GELU) and module.approximate != "none":
-                    raise unsupported(node, f"only approximate='none' is supported, got {module.approximate!r}")
-                if isinstance(module, nn.ELU) and module.alpha != 1.0:
-                    raise unsupported(node, f"only alpha=1 is supported, got {module.alpha}")
                 return self.activation(node, first, _ACTIVATION_OF_MODULE[type(module)])
             if isinstance(module, nn.PReLU):
                 return self.prelu(node, first, module.weight.detach())
@@ -231,12 +242,23 @@ class PointwiseLowering:
             if target in _TRANSPOSES and not isinstance(first, Span):
                 raise unsupported(node, "a transpose of a value that is not a signal")
             return first
+        if target is F.gelu:
+            approximate = kwargs.get("approximate", "none")
+            return self.activation(node, first, {"none": ActKind.GELU, "tanh": ActKind.GELU_TANH}[approximate])
+        if target is F.elu:
+            return self.elu(node, index, first, kwargs.get("alpha", args[1] if len(args) > 1 else 1.0))
+        if target is F.softplus:
+            beta, threshold = kwargs.get("beta", args[1] if len(args) > 1 else 1), kwargs.get(
+                "threshold", args[2] if len(args) > 2 else 20)
+            if beta != 1 or threshold != 20:
+                raise unsupported(node, f"only beta=1, threshold=20 are supported, got {beta}, {threshold}")
+            return self.activation(node, first, ActKind.SOFTPLUS)
+        if target in (F.selu, torch.selu):
+            return self.elu(node, index, first, _SELU_ALPHA, _SELU_SCALE)
+        if target in _SOFTMAXES and (node.op == "call_method") == isinstance(target, str):
+            return self.softmax(node, first, kwargs.get("dim", args[1] if len(args) > 1 else None), _SOFTMAXES[target])
         if target in _ACTIVATION_OF_FUNCTION or (node.op == "call_method" and target in _ACTIVATION_OF_METHOD):
             kind = _ACTIVATION_OF_FUNCTION.get(target) if node.op != "call_method" else _ACTIVATION_OF_METHOD[target]
-            if target is F.gelu and kwargs.get("approximate", "none") != "none":
-                raise unsupported(node, "only exact (erf) GELU is supported")
-            if target is F.elu and kwargs.get("alpha", args[1] if len(args) > 1 else 1.0) != 1.0:
-                raise unsupported(node, "only alpha=1 is supported")
             return self.activation(node, first, kind)
         if target is F.prelu:
             return self.prelu(node, first, kwargs.get("weight", args[1] if len(args) > 1 else None))
@@ -284,6 +306,25 @@ class PointwiseLowering:
     def activation(self, node: Node, value: Any, kind: ActKind) -> Span:
         src = self.signal(node, value)
         return self.emit(OpCode.ACT, src, src.width, arg=kind)
+
+    def elu(self, node: Node, index: int, value: Any, alpha: float, scale: float = 1.0) -> Span:
+        """``scale * ELU_alpha(x)``: ``ELU`` (alpha 1), then ``alpha`` as a ``PRELU`` slope (ELU_1 is
+        negative where x is), then ``scale`` per channel (SELU)."""
+        out = self.activation(node, value, ActKind.ELU)
+        if alpha != 1.0:
+            out = self.prelu(node, out, torch.tensor([float(alpha)]))
+        if scale != 1.0:
+            out = self.affine_channels(node, index, out, torch.full((out.width,), scale), torch.zeros(out.width))
+        return out
+
+    def softmax(self, node: Node, value: Any, dim: Any, code: OpCode) -> Span:
+        """A softmax (or log-softmax) over the channels of each step."""
+        src = self.signal(node, value)
+        if dim is None:
+            raise unsupported(node, "a softmax with an implicit dim (for 3 dims PyTorch takes dim 0, the batch)")
+        if dim % 3 != self.source_channel_dim(node):
+            raise unsupported(node, "a softmax over a dim that is not channels")
+        return self.emit(code, src, src.width)
 
     def prelu(self, node: Node, value: Any, slope: Any) -> Span:
         """``max(x, 0) + slope * min(x, 0)``: one slope, or one per channel (dim 1 of the input)."""

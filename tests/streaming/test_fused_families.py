@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from stream_checks import check_streaming
-from fused_models import Pooled, StridedLookahead, gated_concat, locuslab_tcn, norm_glu
+from fused_models import Activations, Pooled, StridedLookahead, gated_concat, locuslab_tcn, norm_glu
 from test_families import SameTCN, SkipTCN, TasNet, UNetSkip, codec
 from torch import nn
 
@@ -46,6 +46,8 @@ FUSED = {
     "pytorch-tcn-leaky-relu-skips": (lambda: pytorch_tcn(activation="leaky_relu", use_skip_connections=True), 3),
     "gated-concat": (gated_concat, 4),
     "norm-glu": (norm_glu, 4),
+    "pytorch-tcn-selu": (lambda: pytorch_tcn(activation="selu"), 3),
+    "activations-softmax": (lambda: Activations().eval(), 4),
 }
 
 
@@ -122,7 +124,7 @@ def test_single_streams_of_a_strided_model_restart_only_on_a_frame(backend):
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda: nn.Sequential(CausalConv1d(2, 2, 2), nn.ELU(alpha=0.5)), r"layer '1' \(ELU\): only alpha=1"),
+    (lambda: nn.Sequential(CausalConv1d(2, 2, 2), nn.Softplus(beta=2)), r"layer '1' \(Softplus\): only beta=1"),
     (lambda: nn.Sequential(nn.Conv1d(2, 2, 1), nn.MaxPool1d(3, 1, padding=1)),
      r"layer '1' \(MaxPool1d\): it pads with -inf, not zeros"),
     (lambda: TasNet().eval(), r"layer 'decoder' \(ConvTranspose1d\) needs 1 later sample.*allow_lookahead"),
@@ -136,8 +138,8 @@ def test_what_the_fused_step_cannot_express_is_refused_by_node(build, message):
 
 def test_sampling_falls_back_to_the_streamer_when_the_model_does_not_fuse():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv1d(4, 4, 1), CausalConv1d(4, 4, 2), nn.Softplus(), nn.Conv1d(4, 4, 1)).eval()
-    with pytest.raises(ValueError, match=r"Softplus"):
+    model = nn.Sequential(nn.Conv1d(4, 4, 1), CausalConv1d(4, 4, 2), nn.Mish(), nn.Conv1d(4, 4, 1)).eval()
+    with pytest.raises(ValueError, match=r"Mish"):
         lower(model)
 
     class Ids(nn.Module):  # class ids in, logits out, through the unfusable stack

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from fused_models import Pooled, StridedLookahead, norm_glu
+from fused_models import Activations, Pooled, StridedLookahead, norm_glu
 
 from atrous.models import create
 from atrous.streaming import opset
@@ -89,6 +89,8 @@ NUMPY_ACTIVATIONS = {
     ActKind.GELU: lambda x: 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0))),
     ActKind.SILU: lambda x: x * sigmoid(x),
     ActKind.ELU: lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+    ActKind.GELU_TANH: lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
+    ActKind.SOFTPLUS: lambda x: np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20.0)))),
 }
 
 
@@ -119,6 +121,10 @@ def random_case(code: OpCode, arg: int, generator: torch.Generator):
         return Operands(src=src, init=init), src.double().numpy() * n["init"]
     if code in (OpCode.PUSH, OpCode.READ):  # the sample written to (read from) a ring, as it is
         return Operands(src=src), n["src"]
+    if code in (OpCode.SOFTMAX, OpCode.LOG_SOFTMAX):
+        shifted = n["src"] - n["src"].max(axis=1, keepdims=True)
+        log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return Operands(src=src), log_softmax if code == OpCode.LOG_SOFTMAX else np.exp(log_softmax)
     if code == OpCode.MAX:  # the newest tap comes in as src
         past = [rand(batch, width) for _ in range(k - 1)]
         return Operands(src=src, past=past), np.max([t.double().numpy() for t in (*past, src)], axis=0)
@@ -163,7 +169,7 @@ def test_each_op_computes_its_numpy_reference_in_both_forms(code, arg):
 def test_each_activation_is_the_module_it_lowers(kind):
     x = torch.randn(4, 9, generator=torch.Generator().manual_seed(int(kind)))
     activation = ACTIVATIONS[kind]
-    torch.testing.assert_close(activation.function(x), activation.module()(x), atol=0, rtol=0)
+    torch.testing.assert_close(activation.function(x), activation.module(**dict(activation.options))(x), atol=0, rtol=0)
 
 
 def test_every_op_and_activation_has_an_entry():
@@ -198,7 +204,7 @@ def test_the_table_holds_each_op_field_in_its_column():
     tcn = create("tcn", in_channels=2, out_channels=2, hidden=3, levels=2, kernel_size=2).eval()  # an ADD
     # PRELU, GLU, LAYER_NORM; PUSH, TAPS, READ, MUL and MAX with clocks and lags
     programs = [lower(model), lower(tcn), lower(norm_glu()), lower(StridedLookahead().eval(), allow_lookahead=True),
-                lower(Pooled().eval(), allow_lookahead=True)]
+                lower(Pooled().eval(), allow_lookahead=True), lower(Activations().eval())]
     assert {op.code for program in programs for op in program.ops} == set(OpCode)
     ops = [op for program in programs for op in program.ops]
     table = op_table(ops)
@@ -226,5 +232,5 @@ def test_op_table_of_no_ops_has_the_row_width():
 
 
 def test_an_activation_module_not_in_the_set_is_not_lowered():
-    with pytest.raises(ValueError, match=r"cannot fuse layer '1' \(Softplus\)"):
-        lower(nn.Sequential(nn.Conv1d(2, 2, 1), nn.Softplus()))
+    with pytest.raises(ValueError, match=r"cannot fuse layer '1' \(Hardswish\)"):
+        lower(nn.Sequential(nn.Conv1d(2, 2, 1), nn.Hardswish()))
