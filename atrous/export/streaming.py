@@ -95,8 +95,11 @@ def _example_inputs(step: StreamingStep, batch: int) -> tuple[torch.Tensor, ...]
     inputs = [x]
     if program.global_classes:
         inputs.append(torch.zeros(batch, dtype=torch.long))
-    if program.local is not None:
+    if program.local is not None and program.local_name is None:
         inputs.append(torch.zeros(batch, program.local.width))
+    inputs += [torch.zeros(batch, span.width) for _, span in program.constants]
+    if program.local_name is not None:
+        inputs.append(torch.zeros(batch, program.local.width, *([step.block] if step.clocked else [])))
     return (*inputs, *step.initial_states(batch))
 
 
@@ -109,6 +112,7 @@ def export_streaming_onnx(
     opset: int = DEFAULT_OPSET,
     optimize: bool = True,
     allow_lookahead: bool = False,
+    example: tuple = (),
 ) -> StreamingOnnxExport:
     """Write the streaming step of ``model`` as an ONNX graph with explicit state.
 
@@ -123,6 +127,8 @@ def export_streaming_onnx(
         opset: ONNX opset version, 18 to 23.
         optimize: fold constants with onnxscript's optimizer.
         allow_lookahead: export a model that looks ahead (its outputs come ``leading`` late).
+        example: ``(chunk, *args)``, example inputs of a model whose forward takes more than the
+            chunk; its per-stream constants and second sequence become inputs of the step, by name.
 
     Returns:
         A :class:`StreamingOnnxExport`; feed ``x`` ``(batch, C_in)`` float (``(batch,)`` int64
@@ -146,7 +152,7 @@ def export_streaming_onnx(
     was_training = model.training
     model.eval()
     try:
-        step = StreamingStep(model, allow_lookahead=allow_lookahead).eval()
+        step = StreamingStep(model, allow_lookahead=allow_lookahead, example=example).eval()
     finally:
         model.train(was_training)
     input_names = step.input_names

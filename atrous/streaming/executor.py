@@ -119,8 +119,10 @@ class TorchExecutor:
                     input_view.copy_(chunk[:, :, column])
                 else:
                     input_view.zero_()
-                if local_view is not None:
+                if local_view is not None and local is not None and 0 <= column < local.shape[-1]:
                     local_view.copy_(local[:, :, column])
+                elif local_view is not None:  # past the end of the streams (a flush)
+                    local_view.zero_()
             if self.every_tick and self.ends is None:
                 for step in self.steps:
                     step(tick, tick)

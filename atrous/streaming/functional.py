@@ -1,8 +1,9 @@
 """The streaming step as a pure function of explicit state: ``(x_t, *states) -> (y_t, *new_states)``.
 
-A model at one sample rate without lookahead (every op on every tick) steps one input sample
-per call. Any other program (strided or upsampling layers, lookahead: ops on clocks of their
-own, :mod:`atrous.streaming.clocked`) steps one *block* per call, the input samples after which
+A model at one sample rate without lookahead (every op on every tick, each ring a convolution's
+own) steps one input sample per call. Any other program (strided or upsampling layers,
+lookahead, pooling, delay lines: ops on clocks of their own or rings shared across ticks,
+:mod:`atrous.streaming.clocked`) steps one *block* per call, the input samples after which
 every clock's pattern repeats (:attr:`StreamingStep.block`): ``x`` ``(B, C_in, block)`` ->
 ``y`` ``(B, C_out, outputs_per_block)``, with two more states: ``work`` (the values kept from
 one tick to the next, ``(B, width)``) and ``time`` (``(B,)`` int64, blocks since the stream
@@ -42,6 +43,8 @@ class StreamingStep(nn.Module):
         model: a model that :func:`~atrous.streaming.program.lower` accepts (weights are
             copied).
         allow_lookahead: take a model that looks ahead; its outputs come :attr:`leading` late.
+        example: ``(chunk, *args)``, an example of the model's inputs when its forward takes more
+            than the chunk (a per-stream constant ``(B, D)``, a second sequence ``(B, C, L)``).
 
     Attributes:
         block: input samples per call (1 for a program at one rate without lookahead).
@@ -58,16 +61,18 @@ class StreamingStep(nn.Module):
         ``(B, C_out, outputs_per_block)``, new states alike.
     """
 
-    def __init__(self, model: nn.Module, *, allow_lookahead: bool = False) -> None:
+    def __init__(self, model: nn.Module, *, allow_lookahead: bool = False, example: tuple = ()) -> None:
         super().__init__()
-        program = lower(model, allow_lookahead=allow_lookahead)
+        chunk, *args = example or (None,)
+        program = lower(model, allow_lookahead=allow_lookahead, chunk=chunk, args=tuple(args))
         self.program: Program = program
         for i, weight in enumerate(program.weights):
             self.register_buffer(f"weight_{i}", weight, persistent=False)
+        # a ring that is not a CONV's own (PUSH, TAPS, READ, MAX) is read across ticks: a block step
         self.clocked = program.ticks != 1 or program.out_clock != (0, 1) or any(
-            (op.start, op.period) != (0, 1) for op in program.ops)
-        if self.clocked and (program.input is None or program.local is not None or program.global_classes):
-            raise ValueError("a block step takes one float input; class ids and conditioning step one sample a call")
+            (op.start, op.period) != (0, 1) or op.ring is not None and op.code != OpCode.CONV for op in program.ops)
+        if self.clocked and (program.input is None or program.global_classes):
+            raise ValueError("a block step takes float inputs; class ids step one sample a call")
         timing = None if program.graph is None else program.graph.timing
         self.block = 1 if timing is None or not self.clocked else timing.period
         out_start, out_period = program.out_clock
@@ -83,10 +88,29 @@ class StreamingStep(nn.Module):
 
     @property
     def input_names(self) -> list[str]:
-        """Names of the forward's inputs: ``x``, the conditioning present, then :attr:`state_names`."""
+        """Names of the forward's inputs: ``x``, the conditioning present (a WaveNet's, or the
+        model's own per-stream constants and second input along time, by their names), then
+        :attr:`state_names`."""
         program = self.program
-        names = ["x"] + ["global_condition"] * bool(program.global_classes) + ["local_condition"] * bool(program.local)
+        names = ["x"] + ["global_condition"] * bool(program.global_classes)
+        names += ["local_condition"] * (program.local is not None and program.local_name is None)
+        names += [name for name, _ in program.constants] + [program.local_name] * (program.local_name is not None)
         return names + self.state_names
+
+    def _split(self, inputs: tuple) -> tuple[torch.Tensor | None, list[tuple[Span, torch.Tensor]], list[torch.Tensor]]:
+        """``inputs`` after ``x``: (global ids, the (span, value) of the other inputs, the states)."""
+        program, names = self.program, self.input_names[1:]
+        if len(inputs) != len(names):
+            raise ValueError(f"expected {len(names)} tensors after x ({', '.join(names)}), got {len(inputs)}")
+        inputs = list(inputs)
+        global_ids = inputs.pop(0) if program.global_classes else None
+        given = []
+        if program.local is not None and program.local_name is None:
+            given.append((program.local, inputs.pop(0)))
+        given += [(span, inputs.pop(0)) for _, span in program.constants]
+        if program.local_name is not None:
+            given.append((program.local, inputs.pop(0)))
+        return global_ids, given, inputs
 
     def initial_states(self, batch_size: int) -> list[torch.Tensor]:
         """Zero states for ``batch_size`` new streams."""
@@ -99,21 +123,14 @@ class StreamingStep(nn.Module):
         if self.clocked:
             return self._block(x, *inputs)
         program = self.program
-        expected = len(self.input_names) - 1
-        if len(inputs) != expected:
-            names = ", ".join(self.input_names[1:])
-            raise ValueError(f"expected {expected} tensors after x ({names}), got {len(inputs)}")
-        inputs = list(inputs)
-        global_ids = inputs.pop(0) if program.global_classes else None
-        local = inputs.pop(0) if program.local is not None else None
-        states, weights = inputs, [getattr(self, f"weight_{i}") for i in range(len(program.weights))]
+        global_ids, given, states = self._split(inputs)
+        weights = [getattr(self, f"weight_{i}") for i in range(len(program.weights))]
         values: list[tuple[Span, torch.Tensor]] = []  # (span, tensor (B, span.width)) written so far
         read = _reader(values)
 
         if program.input is not None:
             values.append((program.input, x))
-        if local is not None:
-            values.append((program.local, local))
+        values += given
         ids = [None] * len(IdSource)
         ids[IdSource.INPUT], ids[IdSource.GLOBAL] = x if program.input is None else None, global_ids
         new_states = []
@@ -132,16 +149,15 @@ class StreamingStep(nn.Module):
             values.append((op.dst, out))
         return (read(program.output), *new_states)
 
-    def _block(self, x: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _block(self, x: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One block of a clocked program: every tick unrolled, each op gated by its clock."""
         program = self.program
-        if len(states) != len(self.state_names):
-            raise ValueError(f"expected {len(self.state_names)} tensors after x ({', '.join(self.state_names)}), "
-                             f"got {len(states)}")
+        _, given, states = self._split(inputs)
         *rings, work, time = states
         rings = list(rings)
         weights = [getattr(self, f"weight_{i}") for i in range(len(program.weights))]
-        values: list[tuple[Span, torch.Tensor]] = [(Span(0, program.width), work)]
+        constants = [(span, value) for span, value in given if value.ndim == 2]  # the second input is (B, C, block)
+        values: list[tuple[Span, torch.Tensor]] = [(Span(0, program.width), work), *constants]
         read = _reader(values)
         per_block = self.block * program.ticks
         out_start, out_period = program.out_clock
@@ -149,6 +165,7 @@ class StreamingStep(nn.Module):
         for tick in range(per_block):
             if tick % program.ticks == 0:
                 values.append((program.input, x[:, :, tick // program.ticks]))
+                values += [(span, value[:, :, tick // program.ticks]) for span, value in given if value.ndim == 3]
             for op in program.ops:
                 if (tick - op.start) % op.period:
                     continue

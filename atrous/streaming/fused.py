@@ -29,6 +29,7 @@ copied when the streamer is built, so rebuild it after changing the model.
 from __future__ import annotations
 
 import ctypes
+import inspect
 import warnings
 from fractions import Fraction
 
@@ -41,7 +42,8 @@ from atrous.streaming.clocked import emitted, fused_delay, stream_ends
 from atrous.streaming.executor import TorchExecutor
 from atrous.streaming.kernel_cache import load_kernel
 from atrous.streaming.opset import CallSlot, ConfigSlot, Status, op_table
-from atrous.streaming.program import lower
+from atrous.models.sequence import WaveNet
+from atrous.streaming.program import Program, lower
 
 BACKENDS = ("auto", "cpp", "torch")
 
@@ -125,10 +127,25 @@ class FusedStreamer(StreamerBase):
                  allow_lookahead: bool = False) -> None:
         super().__init__(model, batch_size)
         check_bool(allow_lookahead, "allow_lookahead")
-        self.program = program = lower(model, allow_lookahead=allow_lookahead)
+        self.model, self.allow_lookahead = model, allow_lookahead
         self.backend = _resolve_backend(backend)
+        self.program: Program | None = None
+        self.rate: Fraction | None = None
+        self.period: int | None = None
+        self.delay: int | None = None
+        self._forward = inspect.signature(model.forward)
+        self._extras: tuple | None = None  # (name, shape but batch and time, along time) of the extra inputs
+        if isinstance(model, WaveNet) or not _needs_more_than_the_chunk(self._forward):
+            self._setup(lower(model, allow_lookahead=allow_lookahead))
+            self._extras = ()  # lowered without arguments: a first step that gives some lowers it again
+        # else: lowered at the first step, from its arguments
+
+    def _setup(self, program: Program) -> None:
+        """Buffers, and the C++ step's tables, for ``program``."""
+        batch_size = self.batch_size
+        self.program = program
         timing = program.graph.timing if program.graph is not None else None
-        self.rate: Fraction = Fraction(1) if timing is None else timing.rate
+        self.rate = Fraction(1) if timing is None else timing.rate
         self.period = 1 if timing is None else timing.period
         self.delay = fused_delay(program)
         # (samples, B, C) per ring: one time slot of every stream is contiguous
@@ -162,10 +179,41 @@ class FusedStreamer(StreamerBase):
         self._vectors = tuple(ctypes.cast(ctypes.pointer(v), _INT64S) for v in (self._config, self._call))
         self._run_kernel = load_kernel()
 
+    def _model_inputs(self, chunk: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """The model's own inputs besides the chunk: constants written into the workspace, the
+        returned tensor along time (or ``None``). Lowers the model at the first step."""
+        if not args and not kwargs and not self._extras and self.program is not None:
+            return None
+        try:
+            bound = self._forward.bind(chunk, *args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"the step's arguments do not fit {type(self.model).__name__}.forward: {error}") from None
+        extras = {name: value for name, value in list(bound.arguments.items())[1:]}
+        signature = tuple((name, tuple(value.shape[1:-1]) if value.ndim >= 3 else tuple(value.shape[1:]), value.ndim >= 3)
+                          if isinstance(value, torch.Tensor) else (name, value, None) for name, value in extras.items())
+        if self.program is None or (signature != self._extras and not self.samples_seen):
+            self._setup(lower(self.model, allow_lookahead=self.allow_lookahead, chunk=chunk, args=args, kwargs=kwargs))
+            self._extras = signature
+        elif signature != self._extras:
+            raise ValueError(f"the step's arguments {signature} differ from those the streamer was built with "
+                             f"{self._extras}; build a new FusedStreamer for other arguments")
+        for name, span in self.program.constants:
+            value = extras[name]
+            if value.shape[0] != self.batch_size:
+                raise ValueError(f"{name} must have batch_size={self.batch_size} rows, got shape {tuple(value.shape)}")
+            self._work[:, span.offset : span.offset + span.width] = value
+        name = self.program.local_name
+        if name is None:
+            return None
+        if extras[name].shape[-1] != chunk.shape[-1]:
+            raise ValueError(f"{name} has {extras[name].shape[-1]} samples but the chunk has {chunk.shape[-1]}; "
+                             "a tensor argument of 3 dims is a sequence along time, chunked like the chunk")
+        return extras[name]
+
     @property
     def context(self) -> int:
         """Total past samples held across layers (the sum of ``(k - 1) * d`` for causal stacks)."""
-        return sum(length for length, _ in self.program.rings)
+        return 0 if self.program is None else sum(length for length, _ in self.program.rings)
 
     def _check(self, chunk, global_condition, local_condition) -> tuple[torch.Tensor, ...]:
         program, batch = self.program, self.batch_size
@@ -196,7 +244,8 @@ class FusedStreamer(StreamerBase):
             expected = (batch, program.local.width, length)
             if not isinstance(local_condition, torch.Tensor) or tuple(local_condition.shape) != expected:
                 shape = getattr(local_condition, "shape", None)
-                raise ValueError(f"local_condition must have shape {expected} (sample rate), "
+                name = program.local_name or "local_condition"
+                raise ValueError(f"{name} must have shape {expected} (sample rate), "
                                  f"got {None if shape is None else tuple(shape)}")
             local_condition = local_condition.cpu().float().contiguous()
         elif local_condition is not None:
@@ -206,14 +255,19 @@ class FusedStreamer(StreamerBase):
     def step(
         self,
         chunk: torch.Tensor,
-        *,
+        *args,
         global_condition: torch.Tensor | None = None,
         local_condition: torch.Tensor | None = None,
+        **kwargs,
     ) -> torch.Tensor:
         """Feed the next ``L`` samples of every stream; return the outputs now complete.
 
         Args:
             chunk: ``(B, C_in, L)`` float, or ``(B, L)`` int64 class ids for a WaveNet.
+            *args, **kwargs: the model's other inputs, as its forward takes them: one more tensor
+                along time ``(B, C, L)`` chunked like ``chunk``, and per-stream constants
+                ``(B, D)``; the same names and shapes at every step (the streamer is lowered
+                with those of the first).
             global_condition: ``(B,)`` ids, for a WaveNet with ``global_classes``.
             local_condition: ``(B, C_cond, L)`` at the sample rate, for a WaveNet with
                 ``local_channels``.
@@ -222,6 +276,16 @@ class FusedStreamer(StreamerBase):
             ``(B, C_out, L)`` for a causal model at one rate; with strided or upsampling layers
             or lookahead, the outputs whose ticks have come (:attr:`delay` fewer in all).
         """
+        if isinstance(self.model, WaveNet):
+            if args or kwargs:
+                raise TypeError("a WaveNet step takes the ids, global_condition and local_condition only")
+        else:
+            if global_condition is not None:
+                kwargs["global_condition"] = global_condition
+            if local_condition is not None:
+                kwargs["local_condition"] = local_condition
+            self._check_batch(chunk)
+            global_condition, local_condition = None, self._model_inputs(chunk, args, kwargs)
         program = self.program
         chunk, global_condition, local_condition = self._check(chunk, global_condition, local_condition)
         length, ticks = chunk.shape[-1], program.ticks
@@ -306,6 +370,8 @@ class FusedStreamer(StreamerBase):
         return out
 
     def _zero_streams(self, rows: torch.Tensor | None) -> None:
+        if self.program is None:
+            return
         if rows is None:
             for ring in self._rings:
                 ring.zero_()
@@ -326,3 +392,9 @@ class FusedStreamer(StreamerBase):
         self._pending.sort(key=lambda item: item[0])
         self._starts[rows] = self.samples_seen
 
+
+def _needs_more_than_the_chunk(forward: inspect.Signature) -> bool:
+    """Whether ``forward`` has a required argument after its first."""
+    parameters = list(forward.parameters.values())[1:]
+    return any(p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               for p in parameters)

@@ -96,6 +96,23 @@ class _Lowering(PointwiseLowering, ClockedLowering):
         self.written[span] = -1
         return span
 
+    def extra_input(self, node: Node) -> Span:
+        """A second input along time (``(B, C, L)``, at the chunk's rate), or a per-stream constant
+        (``(B, D)`` floats), in the workspace: the executors copy them in."""
+        program, example = self.program, node.examples[0]
+        if not isinstance(example, torch.Tensor) or not example.is_floating_point():
+            raise unsupported(node, "an input that is not a float tensor")
+        if node.axis is not None:
+            if program.local is not None or example.ndim != 3 or node.axis != 2:
+                raise unsupported(node, "the fused step takes one more (B, C, L) input along time besides the chunk")
+            program.local, program.local_name = self.input(example.shape[1]), node.target
+            return program.local
+        if example.ndim != 2:
+            raise unsupported(node, f"a per-stream constant of shape {tuple(example.shape)}: only (B, D) is taken")
+        span = self.input(example.shape[1])
+        program.constants.append((node.target, span))
+        return span
+
     def producer(self, span: Span) -> int | None:
         return self.written.get(span)
 
@@ -200,7 +217,7 @@ def lower_graph(program, graph: StreamGraph, *, inputs: dict[str, Span] | None =
                 channels = node.examples[0].shape[3 - node.axis] if node.examples[0] is not None else None
                 value = program.input = lowering.input(channels)
             else:
-                raise unsupported(node, "the fused step takes one signal input (the chunk)")
+                value = lowering.extra_input(node)
             clock = (0, ticks) if node.timed else None
         elif node.kind is Kind.STATIC and any(isinstance(lowering.values[i], Span) for i in node.inputs):
             lowering.begin(index, (0, 1))

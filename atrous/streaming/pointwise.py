@@ -229,7 +229,9 @@ class PointwiseLowering:
                 shift = (module.bias if module.affine else 0.0) - module.running_mean * scale
                 return self.affine_channels(node, index, self.signal(node, first), scale.detach(), shift.detach())
             if isinstance(module, nn.Linear):
-                if self.source_channel_dim(node) != 2:
+                source = self.graph.nodes[node.inputs[0]]
+                constant = source.axis is None and getattr(source.examples[0], "ndim", 0) == 2  # (B, D) per stream
+                if not constant and self.source_channel_dim(node) != 2:
                     raise unsupported(node, "a Linear over a dim that is not channels")
                 weight = module.weight.detach()[:, :, None]
                 bias = None if module.bias is None else module.bias.detach()
@@ -296,6 +298,13 @@ class PointwiseLowering:
             return self.split(node, first, args[1:], kwargs, chunk=target in (torch.chunk, "chunk"))
         if node.op == "call_method" and target == "unsqueeze" and isinstance(first, Span):
             return first  # a per-stream constant given a time axis of 1, broadcast along time
+        if node.op == "call_method" and target in ("repeat", "expand", "expand_as") and isinstance(first, Span):
+            before, after = self.graph.nodes[node.inputs[0]].examples[0], node.examples[0]
+            time = node.axis
+            if (time is not None and before.ndim == after.ndim
+                    and all(b == a for i, (b, a) in enumerate(zip(before.shape, after.shape)) if i != time)):
+                return first  # spread along time only (the graph checked it acts on each step alone)
+            raise unsupported(node, "a repeat or expand along a dim that is not time")
         raise unsupported(node, f"no fused op for {getattr(target, '__name__', target)!s}")
 
     def signal(self, node: Node, value: Any) -> Span:

@@ -48,7 +48,9 @@ class Program:
     graph: StreamGraph | None = None  # what the program was lowered from (its counts give the ends)
     input: Span | None = None  # float input channels; None when the input is class ids
     classes: int = 0  # number of input class ids (WaveNet), else 0
-    local: Span | None = None  # local conditioning channels
+    local: Span | None = None  # local conditioning channels, or a second input along time
+    local_name: str | None = None  # the forward's argument that fills `local` (a model's own second input)
+    constants: list[tuple[str, Span]] = field(default_factory=list)  # per-stream constant inputs (B, width)
     global_classes: int = 0
     output: Span | None = None
 
@@ -91,7 +93,7 @@ class _WaveNetCore(nn.Module):
 
 
 def trace_graph(model: nn.Module, chunk: torch.Tensor | None = None, args: tuple = (), *,
-                allow_lookahead: bool = False) -> StreamGraph:
+                kwargs: dict | None = None, allow_lookahead: bool = False) -> StreamGraph:
     """The :class:`~atrous.streaming.graph.StreamGraph` of ``model`` on example inputs (batch 1).
 
     Raises:
@@ -100,8 +102,8 @@ def trace_graph(model: nn.Module, chunk: torch.Tensor | None = None, args: tuple
     """
     try:
         streamer = Streamer(model, 1, allow_lookahead=allow_lookahead)
-        if chunk is not None and (streamer.graph is None or args):
-            streamer._build(chunk, args, {})
+        if chunk is not None and (streamer.graph is None or args or kwargs):
+            streamer._build(chunk, args, kwargs or {})
         elif streamer.graph is None and streamer._takes_one_input():
             # the input channels were guessed wrong, or a node fails: try the channels of every
             # convolution in turn, then report the first guess's error
@@ -119,10 +121,12 @@ def trace_graph(model: nn.Module, chunk: torch.Tensor | None = None, args: tuple
     except (ValueError, TypeError) as error:
         raise ValueError(f"cannot fuse the model: {error} (the fused step runs what a causal Streamer can trace; "
                          "atrous.streaming.Streamer streams the rest)") from None
+    if streamer.graph is None and not streamer._takes_one_input():
+        raise ValueError(f"cannot fuse {type(model).__name__} without an example step: its forward takes more than "
+                         "the chunk; pass chunk= and args= (FusedStreamer lowers it at its first step)")
     if streamer.graph is None:
-        raise ValueError(f"cannot fuse {type(model).__name__}: the fused step takes one (B, C, T) input whose "
-                         "channels it reads from in_channels or the first Conv1d or ConvTranspose1d; atrous.streaming.Streamer "
-                         "streams models with several inputs")
+        raise ValueError(f"cannot fuse {type(model).__name__}: the fused step needs the input's channels, read from "
+                         "in_channels or the first Conv1d or ConvTranspose1d; atrous.streaming.Streamer streams it")
     graph = streamer.graph
     if graph.timing.lead is not None:
         node = graph.nodes[graph.timing.lead]
@@ -154,7 +158,8 @@ def _lower_wavenet(model: WaveNet) -> Program:
 
 
 @torch.no_grad()
-def lower(model: nn.Module, *, allow_lookahead: bool = False) -> Program:
+def lower(model: nn.Module, *, allow_lookahead: bool = False, chunk: torch.Tensor | None = None, args: tuple = (),
+          kwargs: dict | None = None) -> Program:
     """Lower a causal model to a :class:`Program` (weights are copied: rebuild after training).
 
     Args:
@@ -162,6 +167,9 @@ def lower(model: nn.Module, *, allow_lookahead: bool = False) -> Program:
             :mod:`atrous.streaming.lowering` for what fuses), or a WaveNet, float32 on the CPU.
         allow_lookahead: lower a model that looks a bounded number of samples ahead (its
             outputs then lag its inputs).
+        chunk, args, kwargs: an example step (``forward(chunk, *args, **kwargs)``) for a model
+            whose forward takes more than the chunk: one more tensor along time (``(B, C, L)``)
+            and per-stream constants (``(B, D)`` floats) become inputs of the program.
 
     Raises:
         ValueError: a node that cannot be fused (named), or a model not on the CPU in float32.
@@ -171,7 +179,10 @@ def lower(model: nn.Module, *, allow_lookahead: bool = False) -> Program:
         raise ValueError("fused streaming needs a float32 model on the CPU; use Streamer for other dtypes and devices")
     if isinstance(model, WaveNet):
         return _lower_wavenet(model)
-    graph = trace_graph(model, allow_lookahead=allow_lookahead)
+    if chunk is not None:
+        chunk, args = chunk[:1], tuple(a[:1] if isinstance(a, torch.Tensor) else a for a in args)
+        kwargs = {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in (kwargs or {}).items()}
+    graph = trace_graph(model, chunk, args, kwargs=kwargs, allow_lookahead=allow_lookahead)
     program = Program(graph=graph)
     program.output = lower_graph(program, graph)
     return program

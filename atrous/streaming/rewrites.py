@@ -14,6 +14,7 @@ def compact(program, output: Span) -> Span:
     ops = program.ops
     spans = [span for op in ops for span in (op.src, op.init, op.dst) if span is not None]
     spans += [span for span in (program.input, program.local, output) if span is not None]
+    spans += [span for _, span in program.constants]
     used = [False] * program.width
     for span in spans:
         used[span.offset : span.offset + span.width] = [True] * span.width
@@ -30,6 +31,7 @@ def compact(program, output: Span) -> Span:
     for op in ops:
         op.src, op.init, op.dst = moved(op.src), moved(op.init), moved(op.dst)
     program.input, program.local = moved(program.input), moved(program.local)
+    program.constants = [(name, moved(span)) for name, span in program.constants]
     program.width = count
     return moved(output)
 
@@ -44,6 +46,7 @@ def stack_sums(program, output: Span) -> None:
     moved side by side in the workspace: one larger matrix product instead of ``n`` small ones."""
     ops = program.ops
     fixed = [span for span in (program.input, program.local, output) if span is not None]
+    fixed += [span for _, span in program.constants]
 
     def reads(span: Span) -> list[tuple[int, str]]:
         return [(i, name) for i, op in enumerate(ops) for name in ("src", "init")

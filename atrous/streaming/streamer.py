@@ -43,7 +43,8 @@ from atrous.streaming.tracing import ExampleFailed
 # example lengths tried in turn: pairs of unrelated lengths, long enough for every window; then
 # pairs of multiples of many strides, for a model that only takes lengths its strides divide (a
 # skip connection around a downsampling and an upsampling layer)
-_LENGTHS = tuple((n, 2 * n + 3) for n in (16, 64, 256, 1024, 4096)) + ((720, 1440), (2520, 5040), (40320, 80640))
+_LENGTHS = tuple((n, 2 * n + 3) for n in (16, 64, 256, 1024, 4096)) + tuple(
+    (n, 2 * n) for n in (720, 27720, 30240, 40320))  # 2^4 3^2 5; 2^3 3^2 5 7 11; 2^5 3^3 5 7; 2^7 3^2 5 7
 
 
 def _expected_in_channels(model: nn.Module) -> int | None:

@@ -16,7 +16,7 @@ from atrous.streaming.functional import StreamingStep
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "streaming"))  # the shared model builders
 from fused_models import gated_concat, locuslab_tcn, norm_glu  # noqa: E402
-from test_fused_families import MULTIRATE  # noqa: E402
+from test_fused_families import MULTIRATE, Conditioned  # noqa: E402
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -101,6 +101,19 @@ def test_strided_upsampling_and_lookahead_graphs_stream_through_onnxruntime(tmp_
     assert expected.shape[2] - result.delay <= got.shape[2] <= expected.shape[2]  # all but the held-back ones
     assert result.delay == FusedStreamer(model, 1, allow_lookahead=lookahead).delay
     np.testing.assert_allclose(got, expected[:, :, : got.shape[2]], atol=1e-4, rtol=0)
+
+
+def test_a_model_with_its_own_inputs_besides_the_chunk_exports_them_by_name(tmp_path):
+    """A per-stream constant (B, D) and a second sequence (B, C, T) become inputs of the step."""
+    torch.manual_seed(0)
+    model, x, condition, style = Conditioned().eval(), torch.randn(2, 3, 30), torch.randn(2, 2, 30), torch.randn(2, 5)
+    result = export_streaming_onnx(model, tmp_path / "step.onnx", optimize=False, example=(x, condition, style))
+    assert result.input_names[:3] == ("x", "style", "condition")
+    feeds = [{"x": x[:, :, t].numpy(), "style": style.numpy(), "condition": condition[:, :, t].numpy()}
+             for t in range(30)]
+    got = stream_onnx(result.path, feeds, result.initial_states(2))
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x, condition, style).numpy(), atol=1e-4, rtol=0)
 
 
 def test_functional_step_matches_offline_and_rejects_bad_arguments(tmp_path):

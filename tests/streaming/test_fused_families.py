@@ -123,15 +123,73 @@ def test_single_streams_of_a_strided_model_restart_only_on_a_frame(backend):
     assert streamer.samples_seen == 0
 
 
+# a model's own inputs besides the chunk: a per-stream constant, a second sequence ---------------
+class Conditioned(nn.Module):
+    """A causal conv of the signal plus a 1x1 conv of a conditioning sequence, scaled per stream."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 3, dilation=2)
+        self.condition = nn.Conv1d(2, 4, 1)
+        self.scale = nn.Linear(5, 4)
+
+    def forward(self, x, condition, style):
+        h = self.conv(F.pad(x, (4, 0))) + self.condition(condition)
+        return torch.tanh(h) * self.scale(style).unsqueeze(2)
+
+
+def test_models_with_inputs_besides_the_chunk_are_lowered_at_the_first_step(backend):
+    torch.manual_seed(0)
+    model, x, embedding = SkipTCN().eval(), torch.randn(2, 3, 40), torch.randn(2, 2)  # a (B, D) embedding
+    streamer = FusedStreamer(model, 2, backend=backend)
+    assert streamer.program is None and streamer.delay is None  # lowered from the first step's arguments
+    got = torch.cat([streamer.step(x[:, :, t : t + 5], embedding) for t in range(0, 40, 5)], dim=2)
+    torch.testing.assert_close(got, model(x, embedding), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"differ from those the streamer was built with"):
+        streamer.step(x[:, :, :1], torch.randn(2, 3))
+    model, condition, style = Conditioned().eval(), torch.randn(2, 2, 40), torch.randn(2, 5)
+    streamer = FusedStreamer(model, 2, backend=backend)
+    got = torch.cat([streamer.step(x[:, :, t : t + 8], condition[:, :, t : t + 8], style=style)
+                     for t in range(0, 40, 8)], dim=2)
+    torch.testing.assert_close(got, model(x, condition, style), atol=1e-5, rtol=0)
+    assert streamer.program.local_name == "condition" and [n for n, _ in streamer.program.constants] == ["style"]
+    with pytest.raises(ValueError, match=r"condition has 3 samples but the chunk has 4"):
+        streamer.step(x[:, :, :4], condition[:, :, :3], style=style)
+
+
+class OptionalCondition(nn.Module):
+    """A conditioning sequence that is optional, and a strided layer and an upsampling one after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.condition = nn.Conv1d(3, 4, 3), nn.Conv1d(2, 4, 1)
+        self.down, self.up = nn.Conv1d(4, 4, 4, stride=2), nn.ConvTranspose1d(4, 2, 2, stride=2)
+
+    def forward(self, x, condition=None):
+        h = self.conv(F.pad(x, (2, 0)))
+        h = torch.tanh(h if condition is None else h + self.condition(condition))
+        return self.up(torch.relu(self.down(F.pad(h, (2, 0)))))
+
+
+def test_an_optional_input_given_at_the_first_step_is_lowered_and_flushed(backend):
+    torch.manual_seed(0)
+    model, x, condition = OptionalCondition().eval(), torch.randn(2, 3, 16), torch.randn(2, 2, 16)
+    streamer = FusedStreamer(model, 2, backend=backend)  # lowered without the condition, again at the first step
+    got = torch.cat([streamer.step(x[:, :, :6], condition=condition[:, :, :6]), streamer.step(x[:, :, 6:],
+                     condition[:, :, 6:]), streamer.flush()], dim=2)  # by keyword, then by position
+    assert streamer.program is not None and streamer.program.local_name == "condition"
+    torch.testing.assert_close(got, model(x, condition), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda: nn.Sequential(CausalConv1d(2, 2, 2), nn.Softplus(beta=2)), r"layer '1' \(Softplus\): only beta=1"),
     (lambda: nn.Sequential(nn.Conv1d(2, 2, 1), nn.MaxPool1d(3, 1, padding=1)),
      r"layer '1' \(MaxPool1d\): it pads with -inf, not zeros"),
     (lambda: TasNet().eval(), r"layer 'decoder' \(ConvTranspose1d\) needs 1 later sample.*allow_lookahead"),
-    (lambda: SkipTCN().eval(), r"takes one \(B, C, T\) input"),
+    (lambda: SkipTCN().eval(), r"without an example step: its forward takes more than the chunk"),
 ])
 def test_what_the_fused_step_cannot_express_is_refused_by_node(build, message):
-    """Padding with -inf; lookahead without allow_lookahead; several inputs: Streamer streams them."""
+    """Padding with -inf; lookahead without allow_lookahead; several inputs without an example."""
     with pytest.raises(ValueError, match=rf"cannot fuse.*{message}.*"):
         lower(build(), allow_lookahead="lookahead" not in message)
 
