@@ -189,8 +189,9 @@ class FusedStreamer(StreamerBase):
         except TypeError as error:
             raise TypeError(f"the step's arguments do not fit {type(self.model).__name__}.forward: {error}") from None
         extras = {name: value for name, value in list(bound.arguments.items())[1:]}
-        signature = tuple((name, tuple(value.shape[1:-1]) if value.ndim >= 3 else tuple(value.shape[1:]), value.ndim >= 3)
-                          if isinstance(value, torch.Tensor) else (name, value, None) for name, value in extras.items())
+        signature = tuple(
+            (name, tuple(value.shape[1:-1]) if value.ndim >= 3 else tuple(value.shape[1:]), value.ndim >= 3)
+            if isinstance(value, torch.Tensor) else (name, value, None) for name, value in extras.items())
         if self.program is None or (signature != self._extras and not self.samples_seen):
             self._setup(lower(self.model, allow_lookahead=self.allow_lookahead, chunk=chunk, args=args, kwargs=kwargs))
             self._extras = signature

@@ -208,7 +208,8 @@ class PointwiseLowering:
             if isinstance(module, nn.SELU):
                 return self.elu(node, index, first, _SELU_ALPHA, _SELU_SCALE)
             if isinstance(module, nn.Softplus) and (module.beta != 1 or module.threshold != 20):
-                raise unsupported(node, f"only beta=1, threshold=20 are supported, got {module.beta}, {module.threshold}")
+                raise unsupported(node, f"only beta=1, threshold=20 are supported, got {module.beta}, "
+                                        f"{module.threshold}")
             if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
                 code = OpCode.SOFTMAX if isinstance(module, nn.Softmax) else OpCode.LOG_SOFTMAX
                 return self.softmax(node, first, module.dim, code)

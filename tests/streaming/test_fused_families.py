@@ -77,9 +77,9 @@ MULTIRATE = {  # name: (build, input channels, length, lookahead, (rate, fused d
     "strided-lookahead": (lambda: StridedLookahead().eval(), 2, 48, True, (1, None)),
     "pooling": (lambda: Pooled().eval(), 2, 96, True, (Fraction(1, 4), 1)),
     "u-net-skip": (lambda: UNetSkip().eval(), 2, 48, True, (1, 1)),
-    "transposed-shorter-than-stride": (lambda: nn.Sequential(nn.ConvTranspose1d(2, 2, 3, stride=3, padding=1),
-                                                             nn.Conv1d(2, 3, 2, stride=3), nn.ConstantPad1d((0, 3), 0.0),
-                                                             nn.Conv1d(3, 3, 4)).eval(), 2, 40, True, (1, 3)),
+    "transposed-shorter-than-stride": (lambda: nn.Sequential(
+        nn.ConvTranspose1d(2, 2, 3, stride=3, padding=1), nn.Conv1d(2, 3, 2, stride=3), nn.ConstantPad1d((0, 3), 0.0),
+        nn.Conv1d(3, 3, 4)).eval(), 2, 40, True, (1, 3)),
 }
 
 
