@@ -119,10 +119,13 @@ def classes_in_weights(name: str, state: dict[str, torch.Tensor], **model_args: 
     tensors or they disagree.
     """
     from atrous.models import create
+    from atrous.models.weights import upgrade_state_dict
 
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        one, two = (create(name, num_classes=k, **model_args).state_dict() for k in (1, 2))
+        models = [create(name, num_classes=k, **model_args) for k in (1, 2)]
+    one, two = (model.state_dict() for model in models)
+    state = upgrade_state_dict(state, models[0])  # runs saved with the old DeepLab key names
     counts = set()
     for key, tensor in one.items():
         if key in state and tensor.shape != two[key].shape and state[key].ndim == tensor.ndim:
@@ -166,7 +169,7 @@ def model_from_weights(
             file, or bad ``mean``/``std``.
     """
     from atrous.engine.trainer import check_model_size
-    from atrous.models import WeightsWarning, create, model_task, read_state_dict
+    from atrous.models import create, load_weights, model_task, read_state_dict
 
     if model_task(name) != "segmentation":
         raise ValueError(f"model (--model) {name!r} is a {model_task(name)} model; predict and eval need a "
@@ -182,18 +185,23 @@ def model_from_weights(
                          f"ImageNet's statistics are for RGB")
     mean, std = check_stats(MEAN if mean is None else mean, STD if std is None else std, channels=channels,
                             names=("mean (--mean)", "std (--std)"))
+    if num_classes is not None:
+        check_int(num_classes, "num_classes (--num-classes)", low=1, high=MAX_CLASSES)
+    check_model_size(name, num_classes=num_classes or 2, **model_args)
+    state = read_state_dict(weights)  # read once: for the class count and the load
     if num_classes is None:
-        check_model_size(name, num_classes=2, **model_args)
-        num_classes = classes_in_weights(name, read_state_dict(weights), **model_args)
+        num_classes = classes_in_weights(name, state, **model_args)
         if num_classes is None:
+            # a file of another layout says so (the loader's message names what it holds), not that
+            # the class count is missing
+            load_weights(create(name, num_classes=1, **model_args), weights, state=state)
             raise ValueError(f"weights file {str(weights)!r} does not say how many classes {name} predicts; "
                              f"give num_classes (--num-classes)")
-    check_int(num_classes, "num_classes (--num-classes)", low=1, high=MAX_CLASSES)
-    check_model_size(name, num_classes=num_classes, **model_args)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", WeightsWarning)  # a partial load is refused below, with the report
-        model = create(name, weights=weights, num_classes=num_classes, **model_args)
-    report = model.weights_report
+        check_int(num_classes, "the class count in the weights file", low=1, high=MAX_CLASSES)
+        check_model_size(name, num_classes=num_classes, **model_args)
+    model = create(name, num_classes=num_classes, **model_args)
+    report = load_weights(model, weights, state=state)  # a partial load is refused below, with the report
+    model.weights_report = report
     if report.initialised:  # a classifier left at random initialisation predicts noise
         raise ValueError(f"weights file {str(weights)!r} does not hold all of {name}'s tensors, so predictions would "
                          f"come from random ones ({report}); check --model, --model-arg and --num-classes")

@@ -289,7 +289,8 @@ def upgrade_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module) -> d
     return upgraded
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = False) -> WeightsReport:
+def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = False,
+                 state: Mapping[str, torch.Tensor] | None = None) -> WeightsReport:
     """Load a whole model's weights: torchvision's ``deeplabv3_resnet50/101`` and ``fcn_resnet50/101``
     (into atrous's with ``head="torchvision"``, resp. ``fcn_resnet*``), an atrous ``state_dict``, or,
     into a backbone model (``resnet50``, ``vgg16_dilation_frontend``), ImageNet classification weights.
@@ -303,6 +304,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Fa
         path: the weights file (see :func:`read_state_dict`).
         strict: refuse any skipped or newly initialised tensor (an ImageNet classifier, which a
             backbone model has no place for, aside).
+        state: the file's tensors when they were already read (``read_state_dict(path)``), so
+            that a caller who looked into the file does not read it twice; ``path`` then names it.
 
     Returns:
         The :class:`WeightsReport`; ``partial`` when something was skipped or newly initialised.
@@ -313,7 +316,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Fa
     """
     check_bool(strict, "strict")
     model_state = model.state_dict()
-    state = upgrade_state_dict(read_state_dict(path), model)
+    state = upgrade_state_dict(read_state_dict(path) if state is None else state, model)
     name, found = str(path), find_backbone(model_state)
     classification = classification_backbone(state)
     if isinstance(classification, Backbone):

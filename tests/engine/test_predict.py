@@ -121,3 +121,33 @@ def test_nothing_is_written_unless_every_input_can_be(tmp_path):
     with pytest.raises(ValueError, match="scales"):
         predict_files(loaded, meta, [tmp_path / "a" / "x.png"], tmp_path / "out", scales=(0.0,))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.filterwarnings("ignore::atrous.models.RateWarning")  # a tiny input: the rates reach past it
+def test_model_from_weights_reads_the_file_once_and_finds_the_class_count_under_old_names(tmp_path, monkeypatch):
+    import atrous.models
+    import atrous.models.weights
+
+    torch.manual_seed(0)
+    name, x = "deeplabv3plus_resnet18", torch.randn(1, 3, 40, 40)
+    model = calibrated(create_tiny(name), x)
+    # the ASPP branches as atrous named them before DeepLab's head took torchvision's layout
+    old = {key.replace("aspp.convs.", "aspp.branches."): value for key, value in model.state_dict().items()}
+    assert any(key.startswith("aspp.branches.") for key in old)
+    torch.save(old, tmp_path / "old.pth")
+    reads, read = [], atrous.models.weights.read_state_dict
+
+    def counted(path):
+        reads.append(path)
+        return read(path)
+
+    monkeypatch.setattr(atrous.models, "read_state_dict", counted)
+    monkeypatch.setattr(atrous.models.weights, "read_state_dict", counted)
+    arguments = {k: v for k, v in SEGMENTATION.items() if k != "num_classes"}
+    loaded, meta = model_from_weights(name, tmp_path / "old.pth", model_args=arguments)
+    assert len(reads) == 1 and meta["num_classes"] == SEGMENTATION["num_classes"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
+    torch.save({"encoder.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")  # no layout atrous knows
+    with pytest.raises(ValueError, match=r"other\.pth.*matches no layout of DeepLabV3Plus"):
+        model_from_weights(name, tmp_path / "other.pth", model_args=arguments)
