@@ -31,6 +31,7 @@ from atrous._checks import check_float, check_int, int_range, is_int, is_number
 from atrous.engine import distributed
 from atrous.engine.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from atrous.engine.history import TensorBoardLogger
+from atrous.engine.progress import Eta, clock_text, describe_run, epoch_line, progress_bar, quiet_on_closed_pipe
 from atrous.engine.run_dir import KEEP_LAST, RunDir, newest_checkpoint
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # saved on, then exit 128 + the signal number
@@ -203,33 +204,6 @@ class _StopRequests:
             signal.signal(signum, handler)
 
 
-class _Eta:
-    """Seconds left: the median time of recent steps (the first ones after a start tune backends
-    and are left out) times the steps left, plus the last validation's time per epoch left."""
-
-    def __init__(self, skip: int = 2) -> None:
-        self.skip, self.durations, self.validation = skip, [], 0.0
-
-    def add(self, seconds: float) -> None:
-        if self.skip > 0:
-            self.skip -= 1
-            return
-        self.durations = (self.durations + [seconds])[-50:]
-
-    def left(self, steps: int, epochs: int) -> float | None:
-        if not self.durations:
-            return None
-        ordered = sorted(self.durations)
-        return ordered[len(ordered) // 2] * steps + self.validation * epochs
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
-
-
 def saved_config(run_dir: Path) -> tuple[dict[str, Any], str]:
     """The config a run continues with, and where it was read: its newest save's, else its marker's."""
     from atrous.engine.run_dir import MARKER, read_marker
@@ -301,7 +275,7 @@ def run_job(
     log = quiet_on_closed_pipe(log)
     writes = run is not None and context.is_main
     total = sum(job.steps_in(e) for e in range(job.epochs))
-    eta = _Eta()
+    eta = Eta()
 
     def save(best: bool = False) -> Path | None:
         if not writes:
@@ -319,7 +293,7 @@ def run_job(
         cleanup.callback(lambda: board is not None and board.close())
         while state.epoch < job.epochs:
             steps, epoch_start = job.steps_in(state.epoch), time.monotonic()
-            bar = _bar(steps, state, job.epochs, progress and context.is_main)
+            bar = progress_bar(steps, state, job.epochs, progress and context.is_main)
             for batch in job.batches(state.epoch, state.batch):
                 began = time.perf_counter()
                 loss = job.step(batch, state.step)
@@ -328,7 +302,7 @@ def run_job(
                 if bar is not None:
                     left = eta.left(total - state.step, job.epochs - state.epoch)
                     bar.set_postfix(loss=f"{state.loss_sum / state.batch:.4g}", lr=f"{job.lr(state.step):.2e}",
-                                    run_eta=_clock(left))
+                                    run_eta=clock_text(left))
                     bar.update()
                 due = (every.steps is not None and state.step % every.steps == 0) or (
                     every.minutes is not None and time.monotonic() - last_save >= 60 * every.minutes)
@@ -362,7 +336,7 @@ def run_job(
                 if board is None:
                     board = TensorBoardLogger(run.path)
                 board.log(row)
-            log(_epoch_line(row, job.epochs))
+            log(epoch_line(row, job.epochs))
             if on_epoch is not None:
                 on_epoch(row)
             stopping = distributed.all_reduce_sum(torch.tensor([float(stop.signum or 0)]), context)[0] > 0
@@ -371,50 +345,6 @@ def run_job(
                     raise KeyboardInterrupt
                 raise TrainingInterrupted(stop.signum or signal.SIGTERM, newest_checkpoint(run.path) if run else None)
     return state
-
-
-def _epoch_line(row: dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {row['epoch']}/{epochs}:"]
-    for key, value in row.items():
-        if key not in ("epoch", "step") and isinstance(value, float):
-            parts.append(f"{key.replace('_', ' ')} {value:.4g}")
-    return "  ".join(parts)
-
-
-def _bar(total: int, state: LoopState, epochs: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=state.batch, desc=f"epoch {state.epoch + 1}/{epochs}", unit="step",
-                dynamic_ncols=True, leave=False)
-
-
-def quiet_on_closed_pipe(write: Callable[[str], None] = print) -> Callable[[str], None]:
-    """``write``, but silent once its reader has gone (``atrous train | head -1`` must not stop the run)."""
-    closed = False
-
-    def log(line: str) -> None:
-        nonlocal closed
-        if closed:
-            return
-        try:
-            write(line)
-        except BrokenPipeError:
-            closed = True
-
-    return log
-
-
-def describe_run(run: RunDir | None, job: Job, *, device: torch.device, precision: str, replayed: int) -> str:
-    """The start-up line: folder, model, data, steps, device, threads, precision, backend mode."""
-    from atrous.ops.autotune import fixed
-
-    total = sum(job.steps_in(e) for e in range(job.epochs))
-    backend = "fixed (deterministic)" if fixed() else f"auto, {replayed} recorded choices replayed"
-    where = f"run folder {run.path}" if run is not None else "no run folder"
-    return (f"{where} | {job.describe()} | {total:,} steps ({job.epochs} epochs) | device {device}, "
-            f"{torch.get_num_threads()} threads, {precision} | backend {backend}")
 
 
 def execute(
