@@ -63,6 +63,8 @@ class StreamingStep(nn.Module):
 
     def __init__(self, model: nn.Module, *, allow_lookahead: bool = False, example: tuple = ()) -> None:
         super().__init__()
+        if not isinstance(example, (tuple, list)) or example and not isinstance(example[0], torch.Tensor):
+            raise TypeError(f"example must be a tuple (chunk, *args) starting with the chunk tensor, got {example!r:.80}")
         chunk, *args = example or (None,)
         program = lower(model, allow_lookahead=allow_lookahead, chunk=chunk, args=tuple(args))
         self.program: Program = program
