@@ -1,12 +1,14 @@
 """Run a lowered :class:`~atrous.streaming.program.Program` with PyTorch ops, in place.
 
-The fallback of :class:`~atrous.streaming.FusedStreamer` when the C++ step cannot be built. Every
-value is a view of one preallocated workspace ``(B, width)``; each causal convolution reads its
-``k - 1`` past taps from a ring buffer ``((k - 1) * d, B, C)`` at slots ``(n - m d) mod (k - 1) d``
-and writes its input at ``n mod (k - 1) d`` after reading, ``n`` counting its runs (Paine et al. 2016, "Fast WaveNet
-generation algorithm"). What each op computes comes from :data:`~atrous.streaming.opset.OPS`
-(its in-place form); this module only resolves operands and keeps the rings. No tensor is
-allocated per step except PyTorch's own temporaries, and no ``torch.cat``.
+The fallback of :class:`~atrous.streaming.FusedStreamer` when the C++ step cannot be built, and
+the runner of its flush. Every value is a view of one preallocated workspace ``(B, width)``; each
+causal convolution reads its ``k - 1`` past taps from a ring buffer ``((k - 1) * d, B, C)`` at
+slots ``(n - m d) mod (k - 1) d`` and writes its input at ``n mod (k - 1) d`` after reading, ``n``
+counting its runs (Paine et al. 2016, "Fast WaveNet generation algorithm"); the ops on clocks of
+their own run at their ticks (:mod:`atrous.streaming.clocked`). What each op computes comes from
+:data:`~atrous.streaming.opset.OPS` (its in-place form); this module only resolves operands and
+keeps the rings. No tensor is allocated per step except PyTorch's own temporaries, and no
+``torch.cat``.
 """
 
 from __future__ import annotations
