@@ -37,11 +37,11 @@ import math
 from typing import Any
 
 import torch
-from torch import nn
 
 from atrous.streaming.graph import Kind, Node, StreamGraph
 from atrous.streaming.opset import OpCode, Span
-from atrous.streaming.timing import counts
+from atrous.streaming.pointwise import dense_weight, unsupported
+from atrous.streaming.timing import FAR, counts
 
 Clock = tuple[int, int]  # (start, period) in ticks
 
@@ -50,9 +50,9 @@ def _excess(node: Node) -> int:
     """Raw outputs of a window or transposed convolution that its input gives before the offline
     forward would have them: the ones a crop at the end removes (beyond what the right padding
     adds), and those a transposed kernel shorter than its stride leaves out after the last input."""
-    g, far = node.geometry, 1 << 40
+    g = node.geometry
     raw = g.transposed_raw if node.kind is Kind.TRANSPOSED else g.window_raw
-    return max(0, *(raw(a, final=False) - (raw(a, final=True) - g.crop_right) for a in range(far, far + g.stride)))
+    return max(0, *(raw(a, final=False) - (raw(a, final=True) - g.crop_right) for a in range(FAR, FAR + g.stride)))
 
 
 def ticks_per_input(graph: StreamGraph) -> int:
@@ -69,7 +69,8 @@ def emitted(clock: Clock, ticks: int) -> int:
 class ClockedLowering:
     """The time-related part of :class:`~atrous.streaming.lowering._Lowering` (a mixin).
 
-    It reads ``program``, ``graph``, ``values`` and ``emit`` of the lowering and keeps the clock
+    It uses ``program``, ``graph``, ``values``, ``written``, ``resolve``, ``emit`` and
+    ``conv_parameters`` of the lowering and keeps the clock
     of every node in ``clocks``; ``clock`` is the run clock and ``value_clock`` the value clock
     of the node being lowered, which :meth:`emit` gives the ops it writes.
     """
@@ -94,11 +95,11 @@ class ClockedLowering:
         self.clock = clock or (0, 1)
         self.value_clock = value_clock if value_clock is not None else clock
 
-    def clock_fields(self, start: int | None = None, period: int | None = None) -> dict[str, Any]:
+    def clock_fields(self, start: int | None = None) -> dict[str, Any]:
+        """The clock fields of an op of the node being lowered (``start``: another first tick)."""
         run_start, run_period = self.clock
         value = None if self.value_clock is None else (*self.value_clock, self.node_index)
-        return {"start": run_start if start is None else start, "period": run_period if period is None else period,
-                "value": value}
+        return {"start": run_start if start is None else start, "period": run_period, "value": value}
 
     def timed_inputs(self, node: Node) -> list[int]:
         return [i for i in dict.fromkeys(node.inputs) if self.graph.nodes[i].timed and self.clocks[i] is not None]
@@ -142,9 +143,7 @@ class ClockedLowering:
         """The ring a ``PUSH`` fills with ``span`` on ``clock``, at least ``length`` samples long."""
         program, key = self.program, (span, clock)
         if key not in self._rings:
-            program.rings.append((length, span.width))
-            program.ring_clocks.append(clock)
-            self._rings[key] = len(program.rings) - 1
+            self._rings[key] = program.add_ring(length, span.width, clock)
             self.emit(OpCode.PUSH, span, span.width, dst=span, ring=self._rings[key], start=clock[0], period=clock[1],
                       value=None)
         ring = self._rings[key]
@@ -185,7 +184,7 @@ class ClockedLowering:
         self.begin(self.node_index, out_clock)
         return self.emit(OpCode.TAPS, None, matrix.shape[1], weight=program.weight(matrix),
                          bias=None if bias is None else program.weight(bias), ring=ring, kernel_size=k,
-                         dilation=g.dilation, lag=hold * g.stride, **self.clock_fields())
+                         dilation=g.dilation, lag=hold * g.stride)
 
     def max_window(self, node: Node, src: Span) -> Span:
         """Max pooling: its input pushed into a ring, a ``MAX`` over the taps per output."""
@@ -194,7 +193,7 @@ class ClockedLowering:
         ring = self.ring_of(src, source_clock, g.extent + hold * g.stride)
         self.begin(self.node_index, out_clock)
         return self.emit(OpCode.MAX, None, src.width, ring=ring, kernel_size=g.kernel_size, dilation=g.dilation,
-                         lag=hold * g.stride, **self.clock_fields())
+                         lag=hold * g.stride)
 
     def held_span(self, node: Node, src: Span) -> Span:
         """A crop or decimation: the same span on the output's clock, read from a delay line when
@@ -205,34 +204,21 @@ class ClockedLowering:
             return src
         lag = hold * node.geometry.stride
         ring = self.ring_of(src, source_clock, lag + 1)
-        return self.emit(OpCode.READ, None, src.width, ring=ring, lag=lag, **self.clock_fields())
+        return self.emit(OpCode.READ, None, src.width, ring=ring, lag=lag)
 
     def transposed(self, node: Node, src: Span) -> tuple[Span, Clock]:
         """A transposed convolution as ``stride`` phases over its input's ring; its span and clock."""
         g, program = node.geometry, self.program
         (start, period), s = self.clocks[node.args[0].index], g.stride
         if g.pad_left:
-            raise ValueError(f"cannot fuse {node.label}: its input is padded by {g.pad_left} samples")
+            raise unsupported(node, f"its input is padded by {g.pad_left} samples")
         if period % s:  # ticks_per_input makes every period a multiple of the upsampling: a bug otherwise
-            raise ValueError(f"cannot fuse {node.label}: {period} ticks per input sample do not divide by {s}")
-        if isinstance(node.target, nn.Module):
-            module = node.target
-            weight, bias, groups = module.weight, module.bias, module.groups
-        else:
-            weight = self.resolve(node.args[1])
-            bias = self.resolve(node.args[2]) if len(node.args) > 2 else None
-            groups = node.kwargs.get("groups", 1)
-        if not isinstance(weight, torch.Tensor):
-            raise ValueError(f"cannot fuse {node.label}: its weight is not a parameter")
-        weight = weight.detach()
-        in_channels, out_per, k = weight.shape  # (in, out / groups, k)
+            raise unsupported(node, f"{period} ticks per input sample do not divide by {s}")
+        weight, bias, groups = self.conv_parameters(node)
+        in_channels, _, k = weight.shape  # (in, out / groups, k)
         if in_channels != src.width:
-            raise ValueError(f"cannot fuse {node.label}: it takes {in_channels} channels but receives {src.width}")
-        in_per = in_channels // groups
-        dense = weight.new_zeros(in_channels, out_per * groups, k)
-        for group in range(groups):
-            rows = slice(group * in_per, (group + 1) * in_per)
-            dense[rows, group * out_per : (group + 1) * out_per] = weight[rows]
+            raise unsupported(node, f"it takes {in_channels} channels but receives {src.width}")
+        dense = dense_weight(weight, groups)  # (in, out, k), block diagonal: the same layout as a conv's
         step, d = period // s, g.dilation
         hold = _excess(node)  # raw outputs past the end a shorter kernel or a crop leaves: held back
         out_clock = (start + (g.crop_left + hold) * step, step)
@@ -243,8 +229,8 @@ class ClockedLowering:
             phases.append(taps)  # (lag, tap), oldest (largest lag) first
         ring = self.ring_of(src, (start, period), 1 + max((taps[0][0] for taps in phases if taps),
                                                           default=(s - 1 + hold) // s))
-        bias_index = None if bias is None else program.weight(bias.detach())
-        dst = program.alloc(out_per * groups)
+        bias_index = None if bias is None else program.weight(bias)
+        dst = program.alloc(dense.shape[1])
         self.begin(self.node_index, (start, period), out_clock)
         for phase, taps in enumerate(phases):
             if taps:
@@ -255,7 +241,7 @@ class ClockedLowering:
                 matrix, lag, dilation = dense.new_zeros(in_channels, dense.shape[1]), 0, 1
             self.emit(OpCode.TAPS, None, dense.shape[1], dst=dst, weight=program.weight(matrix), bias=bias_index,
                       ring=ring, kernel_size=max(1, len(taps)), dilation=dilation, lag=lag,
-                      **self.clock_fields(start=start + (phase + hold) * step, period=period))
+                      **self.clock_fields(start=start + (phase + hold) * step))
         self.written[dst] = -2  # several writers: nothing folds into it
         return dst, out_clock
 
@@ -264,18 +250,12 @@ class ClockedLowering:
         return clock if clock is not None else (0, 1)
 
 
-def fused_delay(program) -> int:
+def fused_delay(graph: StreamGraph, out_clock: Clock, ticks: int) -> int:
     """Outputs a fused step holds back at most: those the offline forward has after ``A`` input
     samples but whose ticks come later (lookahead, frames and upsampled samples spread out)."""
-    graph = program.graph
-    if graph is None:
-        return 0
-    period, far = graph.timing.period, 1 << 40
-    delay = 0
-    for samples in range(far * period, far * period + period):
-        end = counts(graph, samples)[graph.output][1]
-        delay = max(delay, end - emitted(program.out_clock, samples * program.ticks))
-    return delay
+    period = graph.timing.period
+    return max(counts(graph, samples)[graph.output][1] - emitted(out_clock, samples * ticks)
+               for samples in range(FAR * period, FAR * period + period))
 
 
 def stream_ends(graph, samples: int, starts: torch.Tensor) -> dict[int, torch.Tensor]:

@@ -43,7 +43,7 @@ class TorchExecutor:
         self.ids: list[torch.Tensor | None] = [None] * len(IdSource)  # set per step, read by every op
         self.steps = [self._bind(op) for op in program.ops]
         self.clocks = [(op.start, op.period) for op in program.ops]
-        self.every_tick = program.ticks == 1 and all(clock == (0, 1) for clock in self.clocks)
+        self.unclocked = program.ticks == 1 and all(clock == (0, 1) for clock in self.clocks)  # no op skips a tick
         self.ends: dict[int, torch.Tensor] | None = None
 
     def view(self, span: Span) -> torch.Tensor:
@@ -125,7 +125,7 @@ class TorchExecutor:
                     local_view.copy_(local[:, :, column])
                 elif local_view is not None:  # past the end of the streams (a flush)
                     local_view.zero_()
-            if self.every_tick and self.ends is None:
+            if self.unclocked and self.ends is None:
                 for step in self.steps:
                     step(tick, tick)
             else:

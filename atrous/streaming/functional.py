@@ -27,7 +27,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from atrous.streaming.clocked import fused_delay
 from atrous.streaming.opset import OPS, IdSource, OpCode, Operands, Span
 from atrous.streaming.program import Program, lower
 
@@ -70,17 +69,14 @@ class StreamingStep(nn.Module):
         self.program: Program = program
         for i, weight in enumerate(program.weights):
             self.register_buffer(f"weight_{i}", weight, persistent=False)
-        # a ring that is not a CONV's own (PUSH, TAPS, READ, MAX) is read across ticks: a block step
-        self.clocked = program.ticks != 1 or program.out_clock != (0, 1) or any(
-            (op.start, op.period) != (0, 1) or op.ring is not None and op.code != OpCode.CONV for op in program.ops)
+        self.clocked = not program.every_tick  # ops on clocks or rings read across ticks: a block step
         if self.clocked and (program.input is None or program.global_classes):
             raise ValueError("a block step takes float inputs; class ids step one sample a call")
-        timing = None if program.graph is None else program.graph.timing
-        self.block = 1 if timing is None or not self.clocked else timing.period
+        self.block = program.graph.timing.period if self.clocked else 1
         out_start, out_period = program.out_clock
         self.outputs_per_block = self.block * program.ticks // out_period
         self.leading = out_start // out_period if self.clocked else 0
-        self.delay = fused_delay(program)
+        self.delay = program.delay
 
     @property
     def state_names(self) -> list[str]:

@@ -38,7 +38,7 @@ from torch import nn
 
 from atrous._checks import check_bool
 from atrous.streaming.base import StreamerBase
-from atrous.streaming.clocked import emitted, fused_delay, stream_ends
+from atrous.streaming.clocked import emitted, stream_ends
 from atrous.streaming.executor import TorchExecutor
 from atrous.streaming.kernel_cache import load_kernel
 from atrous.streaming.opset import CallSlot, ConfigSlot, Status, op_table
@@ -105,13 +105,6 @@ class FusedStreamer(StreamerBase):
         allow_lookahead: stream a model that looks ahead (a "same"-padded or non-causal
             convolution) with its outputs :attr:`delay` samples late, instead of refusing it.
 
-    Attributes:
-        delay: outputs held back at most (0 for a causal model at one rate); :meth:`flush`
-            returns them.
-        rate: output samples per input sample.
-        period: input samples after which every layer's frames line up again; single streams
-            restart only at multiples of it.
-
     Raises:
         ValueError: a node that cannot be fused (named; pooling, norms over time, modules that
             cannot be traced...: use :class:`~atrous.streaming.Streamer`), a model that looks
@@ -130,9 +123,6 @@ class FusedStreamer(StreamerBase):
         self.model, self.allow_lookahead = model, allow_lookahead
         self.backend = _resolve_backend(backend)
         self.program: Program | None = None
-        self.rate: Fraction | None = None
-        self.period: int | None = None
-        self.delay: int | None = None
         self._forward = inspect.signature(model.forward)
         self._extras: tuple | None = None  # (name, shape but batch and time, along time) of the extra inputs
         if isinstance(model, WaveNet) or not _needs_more_than_the_chunk(self._forward):
@@ -144,16 +134,14 @@ class FusedStreamer(StreamerBase):
         """Buffers, and the C++ step's tables, for ``program``."""
         batch_size = self.batch_size
         self.program = program
-        timing = program.graph.timing if program.graph is not None else None
-        self.rate = Fraction(1) if timing is None else timing.rate
-        self.period = 1 if timing is None else timing.period
-        self.delay = fused_delay(program)
         # (samples, B, C) per ring: one time slot of every stream is contiguous
         self._rings = [torch.zeros(length, batch_size, channels) for length, channels in program.rings]
         self._work = torch.zeros(batch_size, program.width)
         self._pending: list[tuple[int, int, torch.Tensor]] = []  # (tick, ring, rows): resets still to come
         self._starts = torch.zeros(batch_size, dtype=torch.long)  # input sample each stream's sequence began at
-        self._executor = TorchExecutor(program, self._rings, self._work)  # runs flush, and every step for "torch"
+        # every step for backend "torch", and a flush (it zeroes samples past the ends as they come)
+        self._executor = TorchExecutor(program, self._rings, self._work) if self.backend == "torch" or program.delay \
+            else None
         if self.backend == "torch":
             return
         self._table = op_table(program.ops)
@@ -210,6 +198,21 @@ class FusedStreamer(StreamerBase):
             raise ValueError(f"{name} has {extras[name].shape[-1]} samples but the chunk has {chunk.shape[-1]}; "
                              "a tensor argument of 3 dims is a sequence along time, chunked like the chunk")
         return extras[name]
+
+    @property
+    def rate(self) -> Fraction | None:
+        """Output samples per input sample (``None`` until lowered)."""
+        return None if self.program is None else self.program.graph.timing.rate
+
+    @property
+    def period(self) -> int | None:
+        """Input samples after which every layer's frames line up again."""
+        return None if self.program is None else self.program.graph.timing.period
+
+    @property
+    def delay(self) -> int | None:
+        """Outputs held back at most (0 for a causal model at one rate); :meth:`flush` returns them."""
+        return None if self.program is None else self.program.delay
 
     @property
     def context(self) -> int:
@@ -293,24 +296,27 @@ class FusedStreamer(StreamerBase):
         first, last = self.samples_seen * ticks, (self.samples_seen + length) * ticks
         out_first = emitted(program.out_clock, first)
         out = torch.empty(self.batch_size, program.output.width, emitted(program.out_clock, last) - out_first)
-        inputs = (chunk, local_condition, global_condition, out, out_first)
-        tick = first
-        while self._pending and self._pending[0][0] < last:
-            at, ring, rows = self._pending.pop(0)
-            self._run(inputs, tick, at)
-            self._rings[ring][:, rows] = 0
-            tick = max(tick, at)
-        self._run(inputs, tick, last)
+        self._run_ticks((chunk, local_condition, global_condition, out, out_first), first, last)
         self.samples_seen += length
         return out
 
-    def _run(self, inputs: tuple, start: int, stop: int) -> None:
-        """Ticks ``[start, stop)`` of the current chunk."""
+    def _run_ticks(self, inputs: tuple, start: int, stop: int, *, flushing: bool = False) -> None:
+        """Ticks ``[start, stop)``, zeroing the rings of reset streams when their ticks come."""
+        while self._pending and self._pending[0][0] < stop:
+            at, ring, rows = self._pending.pop(0)
+            self._run(inputs, start, at, flushing)
+            self._rings[ring][:, rows] = 0
+            start = max(start, at)
+        self._run(inputs, start, stop, flushing)
+
+    def _run(self, inputs: tuple, start: int, stop: int, flushing: bool) -> None:
+        """Ticks ``[start, stop)`` of the current chunk (of a flush: through the PyTorch executor,
+        which zeroes the samples past the streams' ends)."""
         if stop <= start:
             return
         chunk, local_condition, global_condition, out, out_first = inputs
         program = self.program
-        if self.backend == "torch":
+        if self.backend == "torch" or flushing:
             self._executor.run(chunk, local_condition, global_condition, out, start, ticks=stop - start,
                                x_first=self.samples_seen, out_first=out_first)
             return
@@ -347,24 +353,17 @@ class FusedStreamer(StreamerBase):
         program, graph = self.program, self.program.graph
         have = emitted(program.out_clock, self.samples_seen * program.ticks)
         out = torch.empty(self.batch_size, program.output.width, 0)
-        if graph is not None and self.delay:
+        if self.delay:
             self._executor.ends = ends = stream_ends(graph, self.samples_seen, self._starts)
             need = int(ends[graph.output].max())
             if need > have:
                 out_start, out_period = program.out_clock
                 out = torch.zeros(self.batch_size, program.output.width, need - have)
-                inputs = (None, None, None, out, have)
-                backend, self.backend = self.backend, "torch"  # zeroing past the ends: the PyTorch executor only
                 try:
-                    tick, last = self.samples_seen * program.ticks, out_start + (need - 1) * out_period + 1
-                    for at, ring, rows in self._pending:
-                        if at < last:
-                            self._run(inputs, tick, at)
-                            self._rings[ring][:, rows] = 0
-                            tick = max(tick, at)
-                    self._run(inputs, tick, last)
+                    self._run_ticks((None, None, None, out, have), self.samples_seen * program.ticks,
+                                    out_start + (need - 1) * out_period + 1, flushing=True)
                 finally:
-                    self.backend, self._executor.ends = backend, None
+                    self._executor.ends = None
                 past = torch.arange(have, need) >= ends[graph.output][:, None]  # (B, n): past a stream's end
                 out.masked_fill_(past[:, None, :], 0.0)
         self.reset()

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from atrous.streaming.clocked import ClockedLowering, ticks_per_input
+from atrous.streaming.clocked import ClockedLowering, fused_delay, ticks_per_input
 from atrous.streaming.graph import Kind, Node, Ref, StreamGraph
 from atrous.streaming.opset import OpCode, Span
 from atrous.streaming.pointwise import CannotFuse, PointwiseLowering, dense_weight, unsupported
@@ -142,10 +142,9 @@ class _Lowering(PointwiseLowering, ClockedLowering):
         bias_index = None if bias is None else program.weight(bias)
         if k == 1:
             return self.emit(OpCode.LINEAR, src, matrix.shape[1], weight=weight_index, bias=bias_index)
-        program.rings.append(((k - 1) * dilation, src.width))
-        program.ring_clocks.append(self.clock)
+        ring = program.add_ring((k - 1) * dilation, src.width, self.clock)
         return self.emit(OpCode.CONV, src, matrix.shape[1], weight=weight_index, bias=bias_index,
-                         ring=len(program.rings) - 1, kernel_size=k, dilation=dilation)
+                         ring=ring, kernel_size=k, dilation=dilation)
 
     def window(self, node: Node) -> Span:
         g = node.geometry
@@ -162,23 +161,27 @@ class _Lowering(PointwiseLowering, ClockedLowering):
             return self.strided_product(node, src, weight, None)
         if node.op != "conv":
             raise unsupported(node, f"a {node.op.replace('_', ' ')} window has no fused op")
+        weight, bias, groups = self.conv_parameters(node)
+        weight = dense_weight(weight, groups)
+        if weight.shape[1] != src.width:
+            raise unsupported(node, f"it takes {weight.shape[1]} channels but receives {src.width}")
+        return self.strided_product(node, src, weight, bias)
+
+    def conv_parameters(self, node: Node) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """(weight, bias, groups) of a convolution node, a module's (a weight-norm parametrisation
+        evaluated) or a function's arguments, detached."""
         if isinstance(node.target, nn.Module):
             conv = node.target
-            weight, bias, groups = conv.weight, conv.bias, conv.groups  # evaluates a weight-norm parametrisation
+            weight, bias, groups = conv.weight, conv.bias, conv.groups
             if getattr(conv, "padding_mode", "zeros") != "zeros":
                 raise unsupported(node, f"padding_mode={conv.padding_mode!r}")
         else:
             weight, bias = self.resolve(node.args[1]), self.resolve(node.args[2]) if len(node.args) > 2 else None
-            bias = node.kwargs.get("bias", bias) if "bias" in node.kwargs else bias
-            bias = self.resolve(bias)
-            groups = node.kwargs.get("groups", 1)
+            bias = self.resolve(node.kwargs.get("bias", bias))
+            groups = self.resolve(node.kwargs.get("groups", 1))
         if not isinstance(weight, torch.Tensor):
             raise unsupported(node, "its weight is not a parameter")
-        groups = self.resolve(groups) if not isinstance(groups, int) else groups
-        weight, bias = dense_weight(weight.detach(), groups), None if bias is None else bias.detach()
-        if weight.shape[1] != src.width:
-            raise unsupported(node, f"it takes {weight.shape[1]} channels but receives {src.width}")
-        return self.strided_product(node, src, weight, bias)
+        return weight.detach(), None if bias is None else bias.detach(), groups
 
     def strided_product(self, node: Node, src: Span, weight: torch.Tensor, bias: torch.Tensor | None) -> Span:
         """A window's product, ``weight`` ``(out, in, k)``: a ``CONV`` at stride 1, else ``TAPS``."""
@@ -248,5 +251,6 @@ def lower_graph(program, graph: StreamGraph, *, inputs: dict[str, Span] | None =
     if not isinstance(output, Span):
         raise unsupported(graph.nodes[graph.output], "the output is not a signal")
     program.out_clock = lowering.output_clock(graph.output)
+    program.delay = fused_delay(graph, program.out_clock, ticks)
     stack_sums(program, output)
     return compact(program, output)

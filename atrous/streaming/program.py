@@ -46,6 +46,7 @@ class Program:
     ticks: int = 1  # ticks per input sample (see atrous.streaming.clocked)
     out_clock: tuple[int, int] = (0, 1)  # output sample j is ready at tick start + j * period
     graph: StreamGraph | None = None  # what the program was lowered from (its counts give the ends)
+    delay: int = 0  # outputs held back at most (atrous.streaming.clocked.fused_delay)
     input: Span | None = None  # float input channels; None when the input is class ids
     classes: int = 0  # number of input class ids (WaveNet), else 0
     local: Span | None = None  # local conditioning channels, or a second input along time
@@ -58,6 +59,19 @@ class Program:
         span = Span(self.width, width)
         self.width += width
         return span
+
+    def add_ring(self, length: int, channels: int, clock: tuple[int, int]) -> int:
+        """A ring of ``length`` samples of ``channels``, written on ``clock``; its index."""
+        self.rings.append((length, channels))
+        self.ring_clocks.append(clock)
+        return len(self.rings) - 1
+
+    @property
+    def every_tick(self) -> bool:
+        """Whether every op runs at every tick, one tick per input sample, each ring a ``CONV``'s own:
+        a step of one sample needs nothing from the ticks before it but the rings."""
+        return self.ticks == 1 and self.out_clock == (0, 1) and all(
+            (op.start, op.period) == (0, 1) and (op.ring is None or op.code == OpCode.CONV) for op in self.ops)
 
     def weight(self, tensor: torch.Tensor) -> int:
         self.weights.append(tensor.detach().to(torch.float32).contiguous().clone())
@@ -152,8 +166,8 @@ def _lower_wavenet(model: WaveNet) -> Program:
     if cfg.local_channels:
         program.local = inputs["local"] = program.alloc(cfg.local_channels)
         args.append(torch.zeros(1, cfg.local_channels, 1))
-    graph = trace_graph(_WaveNetCore(model), torch.zeros(1, cfg.residual_channels, 1), tuple(args))
-    program.output = lower_graph(program, graph, inputs=inputs)
+    program.graph = trace_graph(_WaveNetCore(model), torch.zeros(1, cfg.residual_channels, 1), tuple(args))
+    program.output = lower_graph(program, program.graph, inputs=inputs)
     return program
 
 

@@ -17,7 +17,7 @@ from fractions import Fraction
 
 from atrous.streaming.graph import Kind, Node, StreamGraph, Timing, lcm_of_denominators
 
-_FAR = 1 << 40  # an input length far past every transient (in whole periods)
+FAR = 1 << 40  # an input length far past every transient (in whole periods)
 
 
 def _timed_inputs(graph: StreamGraph, node: Node) -> list[int]:
@@ -72,7 +72,7 @@ def _own_lookahead(node: Node, period: int) -> int:
     if node.kind not in (Kind.WINDOW, Kind.TRANSPOSED):
         return 0
     transposed = node.kind is Kind.TRANSPOSED
-    steady = [_FAR * period + j for j in range(node.geometry.stride)]
+    steady = [FAR * period + j for j in range(node.geometry.stride)]
     need = 0
     while not all(node.geometry.counts(transposed, n + need, n + need)[0] >= node.geometry.counts(transposed, n, n)[1]
                   for n in steady):
@@ -95,7 +95,7 @@ def analyse(graph: StreamGraph, lengths: tuple[int, int]) -> Timing:
     _check_lengths(graph, lengths)
     nodes, output = graph.nodes, graph.output
     period = lcm_of_denominators([node.rate for node in nodes if node.timed])
-    steady = [_FAR * period + j for j in range(period)]
+    steady = [FAR * period + j for j in range(period)]
     table = [counts(graph, samples) for samples in steady]
     waiting = [max(row[i][1] - row[i][0] for row in table) for i in range(len(nodes))]
     timing = Timing(rate=nodes[output].rate, period=period, delay=waiting[output], waiting=waiting)
@@ -106,7 +106,7 @@ def analyse(graph: StreamGraph, lengths: tuple[int, int]) -> Timing:
         high = 1
         while not enough(high):
             high *= 2
-            if high > _FAR:
+            if high > FAR:
                 raise ValueError("cannot stream the model: its output never catches up with its input")
         low = high // 2
         while high - low > 1:
@@ -124,7 +124,7 @@ def analyse(graph: StreamGraph, lengths: tuple[int, int]) -> Timing:
                 timing.sources.append((index, own))
             stack.extend(_timed_inputs(graph, nodes[index]))
         timing.sources.sort()
-    at = _FAR * period
+    at = FAR * period
     row = counts(graph, at)
     timing.lead = next((i for i, node in enumerate(nodes) if node.timed and node.kind is not Kind.SIZE
                         and _computed(graph, node, row, i) > at * node.rate), None)
