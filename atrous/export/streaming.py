@@ -92,14 +92,9 @@ def _example_inputs(step: StreamingStep, batch: int) -> tuple[torch.Tensor, ...]
         x = torch.zeros(batch, dtype=torch.long)
     else:
         x = torch.zeros(batch, program.input.width, *([step.block] if step.clocked else []))
-    inputs = [x]
-    if program.global_classes:
-        inputs.append(torch.zeros(batch, dtype=torch.long))
-    if program.local is not None and program.local_name is None:
-        inputs.append(torch.zeros(batch, program.local.width))
-    inputs += [torch.zeros(batch, span.width) for _, span in program.constants]
-    if program.local_name is not None:
-        inputs.append(torch.zeros(batch, program.local.width, *([step.block] if step.clocked else [])))
+    inputs = [x] + [torch.zeros(batch, dtype=torch.long)] * bool(program.global_classes)
+    inputs += [torch.zeros(batch, span.width, *([step.block] if along_time and step.clocked else []))
+               for _, span, along_time in step.float_inputs()]
     return (*inputs, *step.initial_states(batch))
 
 

@@ -89,25 +89,26 @@ class StreamingStep(nn.Module):
         """Names of the forward's inputs: ``x``, the conditioning present (a WaveNet's, or the
         model's own per-stream constants and second input along time, by their names), then
         :attr:`state_names`."""
+        names = ["x"] + ["global_condition"] * bool(self.program.global_classes)
+        return names + [name for name, _, _ in self.float_inputs()] + self.state_names
+
+    def float_inputs(self) -> list[tuple[str, Span, bool]]:
+        """The float inputs after ``x`` (and a WaveNet's global ids), in order: (name, span, along
+        time): a WaveNet's local conditioning, or the model's own constants then its second sequence."""
         program = self.program
-        names = ["x"] + ["global_condition"] * bool(program.global_classes)
-        names += ["local_condition"] * (program.local is not None and program.local_name is None)
-        names += [name for name, _ in program.constants] + [program.local_name] * (program.local_name is not None)
-        return names + self.state_names
+        if program.local is not None and program.local_name is None:
+            return [("local_condition", program.local, True)]
+        inputs = [(name, span, False) for name, span in program.constants]
+        return inputs + [(program.local_name, program.local, True)] * (program.local_name is not None)
 
     def _split(self, inputs: tuple) -> tuple[torch.Tensor | None, list[tuple[Span, torch.Tensor]], list[torch.Tensor]]:
-        """``inputs`` after ``x``: (global ids, the (span, value) of the other inputs, the states)."""
-        program, names = self.program, self.input_names[1:]
+        """``inputs`` after ``x``: (global ids, the (span, value) of the float inputs, the states)."""
+        names = self.input_names[1:]
         if len(inputs) != len(names):
             raise ValueError(f"expected {len(names)} tensors after x ({', '.join(names)}), got {len(inputs)}")
         inputs = list(inputs)
-        global_ids = inputs.pop(0) if program.global_classes else None
-        given = []
-        if program.local is not None and program.local_name is None:
-            given.append((program.local, inputs.pop(0)))
-        given += [(span, inputs.pop(0)) for _, span in program.constants]
-        if program.local_name is not None:
-            given.append((program.local, inputs.pop(0)))
+        global_ids = inputs.pop(0) if self.program.global_classes else None
+        given = [(span, inputs.pop(0)) for _, span, _ in self.float_inputs()]
         return global_ids, given, inputs
 
     def initial_states(self, batch_size: int) -> list[torch.Tensor]:
@@ -121,31 +122,20 @@ class StreamingStep(nn.Module):
         if self.clocked:
             return self._block(x, *inputs)
         program = self.program
-        global_ids, given, states = self._split(inputs)
-        weights = [getattr(self, f"weight_{i}") for i in range(len(program.weights))]
+        global_ids, given, rings = self._split(inputs)
         values: list[tuple[Span, torch.Tensor]] = []  # (span, tensor (B, span.width)) written so far
         read = _reader(values)
-
         if program.input is not None:
             values.append((program.input, x))
         values += given
         ids = [None] * len(IdSource)
         ids[IdSource.INPUT], ids[IdSource.GLOBAL] = x if program.input is None else None, global_ids
-        new_states = []
         for op in program.ops:
-            src, past = None if op.src is None else read(op.src), ()
-            if op.ring is not None:  # state oldest first: x[t - m d] is at column context - m d
-                state, d = states[op.ring], op.dilation
-                context = state.shape[2]
-                past = [state[:, :, context - m * d] for m in range(op.kernel_size - 1, 0, -1)]
-                new_states.append(torch.cat([state[:, :, 1:], src.unsqueeze(2)], dim=2))
-            out = OPS[op.code].evaluate(Operands(
-                src=src, past=past, init=None if op.init is None else read(op.init),
-                weight=None if op.weight is None else weights[op.weight],
-                bias=None if op.bias is None else weights[op.bias], ids=ids, arg=op.arg,
-            ))
-            values.append((op.dst, out))
-        return (read(program.output), *new_states)
+            self._run_op(op, read, values, rings, self._weights(), None, ids)
+        return (read(program.output), *rings)
+
+    def _weights(self) -> list[torch.Tensor]:
+        return [getattr(self, f"weight_{i}") for i in range(len(self.program.weights))]
 
     def _block(self, x: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One block of a clocked program: every tick unrolled, each op gated by its clock."""
@@ -153,7 +143,7 @@ class StreamingStep(nn.Module):
         _, given, states = self._split(inputs)
         *rings, work, time = states
         rings = list(rings)
-        weights = [getattr(self, f"weight_{i}") for i in range(len(program.weights))]
+        weights = self._weights()
         constants = [(span, value) for span, value in given if value.ndim == 2]  # the second input is (B, C, block)
         values: list[tuple[Span, torch.Tensor]] = [(Span(0, program.width), work), *constants]
         read = _reader(values)
@@ -174,8 +164,9 @@ class StreamingStep(nn.Module):
                 outs.append(read(program.output))
         return (torch.stack(outs, dim=2), *rings, read(Span(0, program.width)), time + 1)
 
-    def _run_op(self, op, read, values, rings, weights, on: torch.Tensor | None) -> None:
-        """Op ``op`` at one tick on the explicit rings (oldest sample first); only where ``on``."""
+    def _run_op(self, op, read, values, rings, weights, on: torch.Tensor | None, ids=()) -> None:
+        """Op ``op`` at one tick on the explicit rings (oldest sample first, replaced in ``rings``);
+        only where ``on`` (everywhere when ``None``)."""
         def gated(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
             return new if on is None else torch.where(on.view(-1, *([1] * (new.dim() - 1))), new, old)
 
@@ -197,9 +188,9 @@ class StreamingStep(nn.Module):
         out = OPS[op.code].evaluate(Operands(
             src=src, past=past, init=None if op.init is None else read(op.init),
             weight=None if op.weight is None else weights[op.weight],
-            bias=None if op.bias is None else weights[op.bias], arg=op.arg,
+            bias=None if op.bias is None else weights[op.bias], ids=ids, arg=op.arg,
         ))
-        values.append((op.dst, gated(out, read(op.dst))))
+        values.append((op.dst, out if on is None else gated(out, read(op.dst))))
 
 
 def _reader(values: list[tuple[Span, torch.Tensor]]):
