@@ -92,7 +92,8 @@ class TorchExecutor:
         Args:
             chunk: ``(B, C_in, L)`` inputs (``(B, L)`` ids), column 0 being input sample
                 ``x_first``; ``None`` past the end of the streams (zeros go in).
-            local, global_ids: the conditioning of a WaveNet, like ``chunk``.
+            local, global_ids: a WaveNet's conditioning, or the model's second input along time
+                (``local``), like ``chunk``.
             out: ``(B, C_out, n)``; column 0 is output sample ``out_first``.
             start: the first tick; ``ticks`` defaults to the chunk's, ``x_first`` and
                 ``out_first`` to the samples before ``start``.

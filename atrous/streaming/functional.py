@@ -18,8 +18,10 @@ returned as a tensor, so the step can be traced, exported to ONNX
 feeds the new states back in: the queues of fast WaveNet generation (Paine et al. 2016, "Fast
 WaveNet generation algorithm") as graph inputs and outputs. State ``i`` is ``(B, C_i,
 (k_i - 1) d_i)``, the layer's last inputs, oldest first; a new stream starts from zeros (the
-causal padding). The step uses only slicing, ``torch.cat``, matrix products, embedding lookups
-and pointwise functions: each op's ``evaluate`` from :data:`~atrous.streaming.opset.OPS`.
+causal padding). The step uses only slicing, ``torch.cat``/``stack``, matrix products,
+embedding lookups, reductions over channels and pointwise functions (``torch.where`` for the
+ops whose clocks have not started): each op's ``evaluate`` from
+:data:`~atrous.streaming.opset.OPS`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class StreamingStep(nn.Module):
 
     ``forward(x, [global_condition], [local_condition], *states) -> (y, *new_states)``: the
     conditioning inputs are present only when the model has them (a WaveNet with
-    ``global_classes`` / ``local_channels``); ``states`` are :attr:`state_names`.
+    ``global_classes`` / ``local_channels``; for another model, its own constants and second
+    sequence by name, :meth:`float_inputs`); ``states`` are :attr:`state_names`.
 
     Args:
         model: a model that :func:`~atrous.streaming.program.lower` accepts (weights are
@@ -63,7 +66,8 @@ class StreamingStep(nn.Module):
     def __init__(self, model: nn.Module, *, allow_lookahead: bool = False, example: tuple = ()) -> None:
         super().__init__()
         if not isinstance(example, (tuple, list)) or example and not isinstance(example[0], torch.Tensor):
-            raise TypeError(f"example must be a tuple (chunk, *args) starting with the chunk tensor, got {example!r:.80}")
+            raise TypeError(f"example must be a tuple (chunk, *args) starting with the chunk tensor, "
+                            f"got {example!r:.80}")
         chunk, *args = example or (None,)
         program = lower(model, allow_lookahead=allow_lookahead, chunk=chunk, args=tuple(args))
         self.program: Program = program

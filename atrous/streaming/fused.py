@@ -5,11 +5,12 @@ few microseconds of PyTorch dispatch per operator: about 300 operators per WaveN
 the default WaveNet streams a few hundred samples per second although a sample needs only
 1.5 MFLOP. :class:`FusedStreamer` lowers the model's traced graph once
 (:func:`~atrous.streaming.program.lower`: convolutions at any stride and dilation, transposed
-convolutions, bounded lookahead, 1x1 convolutions and ``Linear`` over channels, activations,
-gates and products, sums, concatenation and slicing along channels, norms over channels,
-eval-mode batch norm; WaveNet with class ids and conditioning) and runs each step as a single
-C++ call (``fused_step.cpp``, compiled on first use with the
-system compiler in about a second and cached): per layer a matrix-vector
+convolutions, pooling, bounded lookahead, 1x1 convolutions and ``Linear`` over channels,
+activations, softmax over channels, gates and products, sums, concatenation and slicing along
+channels, norms over channels, eval-mode batch norm; a second input sequence and per-stream
+constants; WaveNet with class ids and conditioning) and runs each step as a single C++ call
+(``fused_step.cpp``, compiled on first use with the system compiler in about a second and
+cached): per layer a matrix-vector
 product over the stacked taps, the gate and the 1x1 convolutions, reading each causal
 convolution's past from a preallocated ring buffer, the queues of Paine et al. (2016), "Fast
 WaveNet generation algorithm". The batch is split across ``torch.get_num_threads()`` threads.
@@ -37,12 +38,12 @@ import torch
 from torch import nn
 
 from atrous._checks import check_bool
+from atrous.models.sequence import WaveNet
 from atrous.streaming.base import StreamerBase
 from atrous.streaming.clocked import emitted, stream_ends
 from atrous.streaming.executor import TorchExecutor
 from atrous.streaming.kernel_cache import load_kernel
 from atrous.streaming.opset import CallSlot, ConfigSlot, Status, op_table
-from atrous.models.sequence import WaveNet
 from atrous.streaming.program import Program, lower
 
 BACKENDS = ("auto", "cpp", "torch")
@@ -95,10 +96,12 @@ class FusedStreamer(StreamerBase):
     rounding, ~1e-6).
 
     Args:
-        model: a WaveNet (class-id input), or a model with one ``(B, C, T)`` input whose traced
-            graph lowers to the fused ops (see :mod:`atrous.streaming.lowering`: WaveNet, TCNs,
-            gated stacks, Conv-TasNet-style separators, codec encoders and decoders), float32 on
-            the CPU, in eval mode. Its weights are copied when the streamer is built.
+        model: a WaveNet (class-id input), or a model with a ``(B, C, T)`` input (and, besides,
+            at most one more sequence and any per-stream constants) whose traced graph lowers to
+            the fused ops (see :mod:`atrous.streaming.lowering`: TCNs, gated stacks,
+            Conv-TasNet-style separators, codec encoders and decoders), float32 on the CPU, in
+            eval mode. Its weights are copied when it is lowered: when the streamer is built,
+            or at the first step for a forward that takes more than the chunk.
         batch_size: number of independent streams.
         backend: ``"cpp"`` (the compiled step), ``"torch"`` (PyTorch ops) or ``"auto"`` (C++
             when it can be built, else PyTorch ops with a warning).
@@ -106,9 +109,10 @@ class FusedStreamer(StreamerBase):
             convolution) with its outputs :attr:`delay` samples late, instead of refusing it.
 
     Raises:
-        ValueError: a node that cannot be fused (named; pooling, norms over time, modules that
-            cannot be traced...: use :class:`~atrous.streaming.Streamer`), a model that looks
-            ahead without ``allow_lookahead``, or a bad ``batch_size``/``backend``.
+        ValueError: a node that cannot be fused (named; norms over time, modules that cannot be
+            traced, padding with another value than zero...: use
+            :class:`~atrous.streaming.Streamer`), a model that looks ahead without
+            ``allow_lookahead``, or a bad ``batch_size``/``backend``.
         RuntimeError: ``backend="cpp"`` and the C++ step cannot be built (the message says why).
 
     Example:

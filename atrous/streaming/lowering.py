@@ -4,8 +4,8 @@ One lowering serves every model: the graph of :func:`~atrous.streaming.graph.bui
 says, per node, whether it is a window along time (a convolution: its geometry), an op on each
 time step alone (pointwise), a parameter-only value (static) or an input. At one time step a
 value with a time axis is a vector per stream, so it lives in a column range
-(:class:`~atrous.streaming.opset.Span`) of the workspace, and each node becomes at most one op of
-:mod:`atrous.streaming.opset`:
+(:class:`~atrous.streaming.opset.Span`) of the workspace, and each node becomes a few ops of
+:mod:`atrous.streaming.opset` at most, most of them one or none:
 
 * a window at stride 1 or a 1x1 convolution: ``CONV`` with a ring of ``(k - 1) d`` past
   inputs, or ``LINEAR`` (grouped weights made dense, weight norm evaluated, ``nn.Linear`` over
@@ -13,14 +13,16 @@ value with a time axis is a vector per stream, so it lives in a column range
 
 and the ops on each time step alone (:mod:`atrous.streaming.pointwise`):
 
-* activations: ``ACT``; ``tanh(a) * sigmoid(b)`` of the two halves of one value: ``GATE``;
-  any other product of two signals: ``MUL``;
-  ``PReLU`` and ``LeakyReLU``: ``PRELU`` (a slope per channel); ``GLU`` over channels: ``GLU``;
+* activations: ``ACT`` (ELU with another alpha and SELU add a ``PRELU`` slope and a scale);
+  ``tanh(a) * sigmoid(b)`` of the two halves of one value: ``GATE``; any other product of two
+  signals: ``MUL``; ``PReLU`` and ``LeakyReLU``: ``PRELU`` (a slope per channel); ``GLU`` over
+  channels: ``GLU``; softmax and log-softmax over channels: ``SOFTMAX``, ``LOG_SOFTMAX``;
 * ``LayerNorm`` over channels (after a transpose to ``(B, T, C)``): ``LAYER_NORM``;
 * a sum: folded into the ``init`` of the product that computes one of its terms when the other
   is ready before it (residual connections and skip sums cost no op), else ``ADD``;
-* slicing and ``chunk`` along channels, ``transpose``, ``contiguous``, dropout and identity: no op
-  (a sub-span or the same span); ``torch.cat`` along channels: no op when its parts lie side by
+* slicing and ``chunk`` along channels, ``transpose``, ``contiguous``, dropout and identity, a
+  per-stream constant spread along time (``unsqueeze``, ``repeat``, ``expand``): no op (a
+  sub-span or the same span); ``torch.cat`` along channels: no op when its parts lie side by
   side, else copies (``ACT`` identity) into one span;
 * eval-mode ``BatchNorm1d``: folded into the product before it, else a diagonal ``LINEAR``.
 

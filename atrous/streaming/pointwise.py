@@ -2,10 +2,10 @@
 gates, norms over channels, concatenation, slicing and splitting along channels.
 
 :class:`PointwiseLowering` is a part of :class:`~atrous.streaming.lowering._Lowering` (a mixin): at
-one tick a value with a time axis is a column range of the workspace, so these nodes become at
-most one op each (see :mod:`atrous.streaming.lowering` for the list), and many become none: a
-slice is a sub-span, a sum folds into the product that computes a term, batch norm into the
-weights before it.
+one tick a value with a time axis is a column range of the workspace, so these nodes become one
+op or a few (see :mod:`atrous.streaming.lowering` for the list), and many become none: a slice is
+a sub-span, a sum folds into the product that computes a term, batch norm into the weights
+before it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from atrous.streaming.graph import Node, StreamGraph
 from atrous.streaming.opset import ACTIVATIONS, ActKind, OpCode, Span
 
 _ACTIVATION_OF_MODULE = {activation.module: kind for kind, activation in ACTIVATIONS.items() if not activation.options}
+_GELU = {"none": ActKind.GELU, "tanh": ActKind.GELU_TANH}  # by its approximate argument
 _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805  # torch.nn.SELU's constants
 _SOFTMAXES = {torch.softmax: OpCode.SOFTMAX, F.softmax: OpCode.SOFTMAX, "softmax": OpCode.SOFTMAX,
               torch.log_softmax: OpCode.LOG_SOFTMAX, F.log_softmax: OpCode.LOG_SOFTMAX,
@@ -201,8 +202,7 @@ class PointwiseLowering:
             if isinstance(module, (nn.Dropout, nn.Identity)):
                 return first
             if isinstance(module, nn.GELU):
-                kind = {"none": ActKind.GELU, "tanh": ActKind.GELU_TANH}[module.approximate]
-                return self.activation(node, first, kind)
+                return self.activation(node, first, _GELU[module.approximate])
             if isinstance(module, nn.ELU):
                 return self.elu(node, index, first, module.alpha)
             if isinstance(module, nn.SELU):
@@ -247,7 +247,7 @@ class PointwiseLowering:
             return first
         if target is F.gelu:
             approximate = kwargs.get("approximate", "none")
-            return self.activation(node, first, {"none": ActKind.GELU, "tanh": ActKind.GELU_TANH}[approximate])
+            return self.activation(node, first, _GELU[approximate])
         if target is F.elu:
             return self.elu(node, index, first, kwargs.get("alpha", args[1] if len(args) > 1 else 1.0))
         if target is F.softplus:

@@ -1,4 +1,4 @@
-"""Lower a causal model to a flat list of per-sample ops for fused streaming.
+"""Lower a model to a flat list of per-tick ops for fused streaming.
 
 A streaming step of a causal stack is a fixed sequence of small matrix products and pointwise
 functions on one vector per stream: the queue formulation of fast WaveNet generation (Paine et
@@ -17,7 +17,9 @@ its speaker embedding are looked up first and the rest of it is traced as a floa
 Every value lives in a column range (:class:`~atrous.streaming.opset.Span`) of one workspace row
 per stream; the ops and what they compute are defined in :mod:`atrous.streaming.opset`. A node
 the ops cannot express raises a ``ValueError`` naming it; :class:`~atrous.streaming.Streamer`
-streams any causal model. The program holds a copy of the weights taken when it is built.
+streams any model it can trace. Strided, upsampling and lookahead layers put their ops on clocks
+of their own (:mod:`atrous.streaming.clocked`). The program holds a copy of the weights taken
+when it is built.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def trace_graph(model: nn.Module, chunk: torch.Tensor | None = None, args: tuple
             if streamer.graph is None and failure is not None:
                 raise failure
     except (ValueError, TypeError) as error:
-        raise ValueError(f"cannot fuse the model: {error} (the fused step runs what a causal Streamer can trace; "
+        raise ValueError(f"cannot fuse the model: {error} (the fused step runs what a Streamer can trace; "
                          "atrous.streaming.Streamer streams the rest)") from None
     if streamer.graph is None and not streamer._takes_one_input():
         raise ValueError(f"cannot fuse {type(model).__name__} without an example step: its forward takes more than "
@@ -174,10 +176,10 @@ def _lower_wavenet(model: WaveNet) -> Program:
 @torch.no_grad()
 def lower(model: nn.Module, *, allow_lookahead: bool = False, chunk: torch.Tensor | None = None, args: tuple = (),
           kwargs: dict | None = None) -> Program:
-    """Lower a causal model to a :class:`Program` (weights are copied: rebuild after training).
+    """Lower a model to a :class:`Program` (weights are copied: rebuild after training).
 
     Args:
-        model: a causal model whose forward ``torch.fx`` traces (see
+        model: a model whose forward ``torch.fx`` traces (see
             :mod:`atrous.streaming.lowering` for what fuses), or a WaveNet, float32 on the CPU.
         allow_lookahead: lower a model that looks a bounded number of samples ahead (its
             outputs then lag its inputs).
