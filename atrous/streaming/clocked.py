@@ -38,21 +38,12 @@ from typing import Any
 
 import torch
 
-from atrous.streaming.graph import Kind, Node, StreamGraph
+from atrous.streaming.graph import Node, StreamGraph
 from atrous.streaming.opset import OpCode, Span
 from atrous.streaming.pointwise import dense_weight, unsupported
 from atrous.streaming.timing import FAR, counts
 
 Clock = tuple[int, int]  # (start, period) in ticks
-
-
-def _excess(node: Node) -> int:
-    """Raw outputs of a window or transposed convolution that its input gives before the offline
-    forward would have them: the ones a crop at the end removes (beyond what the right padding
-    adds), and those a transposed kernel shorter than its stride leaves out after the last input."""
-    g = node.geometry
-    raw = g.transposed_raw if node.kind is Kind.TRANSPOSED else g.window_raw
-    return max(0, *(raw(a, final=False) - (raw(a, final=True) - g.crop_right) for a in range(FAR, FAR + g.stride)))
 
 
 def ticks_per_input(graph: StreamGraph) -> int:
@@ -115,7 +106,7 @@ class ClockedLowering:
         clocks = [self.clocks[i] for i in timed]
         periods = {period for _, period in clocks}
         if len(periods) != 1:  # the graph's rate check rules this out; a lowering bug otherwise
-            raise ValueError(f"cannot fuse {node.label}: it combines values on clocks {clocks}")
+            raise unsupported(node, f"it combines values on clocks {clocks}")
         period = periods.pop()
         start = max(start for start, _ in clocks)
         self.begin(index, (start, period))
@@ -131,8 +122,8 @@ class ClockedLowering:
         if key not in self._delayed:
             value = self.values[source]
             if not isinstance(value, Span):
-                raise ValueError(f"cannot fuse {node.label}: it needs {self.graph.nodes[source].label} delayed by "
-                                 f"{lag} samples, which is not one signal")
+                raise unsupported(node, f"it needs {self.graph.nodes[source].label} delayed by {lag} samples, "
+                                        "which is not one signal")
             ring = self.ring_of(value, self.clocks[source], lag + 1)
             start, period = self.clock  # the copy holds `source`'s samples on this node's clock
             self._delayed[key] = self.emit(OpCode.READ, None, value.width, ring=ring, lag=lag, start=start,
@@ -160,16 +151,14 @@ class ClockedLowering:
         g, source = node.geometry, node.args[0].index
         clock = self.clocks[source]
         if clock is None:
-            raise ValueError(f"cannot fuse {node.label}: its input has no time axis")
+            raise unsupported(node, "its input has no time axis")
         start, period = clock
         lookahead = g.extent - 1 - g.pad_left
         if lookahead < 0:
-            raise ValueError(f"cannot fuse {node.label}: it pads {g.pad_left} samples on the left, more than its "
-                             f"extent {g.extent} needs")
+            raise unsupported(node, f"it pads {g.pad_left} samples on the left, more than its extent {g.extent} needs")
         if g.pad_value != 0 and (g.pad_left > 0 or g.pad_right > 0):
-            raise ValueError(f"cannot fuse {node.label}: it pads with {g.pad_value}, not zeros; "
-                             "atrous.streaming.Streamer streams it")
-        hold = _excess(node)
+            raise unsupported(node, f"it pads with {g.pad_value}, not zeros")
+        hold = g.early(False, FAR)  # outputs a crop at the end removes: held back until the end is known
         out = (start + (lookahead + (g.crop_left + hold) * g.stride) * period, g.stride * period)
         return clock, out, hold
 
@@ -220,7 +209,7 @@ class ClockedLowering:
             raise unsupported(node, f"it takes {in_channels} channels but receives {src.width}")
         dense = dense_weight(weight, groups)  # (in, out, k), block diagonal: the same layout as a conv's
         step, d = period // s, g.dilation
-        hold = _excess(node)  # raw outputs past the end a shorter kernel or a crop leaves: held back
+        hold = g.early(True, FAR)  # raw outputs past the end a shorter kernel or a crop leaves: held back
         out_clock = (start + (g.crop_left + hold) * step, step)
         phases = []  # raw output n s + phase comes at tick start + (n s + phase + hold) step
         for phase in range(s):

@@ -95,6 +95,14 @@ class Geometry:
             return padded * self.stride
         return 0 if padded < 1 else (padded - 1) * self.stride + self.extent
 
+    def early(self, transposed: bool, samples: int) -> int:
+        """Raw outputs the input gives before the offline forward is sure to have them, at most over
+        a stride of input lengths from ``samples`` on: those a crop at the end removes beyond what
+        the right padding adds, and those a transposed kernel shorter than its stride leaves out."""
+        raw = self.transposed_raw if transposed else self.window_raw
+        return max(0, *(raw(a, final=False) - (raw(a, final=True) - self.crop_right)
+                        for a in range(samples, samples + self.stride)))
+
     def counts(self, transposed: bool, ready_in: int, final_in: int) -> tuple[int, int]:
         """(outputs ready, outputs in the end) from the input's (ready, in the end) counts."""
         raw = self.transposed_raw if transposed else self.window_raw
