@@ -147,3 +147,63 @@ class Activations(nn.Module):
             x = x + act(conv(F.pad(x, ((conv.kernel_size[0] - 1) * conv.dilation[0], 0))))
         x = F.selu(x) + torch.selu(x) + F.elu(x, alpha=2.0) + F.softplus(x)
         return torch.log_softmax(x, dim=1) + self.softmax(x) + x.softmax(1)
+
+
+class _Residual(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return x + self.inner(x)
+
+
+class _Gated(nn.Module):
+    def __init__(self, signal: nn.Module, gate: nn.Module) -> None:
+        super().__init__()
+        self.signal, self.gate = signal, gate
+
+    def forward(self, x):
+        return self.signal(x) * torch.sigmoid(self.gate(x))
+
+
+class _Split(nn.Module):
+    """A conv with its padding split between the left (past) and the right (lookahead)."""
+
+    def __init__(self, channels: int, kernel: int, dilation: int, left: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, kernel, dilation=dilation)
+        self.pad = (left, (kernel - 1) * dilation - left)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, self.pad))
+
+
+@st.composite
+def multirate_stacks(draw):
+    """A random eval-mode stack of strided convs, transposed convs (kernel at least the stride),
+    convs that look ahead, residual sums around them and gated products, from plain modules."""
+    channels, layers = 3, [nn.Conv1d(2, 3, 1)]
+
+    def split():
+        kernel, dilation = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+        return _Split(channels, kernel, dilation, draw(st.integers(0, (kernel - 1) * dilation)))
+
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["down", "up", "residual", "gated", "act"]))
+        if kind == "down":
+            kernel, stride, dilation = draw(st.integers(1, 5)), draw(st.sampled_from([2, 3])), draw(st.integers(1, 2))
+            padding = draw(st.integers(0, (kernel - 1) * dilation))
+            layers.append(nn.Conv1d(channels, channels, kernel, stride, padding, dilation))
+        elif kind == "up":
+            stride = draw(st.sampled_from([2, 3]))
+            kernel = draw(st.sampled_from([stride, stride + 1, 2 * stride]))
+            layers.append(nn.ConvTranspose1d(channels, channels, kernel, stride, draw(st.integers(0, (kernel - 1) // 2)),
+                                             groups=draw(st.sampled_from([1, channels]))))
+        elif kind == "residual":
+            layers.append(_Residual(nn.Sequential(split(), nn.Tanh(), split())))
+        elif kind == "gated":
+            layers.append(_Gated(split(), split()))
+        else:
+            layers.append(draw(st.sampled_from([nn.ReLU, nn.ELU, nn.Tanh]))())
+    return nn.Sequential(*layers).eval()

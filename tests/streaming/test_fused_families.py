@@ -8,8 +8,10 @@ from fractions import Fraction
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from stream_checks import check_streaming
-from fused_models import Activations, Pooled, StridedLookahead, gated_concat, locuslab_tcn, norm_glu
+from fused_models import Activations, Pooled, multirate_stacks, StridedLookahead, gated_concat, locuslab_tcn, norm_glu
 from test_families import SameTCN, SkipTCN, TasNet, UNetSkip, codec
 from torch import nn
 
@@ -94,6 +96,16 @@ def test_strided_upsampling_and_lookahead_models_stream_fused_like_offline(backe
     assert streamer.delay >= reference.delay  # the fused step never emits an output earlier
     if delay is not None:
         assert streamer.delay == delay
+
+
+@settings(max_examples=10, deadline=None)
+@given(model=multirate_stacks(), length=st.sampled_from([36, 48, 60]), batch=st.sampled_from([1, 3]),
+       longest=st.sampled_from([1, 4, 13]), seed=st.integers(0, 2**16))
+def test_random_multirate_stacks_stream_fused_like_offline(backend, model, length, batch, longest, seed):
+    x = torch.randn(batch, 2, length, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        assume(model(x).shape[-1] > 0)  # strides can leave no output at all
+    check_fused(model, x, backend, seed=seed, allow_lookahead=True, longest=longest)
 
 
 def test_fused_outputs_come_delay_late_and_flush_gives_the_rest(backend):
