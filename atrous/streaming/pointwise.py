@@ -159,6 +159,10 @@ class PointwiseLowering:
         if not isinstance(value, Span):
             raise unsupported(node, "indexing a value that is not a signal")
         key = key if isinstance(key, tuple) else (key,)
+        source = self.graph.nodes[node.inputs[0]]
+        if source.axis is None and getattr(source.examples[0], "ndim", 0) == 2 and None in key:
+            if all(item == slice(None) or item is None or item is Ellipsis for item in key):
+                return value  # a per-stream constant (B, D) given an axis of 1: t[:, :, None], t[..., None]
         channel = self.source_channel_dim(node)
         items = list(key)
         if Ellipsis in items:

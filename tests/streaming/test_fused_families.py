@@ -147,7 +147,7 @@ class Conditioned(nn.Module):
 
     def forward(self, x, condition, style):
         h = self.conv(F.pad(x, (4, 0))) + self.condition(condition)
-        return torch.tanh(h) * self.scale(style).unsqueeze(2)
+        return torch.tanh(h) * self.scale(style).unsqueeze(2) + self.scale(style)[..., None]
 
 
 def test_models_with_inputs_besides_the_chunk_are_lowered_at_the_first_step(backend):
