@@ -203,6 +203,9 @@ class Streamer(StreamerBase):
             except ExampleFailed as failure:
                 error = failure
         else:
+            tried = ", ".join(str(n) for n, _ in _LENGTHS)
+            error.args = (f"{error}; every example length tried failed ({tried}, and about twice each): a model "
+                          "that takes only lengths its strides divide streams when their product divides one",)
             raise error
         timing = graph.timing
         if timing.delay and not self.allow_lookahead:

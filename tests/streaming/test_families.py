@@ -297,6 +297,10 @@ def test_a_skip_around_down_and_upsampling_streams_with_the_skip_waiting():
     torch.manual_seed(0)
     streamer = check_streaming(UNetSkip().eval(), torch.randn(3, 2, 48), seed=4, allow_lookahead=True)
     assert (streamer.rate, streamer.period, streamer.delay) == (1, 2, 1)  # traced on even lengths
+    skip = UNetSkip()
+    skip.down, skip.up = nn.Conv1d(2, 3, 2, stride=13), nn.ConvTranspose1d(3, 2, 13, stride=13)  # no length tried fits
+    with pytest.raises(ValueError, match=r"every example length tried failed \(16, .*40320, and about twice each\)"):
+        Streamer(skip.eval(), 1).step(torch.randn(1, 2, 26))
 
 
 # gates, concatenation and slicing along channels, Linear over channels, conditioning -------------
